@@ -1,0 +1,167 @@
+import Foundation
+import Logging
+
+extension ChatService {
+    /// A client of `user` connected on `connection` (already authenticated by the transport).
+    ///
+    /// The user is registered as present and, on their first connection, announced with `user:online`. If the
+    /// store holds nothing pending for them they go live at once; otherwise new messages queue up behind their
+    /// backlog until they emit `user:reconnected`.
+    public func connect(_ connection: ConnectionID, user: User) async {
+        self.connectionUsers[connection] = user
+        var lane = self.lanes[user.id, default: RecipientLane()]
+        let isFirst = lane.opened(connection)
+        let snapshot = lane.snapshot
+        self.lanes[user.id] = lane
+        self.logger.info(
+            "User connected",
+            metadata: ["chat.user.id": "\(user.id)", "chat.connection.id": "\(connection)", "chat.first": "\(isFirst)"]
+        )
+        do {
+            try await self.store.saveUser(user)
+            self.storeSucceeded()
+        } catch {
+            self.storeFailed(error)
+        }
+        await self.registerPresence(
+            PresenceRecord(userID: user.id, connectionID: connection, nodeID: self.configuration.nodeID, since: self.wallClock.now())
+        )
+        guard isFirst else { return }
+        await self.broadcast(.userOnline(PresenceChange(userID: user.id, timestamp: self.wallClock.now())), about: user.id)
+        let isEmpty = await self.hasNoBacklog(user.id)
+        if self.lanes[user.id]?.backlogChecked(isEmpty: isEmpty, snapshot: snapshot) == true {
+            self.logger.debug("User has no backlog; live delivery", metadata: ["chat.user.id": "\(user.id)"])
+        }
+    }
+
+    /// `connection` closed. On the user's last connection they are announced with `user:offline`.
+    public func disconnect(_ connection: ConnectionID) async {
+        guard let user = self.connectionUsers.removeValue(forKey: connection) else { return }
+        let isLast = self.lanes[user.id]?.closed(connection) ?? false
+        self.logger.info(
+            "User disconnected",
+            metadata: ["chat.user.id": "\(user.id)", "chat.connection.id": "\(connection)", "chat.last": "\(isLast)"]
+        )
+        do {
+            try await self.presence.unregister(connection: connection, of: user.id, node: self.configuration.nodeID)
+            self.presenceSucceeded()
+        } catch {
+            self.presenceFailed(error)
+        }
+        if isLast {
+            await self.broadcast(.userOffline(PresenceChange(userID: user.id, timestamp: self.wallClock.now())), about: user.id)
+        }
+        self.removeLaneIfIdle(user.id)
+    }
+
+    /// Whether the store holds nothing pending for `user`. Every undelivered message is pending in the store
+    /// until confirmed, whether it is also queued or not, so this one query covers the queue too.
+    func hasNoBacklog(_ user: UserID) async -> Bool {
+        let since = self.wallClock.now().addingTimeInterval(-self.configuration.retention)
+        do {
+            let pending = try await self.store.pendingMessages(for: user, createdSince: since, afterID: nil, limit: 1)
+            self.storeSucceeded()
+            return pending.isEmpty
+        } catch {
+            self.storeFailed(error)
+            return false
+        }
+    }
+
+    /// Sends `event` to every local connection of the users who share a chat with `user`.
+    func broadcast(_ event: OutboundEvent, about user: UserID) async {
+        let chats: [Chat]
+        do {
+            chats = try await self.store.chats(of: user)
+            self.storeSucceeded()
+        } catch {
+            self.storeFailed(error)
+            return
+        }
+        var peers = Set(chats.flatMap(\.participants))
+        peers.remove(user)
+        for peer in peers {
+            for connection in self.lanes[peer]?.connections ?? [] {
+                try? self.transport.emit(event, to: connection)
+            }
+        }
+    }
+
+    func registerPresence(_ record: PresenceRecord) async {
+        do {
+            try await self.presence.register(record)
+            self.presenceSucceeded()
+        } catch {
+            self.presenceFailed(error)
+        }
+    }
+
+    /// Looks up `users` in the presence store; nil while it is unreachable (the caller relies on local state).
+    func lookupPresence(_ users: [UserID]) async -> [UserID: [PresenceRecord]]? {
+        guard !users.isEmpty else { return [:] }
+        do {
+            let result = try await self.presence.lookup(users)
+            self.presenceSucceeded()
+            return result
+        } catch {
+            self.presenceFailed(error)
+            return nil
+        }
+    }
+
+    func heartbeatLoop() async {
+        while !Task.isCancelled {
+            do {
+                try await self.presence.heartbeat(node: self.configuration.nodeID)
+                self.presenceSucceeded()
+            } catch {
+                self.presenceFailed(error)
+            }
+            try? await Task.sleep(for: self.configuration.presenceHeartbeatInterval)
+        }
+    }
+
+    // MARK: Outages
+
+    func presenceFailed(_ error: any Error) {
+        if self.presenceOutage.failed() == .wentDown {
+            self.logger.warning("Redis connection failed, continuing without Redis", metadata: ["error": "\(error)"])
+        }
+    }
+
+    func presenceSucceeded() {
+        guard self.presenceOutage.succeeded() == .cameBack else { return }
+        self.logger.info("Presence store reachable again; re-registering this node's connections")
+        let now = self.wallClock.now()
+        let records = self.connectionUsers.map { connection, user in
+            PresenceRecord(userID: user.id, connectionID: connection, nodeID: self.configuration.nodeID, since: now)
+        }
+        self.submit { [self] in
+            for record in records { await self.registerPresence(record) }
+        }
+    }
+
+    func queueFailed(_ error: any Error) {
+        if self.queueOutage.failed() == .wentDown {
+            self.logger.warning("RabbitMQ connection failed, offline messaging disabled", metadata: ["error": "\(error)"])
+        }
+    }
+
+    func queueSucceeded() {
+        if self.queueOutage.succeeded() == .cameBack {
+            self.logger.info("Offline queue reachable again; offline messaging enabled")
+        }
+    }
+
+    func storeFailed(_ error: any Error) {
+        if self.storeOutage.failed() == .wentDown {
+            self.logger.error("Message store unreachable; sends fail until it returns", metadata: ["error": "\(error)"])
+        }
+    }
+
+    func storeSucceeded() {
+        if self.storeOutage.succeeded() == .cameBack {
+            self.logger.info("Message store reachable again")
+        }
+    }
+}

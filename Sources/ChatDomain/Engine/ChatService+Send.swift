@@ -1,0 +1,248 @@
+import Foundation
+import Logging
+
+extension ChatService {
+    /// Handles `message:send` from `connection`.
+    ///
+    /// On success the message is stored, emitted to live recipients, queued (or left pending in the store) for
+    /// the others, and the sender gets `message:sent`; on failure the sender gets `message:error` and nothing is
+    /// emitted or queued. The result is also what the transport answers an acknowledgement with.
+    @discardableResult
+    public func send(_ request: SendMessageRequest, from connection: ConnectionID) async -> Result<MessageSent, ChatError> {
+        let result = await self.accept(request, from: connection)
+        switch result {
+        case .success(let sent):
+            try? self.transport.emit(.messageSent(sent), to: connection)
+        case .failure(let error):
+            self.statistics.rejectedSends += 1
+            self.logger.info(
+                "Message rejected",
+                metadata: [
+                    "chat.connection.id": "\(connection)", "chat.id": "\(request.chatID)", "error.code": "\(error.code)",
+                    "error": "\(error.message)",
+                ]
+            )
+            let payload = MessageErrorPayload(error, chatID: request.chatID, clientMessageID: request.clientMessageID)
+            try? self.transport.emit(.messageError(payload), to: connection)
+        }
+        return result
+    }
+
+    private func accept(_ request: SendMessageRequest, from connection: ConnectionID) async -> Result<MessageSent, ChatError> {
+        guard let sender = self.connectionUsers[connection] else {
+            return .failure(ChatError(.unauthorized, "this connection is not authenticated; reconnect with a valid token"))
+        }
+        let chat: Chat?
+        do {
+            chat = try await self.store.chat(request.chatID)
+            self.storeSucceeded()
+        } catch {
+            self.storeFailed(error)
+            return .failure(Self.storeError(error))
+        }
+        let messageType: MessageType
+        do {
+            messageType = try self.validator.validate(request, chat: chat, sender: sender.id)
+        } catch {
+            return .failure(error)
+        }
+        let now = self.wallClock.now()
+        let message = Message(
+            id: self.idGenerator.next(),
+            chatID: request.chatID,
+            senderID: sender.id,
+            content: request.content,
+            messageType: messageType,
+            attachments: request.attachments ?? [],
+            replyTo: request.replyTo,
+            readBy: [ReadReceipt(userID: sender.id, readAt: now)],
+            createdAt: now,
+            clientMessageID: request.clientMessageID
+        )
+        // Issued in the same actor turn as the id, so tickets follow id order.
+        let ticket = self.sequencer.issue()
+        let recipients = Self.recipients(of: chat, excluding: sender.id)
+        async let presence = self.lookupPresence(recipients)
+        let outcome: InsertOutcome
+        do {
+            outcome = try await self.store.insert(message, pendingFor: recipients)
+            self.storeSucceeded()
+        } catch {
+            self.storeFailed(error)
+            self.finishTicket(ticket)
+            _ = await presence
+            return .failure(Self.storeError(error))
+        }
+        if case .duplicate(let first) = outcome {
+            self.finishTicket(ticket)
+            _ = await presence
+            self.logger.debug(
+                "Repeated send; answering with the first message",
+                metadata: ["chat.message.id": "\(first.id)", "chat.client_message.id": "\(request.clientMessageID ?? "")"]
+            )
+            return .success(MessageSent(messageID: first.id, chatID: first.chatID, timestamp: first.createdAt, clientMessageID: first.clientMessageID))
+        }
+        let online = await presence
+        await self.waitForTurn(ticket)
+        let flushers = self.route(message, from: sender, to: recipients, presence: online)
+        self.finishTicket(ticket)
+        self.statistics.messagesSent += 1
+        for recipient in flushers {
+            await self.runEnqueueFlusher(for: recipient)
+        }
+        return .success(MessageSent(messageID: message.id, chatID: message.chatID, timestamp: message.createdAt, clientMessageID: message.clientMessageID))
+    }
+
+    /// Decides and starts delivery for each recipient; returns the recipients whose enqueue flusher the caller
+    /// must run. Synchronous, so no other message is routed in between.
+    private func route(
+        _ message: Message,
+        from sender: User,
+        to recipients: [UserID],
+        presence: [UserID: [PresenceRecord]]?
+    ) -> [UserID] {
+        var flushers: [UserID] = []
+        let now = self.wallClock.now()
+        for recipient in recipients {
+            let entry = QueueEntry(message: message, sender: sender, recipient: recipient, enqueuedAt: now)
+            var lane = self.lanes[recipient, default: RecipientLane()]
+            let route = lane.route(entry)
+            self.lanes[recipient] = lane
+            switch route {
+            case .push(let connections):
+                let received = OutboundEvent.messageReceived(ReceivedMessage(message: message, sender: sender, isNew: true))
+                let attempt = self.emit(received, to: connections)
+                self.submit { [self] in
+                    let confirmed = await attempt.isConfirmed()
+                    await self.livePushSettled(message.id, for: recipient, confirmed: confirmed)
+                }
+            case .enqueue(let startFlusher):
+                if let records = presence?[recipient], records.contains(where: { $0.nodeID != self.configuration.nodeID }) {
+                    // Routing to another node's socket is not built yet; its user catches up from the queue.
+                    self.logger.debug(
+                        "Recipient is online on another node; queued",
+                        metadata: ["chat.user.id": "\(recipient)", "chat.message.id": "\(message.id)"]
+                    )
+                }
+                if startFlusher { flushers.append(recipient) }
+            }
+        }
+        return flushers
+    }
+
+    /// Emits `event` to `connections` and returns the attempt whose confirmation decides delivery.
+    func emit(_ event: OutboundEvent, to connections: [ConnectionID]) -> DeliveryAttempt {
+        var acknowledgements: [Acknowledgement] = []
+        var written = 0
+        for connection in connections {
+            let acknowledgement: Acknowledgement? =
+                if case .clientAcknowledgement = self.configuration.deliveryConfirmation { Acknowledgement() } else { nil }
+            do {
+                try self.transport.emit(event, to: connection, acknowledgement: acknowledgement)
+                written += 1
+                if let acknowledgement { acknowledgements.append(acknowledgement) }
+            } catch {
+                self.logger.debug(
+                    "Emit to connection failed",
+                    metadata: ["chat.connection.id": "\(connection)", "event": "\(event.name)", "error": "\(error)"]
+                )
+            }
+        }
+        return DeliveryAttempt(confirmation: self.configuration.deliveryConfirmation, written: written, acknowledgements: acknowledgements)
+    }
+
+    /// A live push was confirmed or not; records deliveries and hands unconfirmed messages to the offline path.
+    func livePushSettled(_ messageID: MessageID, for recipient: UserID, confirmed: Bool) async {
+        guard var lane = self.lanes[recipient] else { return }
+        let now = self.wallClock.now()
+        let resolution = lane.resolvePush(messageID, confirmed: confirmed, now: now)
+        self.lanes[recipient] = lane
+        if !resolution.delivered.isEmpty {
+            self.statistics.deliveredLive += resolution.delivered.count
+            self.markWriter.record(resolution.delivered.map { DeliveryMark(messageID: $0.id, userID: recipient, at: now) })
+        }
+        if !resolution.requeued.isEmpty {
+            self.statistics.unconfirmedLive += resolution.requeued.count
+            self.logger.warning(
+                "Client did not confirm live delivery; messages handed to the offline path",
+                metadata: ["chat.user.id": "\(recipient)", "chat.message.count": "\(resolution.requeued.count)"]
+            )
+        }
+        if resolution.startFlusher {
+            await self.runEnqueueFlusher(for: recipient)
+        }
+        self.removeLaneIfIdle(recipient)
+    }
+
+    /// Writes `recipient`'s buffered queue entries, batch after batch, in order, until none are left. Entries the
+    /// queue cannot take stay pending in the store and are caught up from there.
+    func runEnqueueFlusher(for recipient: UserID) async {
+        while let batch = self.lanes[recipient]?.takeEnqueueBatch() {
+            do {
+                let rejected = try await self.queue.enqueue(batch, for: recipient)
+                self.queueSucceeded()
+                self.statistics.queued += batch.count - rejected.count
+                self.logger.info(
+                    "Message queued for offline user",
+                    metadata: [
+                        "chat.user.id": "\(recipient)", "chat.message.count": "\(batch.count - rejected.count)",
+                        "chat.message.id": "\(batch.last?.message.id.hexString ?? "")",
+                    ]
+                )
+                if !rejected.isEmpty {
+                    self.statistics.queueRejected += rejected.count
+                    self.logger.warning(
+                        "Offline queue full; messages stay pending in the store until the user reconnects",
+                        metadata: ["chat.user.id": "\(recipient)", "chat.message.count": "\(rejected.count)"]
+                    )
+                }
+            } catch {
+                self.queueFailed(error)
+                self.logger.debug(
+                    "Queueing failed; messages stay pending in the store",
+                    metadata: ["chat.user.id": "\(recipient)", "chat.message.count": "\(batch.count)"]
+                )
+            }
+        }
+        for waiter in self.enqueueIdleWaiters.removeValue(forKey: recipient) ?? [] {
+            waiter.resume()
+        }
+        self.removeLaneIfIdle(recipient)
+    }
+
+    /// Returns once no enqueue for `recipient` is buffered or in flight.
+    func waitUntilEnqueueIdle(_ recipient: UserID) async {
+        guard let lane = self.lanes[recipient], lane.enqueueInFlight else { return }
+        await withCheckedContinuation { continuation in
+            self.enqueueIdleWaiters[recipient, default: []].append(continuation)
+        }
+    }
+
+    private func waitForTurn(_ ticket: UInt64) async {
+        guard !self.sequencer.isTurn(ticket) else { return }
+        await withCheckedContinuation { continuation in
+            if let ready = self.sequencer.wait(ticket, continuation) { ready.resume() }
+        }
+    }
+
+    private func finishTicket(_ ticket: UInt64) {
+        self.sequencer.finish(ticket)?.resume()
+    }
+
+    private static func recipients(of chat: Chat?, excluding sender: UserID) -> [UserID] {
+        var recipients: [UserID] = []
+        for participant in chat?.participants ?? [] where participant != sender && !recipients.contains(participant) {
+            recipients.append(participant)
+        }
+        return recipients
+    }
+
+    static func storeError(_ error: any Error) -> ChatError {
+        if let error = error as? ChatError, error.code == .storeUnavailable { return error }
+        return ChatError(
+            .storeUnavailable,
+            "the message store could not be reached; nothing was stored, retry later",
+            underlying: error
+        )
+    }
+}

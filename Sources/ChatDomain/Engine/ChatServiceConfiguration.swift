@@ -1,0 +1,58 @@
+public import Foundation
+
+/// How a client confirms that it received a message.
+public enum DeliveryConfirmation: Sendable, Hashable {
+    /// The client must acknowledge `message:received` within `timeout`; a client that does not (a half-open or
+    /// frozen connection) has the message handed to the offline path, so a ghost connection loses nothing.
+    case clientAcknowledgement(timeout: Duration)
+    /// A successful socket write counts as delivery, for clients that cannot acknowledge.
+    case socketWrite
+}
+
+/// The settings of a ``ChatService``; every default is the product's.
+public struct ChatServiceConfiguration: Sendable {
+    /// This node's id, recorded with each of its connections in the presence store.
+    public var nodeID: NodeID = "node-1"
+    /// The largest accepted content, in UTF-8 bytes; exactly this many is accepted. Default 64 KiB.
+    public var maxContentBytes: Int = 64 * 1024
+    /// The message types clients may send.
+    public var allowedMessageTypes: Set<MessageType> = [.text, .image, .file, .system]
+    /// How a client confirms delivery. Default: a client acknowledgement within 10 seconds.
+    public var deliveryConfirmation: DeliveryConfirmation = .clientAcknowledgement(timeout: .seconds(10))
+    /// How many caught-up messages may be in flight to a reconnecting client at once. Default 64.
+    public var drainWindow: Int = 64
+    /// How long an undelivered message is kept for a recipient: the queue's TTL and the store catch-up window.
+    /// Default 24 hours.
+    public var retention: TimeInterval = 24 * 60 * 60
+    /// How many pending messages one catch-up query from the store reads. Default 256.
+    public var catchUpBatchSize: Int = 256
+    /// How often this node refreshes its presence heartbeat. Keep it well under the presence store's TTL.
+    public var presenceHeartbeatInterval: Duration = .seconds(10)
+    /// The most `readBy` updates written in one batch. Default 1,000.
+    public var maxDeliveryMarkBatch: Int = 1000
+
+    /// The defaults.
+    public init() {}
+
+    /// Checks the settings; the error names the setting that is wrong.
+    public func validate() throws(ChatError) {
+        if self.maxContentBytes < 1 {
+            throw ChatError(.badRequest, "maxContentBytes must be at least 1 (got \(self.maxContentBytes))")
+        }
+        if self.drainWindow < 1 {
+            throw ChatError(.badRequest, "drainWindow must be at least 1 (got \(self.drainWindow))")
+        }
+        if self.catchUpBatchSize < 1 {
+            throw ChatError(.badRequest, "catchUpBatchSize must be at least 1 (got \(self.catchUpBatchSize))")
+        }
+        if self.maxDeliveryMarkBatch < 1 {
+            throw ChatError(.badRequest, "maxDeliveryMarkBatch must be at least 1 (got \(self.maxDeliveryMarkBatch))")
+        }
+        if self.retention <= 0 {
+            throw ChatError(.badRequest, "retention must be positive (got \(self.retention) s)")
+        }
+        if self.allowedMessageTypes.isEmpty {
+            throw ChatError(.badRequest, "allowedMessageTypes must not be empty")
+        }
+    }
+}

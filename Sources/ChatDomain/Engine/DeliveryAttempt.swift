@@ -1,0 +1,31 @@
+/// One message emitted to every connection of a recipient; delivered once any connection confirms it.
+struct DeliveryAttempt: Sendable {
+    var confirmation: DeliveryConfirmation
+    /// Connections the event was written to.
+    var written: Int
+    /// One per written connection, when clients must acknowledge.
+    var acknowledgements: [Acknowledgement]
+
+    /// Whether the recipient got the message: a client acknowledged in time, or (for clients that cannot
+    /// acknowledge) the event was written to at least one connection.
+    func isConfirmed() async -> Bool {
+        switch self.confirmation {
+        case .socketWrite:
+            return self.written > 0
+        case .clientAcknowledgement(let timeout):
+            if self.acknowledgements.count == 1 {
+                return (try? await self.acknowledgements[0].wait(timeout: timeout, clock: ContinuousClock())) != nil
+            }
+            return await withTaskGroup(of: Bool.self) { group in
+                for acknowledgement in self.acknowledgements {
+                    group.addTask { (try? await acknowledgement.wait(timeout: timeout, clock: ContinuousClock())) != nil }
+                }
+                for await confirmed in group where confirmed {
+                    group.cancelAll()
+                    return true
+                }
+                return false
+            }
+        }
+    }
+}

@@ -1,0 +1,34 @@
+/// Decides whether a `message:send` may be accepted; pure, so every rule is tested without a store.
+struct MessageValidator {
+    var maxContentBytes: Int
+    var allowedMessageTypes: Set<MessageType>
+
+    /// Returns the message type to store, or throws the error the client gets.
+    func validate(_ request: SendMessageRequest, chat: Chat?, sender: UserID) throws(ChatError) -> MessageType {
+        guard let chat else {
+            throw ChatError(.chatNotFound, "chat \(request.chatID) does not exist")
+        }
+        guard chat.hasParticipant(sender) else {
+            throw ChatError(.notAParticipant, "you are not a participant of chat \(chat.id)")
+        }
+        if request.content.allSatisfy(\.isWhitespace) {
+            throw ChatError(.emptyContent, "content must contain at least one non-space character")
+        }
+        let bytes = request.content.utf8.count
+        if bytes > self.maxContentBytes {
+            throw ChatError(
+                .contentTooLarge,
+                "content is \(bytes) UTF-8 bytes; the limit is \(self.maxContentBytes)"
+            )
+        }
+        let type = request.messageType ?? .text
+        guard self.allowedMessageTypes.contains(type) else {
+            let allowed = self.allowedMessageTypes.map(\.rawValue).sorted().joined(separator: ", ")
+            throw ChatError(.invalidMessageType, "messageType '\(type)' is not one of: \(allowed)")
+        }
+        if let clientMessageID = request.clientMessageID, clientMessageID.isEmpty || clientMessageID.utf8.count > 128 {
+            throw ChatError(.badRequest, "clientMessageId must be 1 to 128 bytes")
+        }
+        return type
+    }
+}

@@ -1,0 +1,179 @@
+public import Foundation
+import Synchronization
+
+/// A ``MessageStore`` in process memory: `chatd`'s embedded default and the store to test delivery logic
+/// against. Everything is lost when the process exits, and nothing is ever evicted.
+///
+/// ``setAvailable(_:)`` simulates an outage: while unavailable every call throws ``ChatError/Code/unavailable``.
+public final class InMemoryMessageStore: MessageStore {
+    private struct StoredMessage {
+        var message: Message
+        var pendingFor: Set<UserID>
+        var outcomes: [UserID: DeliveryReceipt]
+    }
+
+    private struct State {
+        var available = true
+        var messages: [MessageID: StoredMessage] = [:]
+        /// Per user, the ids of messages pending for them, sorted.
+        var pending: [UserID: [MessageID]] = [:]
+        var clientIDs: [String: MessageID] = [:]
+        var chats: [ChatID: Chat] = [:]
+        var users: [UserID: User] = [:]
+    }
+
+    private let state = Mutex(State())
+
+    /// Creates an empty store.
+    public init() {}
+
+    /// Turns the simulated outage off (`true`) or on (`false`).
+    public func setAvailable(_ available: Bool) {
+        self.state.withLock { $0.available = available }
+    }
+
+    /// The recipients `messageID` is still pending for (a test and monitoring aid).
+    public func pendingRecipients(of messageID: MessageID) -> Set<UserID> {
+        self.state.withLock { $0.messages[messageID]?.pendingFor ?? [] }
+    }
+
+    /// How many messages are stored.
+    public var messageCount: Int {
+        self.state.withLock { $0.messages.count }
+    }
+
+    public func insert(_ message: Message, pendingFor recipients: [UserID]) async throws -> InsertOutcome {
+        try self.withAvailableState { state in
+            let clientKey = message.clientMessageID.map { "\(message.senderID.rawValue)\u{0}\($0)" }
+            if let clientKey, let firstID = state.clientIDs[clientKey], let first = state.messages[firstID] {
+                return .duplicate(first.message)
+            }
+            state.messages[message.id] = StoredMessage(message: message, pendingFor: Set(recipients), outcomes: [:])
+            for recipient in Set(recipients) {
+                state.pending[recipient, default: []].insertSorted(message.id)
+            }
+            if let clientKey { state.clientIDs[clientKey] = message.id }
+            state.chats[message.chatID]?.lastMessage = message.id
+            return .inserted
+        }
+    }
+
+    public func markDelivered(_ marks: [DeliveryMark]) async throws {
+        try self.withAvailableState { state in
+            for mark in marks {
+                guard state.messages[mark.messageID] != nil else { continue }
+                state.messages[mark.messageID]?.message.markRead(by: mark.userID, at: mark.at)
+                Self.clearPending(&state, messageID: mark.messageID, userID: mark.userID)
+            }
+        }
+    }
+
+    public func recordOutcome(_ status: DeliveryStatus, messageID: MessageID, userID: UserID, at date: Date) async throws {
+        try self.withAvailableState { state in
+            guard state.messages[messageID] != nil else { return }
+            // A delivery that was confirmed stays delivered whatever the queue says later.
+            guard state.messages[messageID]?.message.isRead(by: userID) == false else { return }
+            state.messages[messageID]?.outcomes[userID] = DeliveryReceipt(userID: userID, status: status, at: date)
+            Self.clearPending(&state, messageID: messageID, userID: userID)
+        }
+    }
+
+    public func pendingMessages(for user: UserID, createdSince: Date, afterID: MessageID?, limit: Int) async throws
+        -> [Message]
+    {
+        try self.withAvailableState { state in
+            let ids = state.pending[user] ?? []
+            let start = afterID.map { ids.firstIndex(after: $0) } ?? 0
+            var result: [Message] = []
+            for id in ids[start...] where result.count < limit {
+                if let message = state.messages[id]?.message, message.createdAt >= createdSince {
+                    result.append(message)
+                }
+            }
+            return result
+        }
+    }
+
+    public func receipts(for messageID: MessageID) async throws -> [DeliveryReceipt] {
+        try self.withAvailableState { state in
+            guard let stored = state.messages[messageID] else { return [] }
+            let message = stored.message
+            let participants = state.chats[message.chatID]?.participants ?? Array(stored.pendingFor)
+            return participants.filter { $0 != message.senderID }.map { user in
+                if let read = message.readBy.first(where: { $0.userID == user }) {
+                    return DeliveryReceipt(userID: user, status: .delivered, at: read.readAt)
+                }
+                return stored.outcomes[user] ?? DeliveryReceipt(userID: user, status: .sent, at: message.createdAt)
+            }
+        }
+    }
+
+    public func message(_ id: MessageID) async throws -> Message? {
+        try self.withAvailableState { $0.messages[id]?.message }
+    }
+
+    public func chat(_ id: ChatID) async throws -> Chat? {
+        try self.withAvailableState { $0.chats[id] }
+    }
+
+    public func chats(of user: UserID) async throws -> [Chat] {
+        try self.withAvailableState { state in
+            state.chats.values.filter { $0.hasParticipant(user) }.sorted { $0.id < $1.id }
+        }
+    }
+
+    public func saveChat(_ chat: Chat) async throws {
+        try self.withAvailableState { $0.chats[chat.id] = chat }
+    }
+
+    public func users(_ ids: [UserID]) async throws -> [UserID: User] {
+        try self.withAvailableState { state in
+            var found: [UserID: User] = [:]
+            for id in ids { found[id] = state.users[id] }
+            return found
+        }
+    }
+
+    public func saveUser(_ user: User) async throws {
+        try self.withAvailableState { $0.users[user.id] = user }
+    }
+
+    private func withAvailableState<Result>(_ body: (inout State) throws -> Result) throws -> Result {
+        try self.state.withLock { state in
+            guard state.available else {
+                throw ChatError(.unavailable, "the in-memory store is switched to a simulated outage")
+            }
+            return try body(&state)
+        }
+    }
+
+    private static func clearPending(_ state: inout State, messageID: MessageID, userID: UserID) {
+        guard state.messages[messageID]?.pendingFor.remove(userID) != nil else { return }
+        state.pending[userID]?.removeSorted(messageID)
+        if state.pending[userID]?.isEmpty == true { state.pending[userID] = nil }
+    }
+}
+
+extension Array where Element == MessageID {
+    /// The index of the first id greater than `id`.
+    fileprivate func firstIndex(after id: MessageID) -> Int {
+        var low = 0
+        var high = self.count
+        while low < high {
+            let mid = (low + high) / 2
+            if self[mid] <= id { low = mid + 1 } else { high = mid }
+        }
+        return low
+    }
+
+    fileprivate mutating func insertSorted(_ id: MessageID) {
+        let index = self.firstIndex(after: id)
+        if index > 0, self[index - 1] == id { return }
+        self.insert(id, at: index)
+    }
+
+    fileprivate mutating func removeSorted(_ id: MessageID) {
+        let index = self.firstIndex(after: id) - 1
+        if index >= 0, self[index] == id { self.remove(at: index) }
+    }
+}

@@ -1,0 +1,93 @@
+public import Foundation
+
+/// Where a message stands for one recipient.
+public struct DeliveryStatus: RawRepresentable, Hashable, Sendable, Codable, CustomStringConvertible {
+    public let rawValue: String
+
+    public init(rawValue: String) { self.rawValue = rawValue }
+
+    public var description: String { self.rawValue }
+
+    /// Accepted and stored; on its way (live or queued).
+    public static let sent = DeliveryStatus(rawValue: "sent")
+    /// The recipient's client received it.
+    public static let delivered = DeliveryStatus(rawValue: "delivered")
+    /// It could not be delivered and will not be retried (dead-lettered by the queue).
+    public static let failed = DeliveryStatus(rawValue: "failed")
+    /// The recipient did not come back within the retention window (24 h by default).
+    public static let expired = DeliveryStatus(rawValue: "expired")
+}
+
+/// The delivery status of one message for one recipient.
+public struct DeliveryReceipt: Hashable, Sendable, Codable {
+    /// The recipient.
+    public var userID: UserID
+    /// Where the message stands for them.
+    public var status: DeliveryStatus
+    /// When the status was reached.
+    public var at: Date
+
+    /// Creates a receipt.
+    public init(userID: UserID, status: DeliveryStatus, at: Date) {
+        self.userID = userID
+        self.status = status
+        self.at = Timestamp.truncatedToMilliseconds(at)
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case userID = "userId"
+        case status, at
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        self.userID = try container.decode(UserID.self, forKey: .userID)
+        self.status = try container.decode(DeliveryStatus.self, forKey: .status)
+        self.at = try container.decodeTimestamp(forKey: .at)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(self.userID, forKey: .userID)
+        try container.encode(self.status, forKey: .status)
+        try container.encodeTimestamp(self.at, forKey: .at)
+    }
+}
+
+/// One recipient's confirmed receipt of one message: the store adds the recipient to `readBy` and clears them
+/// from the message's pending recipients in the same write.
+public struct DeliveryMark: Hashable, Sendable {
+    /// The delivered message.
+    public var messageID: MessageID
+    /// The recipient who received it.
+    public var userID: UserID
+    /// When the client confirmed it.
+    public var at: Date
+
+    /// Creates a mark.
+    public init(messageID: MessageID, userID: UserID, at: Date) {
+        self.messageID = messageID
+        self.userID = userID
+        self.at = Timestamp.truncatedToMilliseconds(at)
+    }
+}
+
+/// That one connection of a user is held by one node.
+public struct PresenceRecord: Hashable, Sendable, Codable {
+    /// The user.
+    public var userID: UserID
+    /// The connection (socket).
+    public var connectionID: ConnectionID
+    /// The node holding the connection, so a message can be routed to it.
+    public var nodeID: NodeID
+    /// When the connection was opened.
+    public var since: Date
+
+    /// Creates a record.
+    public init(userID: UserID, connectionID: ConnectionID, nodeID: NodeID, since: Date) {
+        self.userID = userID
+        self.connectionID = connectionID
+        self.nodeID = nodeID
+        self.since = Timestamp.truncatedToMilliseconds(since)
+    }
+}

@@ -1,0 +1,56 @@
+public import Foundation
+
+/// The source of truth: messages, chats and users. A message exists once ``insert(_:pendingFor:)`` returned.
+///
+/// Implementations throw ``ChatError`` with code ``ChatError/Code/unavailable`` when the store cannot be reached,
+/// within a bounded time.
+public protocol MessageStore: Sendable {
+    /// Stores `message` together with the recipients it is still pending for, and sets it as its chat's
+    /// `lastMessage`, in one write.
+    ///
+    /// If the sender already stored a message with the same `clientMessageID`, nothing is written and the
+    /// outcome is ``InsertOutcome/duplicate(_:)`` with the first message.
+    func insert(_ message: Message, pendingFor recipients: [UserID]) async throws -> InsertOutcome
+
+    /// Records confirmed deliveries: each recipient is added to the message's `readBy` (once, whatever the number
+    /// of marks) and cleared from its pending recipients. One round trip for the whole batch where possible.
+    func markDelivered(_ marks: [DeliveryMark]) async throws
+
+    /// Records a final outcome other than delivery (``DeliveryStatus/expired`` or ``DeliveryStatus/failed``)
+    /// and clears the recipient from the message's pending recipients.
+    func recordOutcome(_ status: DeliveryStatus, messageID: MessageID, userID: UserID, at date: Date) async throws
+
+    /// Messages still pending for `user`, created at or after `createdSince`, with ids greater than `afterID`,
+    /// oldest first, at most `limit`.
+    func pendingMessages(for user: UserID, createdSince: Date, afterID: MessageID?, limit: Int) async throws
+        -> [Message]
+
+    /// Per-recipient delivery status of a message (the delivery receipts API).
+    func receipts(for messageID: MessageID) async throws -> [DeliveryReceipt]
+
+    /// The message with `id`, if stored.
+    func message(_ id: MessageID) async throws -> Message?
+
+    /// The chat with `id`, if it exists.
+    func chat(_ id: ChatID) async throws -> Chat?
+
+    /// The chats `user` takes part in.
+    func chats(of user: UserID) async throws -> [Chat]
+
+    /// Creates or replaces `chat`.
+    func saveChat(_ chat: Chat) async throws
+
+    /// The users with these ids that are known; unknown ids are left out.
+    func users(_ ids: [UserID]) async throws -> [UserID: User]
+
+    /// Creates or updates `user` (for example from a token's claims).
+    func saveUser(_ user: User) async throws
+}
+
+/// What ``MessageStore/insert(_:pendingFor:)`` did.
+public enum InsertOutcome: Sendable, Hashable {
+    /// The message was stored.
+    case inserted
+    /// The sender had already stored a message with this `clientMessageID`; this is that message.
+    case duplicate(Message)
+}

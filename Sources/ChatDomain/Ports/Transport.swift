@@ -1,0 +1,25 @@
+/// Delivers events to connected clients.
+///
+/// ``emit(_:to:acknowledgement:)`` is synchronous on purpose: it places the event behind everything emitted to
+/// that connection before and returns without waiting for the network, so the engine keeps per-recipient order
+/// by the order of its calls, and many emits can be in flight at once. The client's acknowledgement, if asked
+/// for, arrives through the ``Acknowledgement``.
+public protocol Transport: Sendable {
+    /// Queues `event` for `connection`.
+    ///
+    /// When `acknowledgement` is given, the transport asks the client to acknowledge the event and completes it
+    /// when the client does, or fails it when the connection closes first.
+    /// - Throws: ``ChatError`` ``ChatError/Code/connectionClosed`` when the connection is gone or its outbound
+    ///   buffer is full.
+    func emit(_ event: OutboundEvent, to connection: ConnectionID, acknowledgement: Acknowledgement?) throws
+
+    /// Closes `connection`, telling the client `reason`.
+    func disconnect(_ connection: ConnectionID, reason: String) async
+}
+
+extension Transport {
+    /// Queues `event` for `connection`, asking for no acknowledgement.
+    public func emit(_ event: OutboundEvent, to connection: ConnectionID) throws {
+        try self.emit(event, to: connection, acknowledgement: nil)
+    }
+}
