@@ -24,6 +24,9 @@ public final class InMemoryMessageQueue: MessageQueue {
     private struct Item {
         var sequence: UInt64
         var entry: QueueEntry
+        /// When the queue took the entry; the TTL counts from here, as in RabbitMQ. Items are in sequence order,
+        /// so their arrival times never decrease from head to tail.
+        var arrivedAt: Date
         var redelivered: Bool
     }
 
@@ -89,7 +92,9 @@ public final class InMemoryMessageQueue: MessageQueue {
                     deadLetters.append(DeadLetter(entry: entry, reason: .rejected, at: now))
                     continue
                 }
-                state.queues[user, default: []].append(Item(sequence: state.nextSequence, entry: entry, redelivered: false))
+                state.queues[user, default: []].append(
+                    Item(sequence: state.nextSequence, entry: entry, arrivedAt: now, redelivered: false)
+                )
                 state.nextSequence += 1
             }
             return (rejected, deadLetters)
@@ -190,16 +195,16 @@ public final class InMemoryMessageQueue: MessageQueue {
         }
     }
 
-    /// Removes and returns the dead letters of `user`'s entries that outlived the TTL.
+    /// Removes and returns the dead letters of `user`'s entries that outlived the TTL; they are all at the head.
     private func expire(_ state: inout State, user: UserID, now: Date) -> [DeadLetter] {
-        guard var queue = state.queues[user] else { return [] }
         var expired: [DeadLetter] = []
-        queue.removeAll { item in
-            guard now.timeIntervalSince(item.entry.enqueuedAt) >= self.configuration.messageTTL else { return false }
-            expired.append(DeadLetter(entry: item.entry, reason: .expired, at: now))
-            return true
+        while let head = state.queues[user]?.first,
+            now.timeIntervalSince(head.arrivedAt) >= self.configuration.messageTTL
+        {
+            state.queues[user]?.removeFirst()
+            expired.append(DeadLetter(entry: head.entry, reason: .expired, at: now))
         }
-        state.queues[user] = queue.isEmpty ? nil : queue
+        if state.queues[user]?.isEmpty == true { state.queues[user] = nil }
         return expired
     }
 

@@ -173,3 +173,23 @@ func eventually(
     }
     Issue.record("timed out waiting until \(description)", sourceLocation: sourceLocation)
 }
+
+/// A value shared between test tasks.
+final class Locked<Value: Sendable>: Sendable {
+    private let mutex: Mutex<Value>
+
+    init(_ value: Value) { self.mutex = Mutex(value) }
+
+    var value: Value { self.mutex.withLock { $0 } }
+
+    func withLock<Result: Sendable>(_ body: (inout Value) -> Result) -> Result {
+        self.mutex.withLock { body(&$0) }
+    }
+}
+
+extension Result where Failure == ChatError {
+    /// The error code of a failure, nil for a success.
+    var errorCode: ChatError.Code? {
+        if case .failure(let error) = self { error.code } else { nil }
+    }
+}

@@ -1,0 +1,124 @@
+import ChatDomain
+import Foundation
+import Testing
+
+/// What a sender is told when a send is rejected, and that a rejected send leaves no trace.
+@Suite("Send validation")
+struct SendValidationTests {
+    private func rejection(
+        _ request: SendMessageRequest,
+        configuration: ChatServiceConfiguration = .init(),
+        prepare: @Sendable (Harness) async throws -> Void = { _ in }
+    ) async throws -> (ChatError?, [OutboundEvent], Int) {
+        let outcome = Locked<(ChatError?, [OutboundEvent], Int)>((nil, [], 0))
+        try await withHarness(configuration: configuration) { h in
+            let alice = await h.connect(Harness.alice)
+            let bob = await h.connect(Harness.bob)
+            try await prepare(h)
+            let result = await h.service.send(request, from: alice)
+            let error: ChatError? = if case .failure(let error) = result { error } else { nil }
+            let events = h.transport.events(of: alice).filter { if case .messageError = $0 { true } else { false } }
+            outcome.withLock { $0 = (error, events, h.contents(of: bob).count + h.store.messageCount) }
+        }
+        return outcome.value
+    }
+
+    @Test(
+        "Each rule has its error code, and the sender gets message:error with it",
+        arguments: [
+            (SendMessageRequest(chatID: "no-such-chat", content: "hi"), ChatError.Code.chatNotFound),
+            (SendMessageRequest(chatID: "chat-cd", content: "hi"), .notAParticipant),
+            (SendMessageRequest(chatID: Harness.directChat, content: ""), .emptyContent),
+            (SendMessageRequest(chatID: Harness.directChat, content: " \n\t "), .emptyContent),
+            (SendMessageRequest(chatID: Harness.directChat, content: "hi", messageType: "video"), .invalidMessageType),
+            (SendMessageRequest(chatID: Harness.directChat, content: "hi", clientMessageID: ""), .badRequest),
+        ]
+    )
+    func rejectedWithCode(request: SendMessageRequest, code: ChatError.Code) async throws {
+        let (error, events, traces) = try await self.rejection(request) { h in
+            try await h.store.saveChat(Chat(id: "chat-cd", participants: [Harness.carol.id, Harness.dave.id]))
+        }
+        #expect(error?.code == code)
+        #expect(events == [.messageError(MessageErrorPayload(code: code.rawValue, message: error?.message ?? "", chatID: request.chatID, clientMessageID: request.clientMessageID))])
+        #expect(traces == 0, "nothing stored, nothing delivered")
+    }
+
+    @Test("The content limit counts UTF-8 bytes: exactly the limit is accepted, one byte more is not")
+    func contentLimitInBytes() async throws {
+        var configuration = ChatServiceConfiguration()
+        configuration.maxContentBytes = 12
+        try await withHarness(configuration: configuration) { h in
+            let alice = await h.connect(Harness.alice)
+            // "é" is two bytes: six of them are twelve bytes but six characters.
+            let exact = await h.service.send(SendMessageRequest(chatID: Harness.directChat, content: "éééééé"), from: alice)
+            #expect((try? exact.get()) != nil)
+            let over = await h.service.send(SendMessageRequest(chatID: Harness.directChat, content: "ééééééa"), from: alice)
+            guard case .failure(let error) = over else {
+                Issue.record("13 bytes were accepted with a 12-byte limit")
+                return
+            }
+            #expect(error.code == .contentTooLarge)
+            #expect(error.message.contains("13") && error.message.contains("12"))
+        }
+    }
+
+    @Test("An unknown connection is unauthorized")
+    func unknownConnection() async throws {
+        try await withHarness { h in
+            h.transport.open("stranger")
+            let result = await h.service.send(SendMessageRequest(chatID: Harness.directChat, content: "hi"), from: "stranger")
+            #expect(result.errorCode == .unauthorized)
+            #expect(h.store.messageCount == 0)
+        }
+    }
+
+    @Test("Store outage: the send fails with store_unavailable and nothing is emitted or queued")
+    func storeOutage() async throws {
+        try await withHarness { h in
+            let alice = await h.connect(Harness.alice)
+            let bob = await h.connect(Harness.bob)
+            h.store.setAvailable(false)
+            let result = await h.service.send(SendMessageRequest(chatID: Harness.groupChat, content: "lost?"), from: alice)
+            #expect(result.errorCode == .storeUnavailable)
+            #expect(h.contents(of: bob).isEmpty)
+            #expect(!h.transport.events(of: alice).contains { if case .messageSent = $0 { true } else { false } })
+            #expect(await h.service.health().store == .down)
+
+            h.store.setAvailable(true)
+            #expect(try await h.depth(of: Harness.carol) == 0)
+            try await h.send("back", in: Harness.groupChat, from: alice)
+            #expect(h.contents(of: bob) == ["back"])
+            #expect(await h.service.health().store == .ok)
+        }
+    }
+
+    @Test("A repeated send with the same clientMessageId returns the first id and creates nothing new")
+    func idempotentSend() async throws {
+        try await withHarness { h in
+            let alice = await h.connect(Harness.alice)
+            let bob = await h.connect(Harness.bob)
+            let first = try await h.send("once", from: alice, clientMessageID: "c-1")
+            let again = try await h.send("once", from: alice, clientMessageID: "c-1")
+            #expect(again.messageID == first.messageID)
+            #expect(again.clientMessageID == "c-1")
+            #expect(h.store.messageCount == 1)
+            #expect(h.contents(of: bob) == ["once"])
+
+            // The same client id from another sender is another message.
+            try await h.send("mine", from: bob, clientMessageID: "c-1")
+            #expect(h.store.messageCount == 2)
+        }
+    }
+
+    @Test("Settings out of range are refused with the setting's name")
+    func configurationValidation() {
+        var configuration = ChatServiceConfiguration()
+        configuration.drainWindow = 0
+        #expect(throws: ChatError.self) { try configuration.validate() }
+        do {
+            try configuration.validate()
+        } catch {
+            #expect(error.message.contains("drainWindow"))
+        }
+    }
+}
