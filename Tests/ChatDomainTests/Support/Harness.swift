@@ -32,6 +32,11 @@ final class LogCapture: Sendable {
 
     fileprivate func append(_ entry: Entry) {
         self.entries.withLock { $0.append(entry) }
+        // `scripts/run.sh` sets this to show the engine's log lines while the demo scenario runs.
+        if ProcessInfo.processInfo.environment["CHATD_TEST_LOG"] != nil {
+            let metadata = entry.metadata.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+            print("[\(entry.level)] \(entry.message) \(metadata)")
+        }
     }
 
     private struct Handler: LogHandler {

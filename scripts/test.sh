@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every test of chatd on a fresh Debian/Ubuntu machine with the Swift toolchain.
+# Installs what the tests need (idempotently), builds with warnings treated as failures, runs the suites.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '==> %s\n' "$*"; }
+
+command -v swift >/dev/null || { echo "swift is not on PATH: install the Swift toolchain (6.1 or later) first" >&2; exit 1; }
+
+# Build first and refuse warnings in our own code (dependencies' warnings are theirs).
+log "Building (debug, with tests)"
+build_log=$(mktemp)
+trap 'rm -f "$build_log"' EXIT
+if ! swift build --build-tests 2>&1 | tee "$build_log"; then
+    echo "build failed" >&2
+    exit 1
+fi
+own_warnings=$(grep -E 'warning:' "$build_log" | grep -v '/.build/checkouts/' | sort -u || true)
+if [ -n "$own_warnings" ]; then
+    echo "The build has warnings; chatd builds warning-free:" >&2
+    echo "$own_warnings" >&2
+    exit 1
+fi
+
+log "Running the test suites"
+swift test --skip-build
