@@ -239,3 +239,66 @@ struct DeliveryReliabilityTests {
         }
     }
 }
+
+@Suite("Drain pipeline")
+struct DrainPipelineTests {
+    @Test("A drain keeps drainWindow messages in flight and batches its readBy writes")
+    func pipelinedDrain() async throws {
+        var configuration = ChatServiceConfiguration()
+        configuration.drainWindow = 8
+        configuration.deliveryConfirmation = .clientAcknowledgement(timeout: .seconds(30))
+        try await withHarness(configuration: configuration) { h in
+            let alice = await h.connect(Harness.alice)
+            var sent: [MessageID] = []
+            for index in 0..<40 { sent.append(try await h.send("m\(index)", from: alice).messageID) }
+            let bob = await h.connect(Harness.bob) { _ in .ignore }
+            let writesBefore = h.store.deliveryWriteCount
+
+            async let drained = h.service.reconnected(bob)
+            var rounds = 0
+            while h.transport.receivedMessages(of: bob).count < 40 {
+                await eventually("a full window is in flight") { h.transport.ignoredCount(on: bob) == 8 }
+                #expect(h.transport.receivedMessages(of: bob).count == 8 * (rounds + 1), "window \(rounds)")
+                rounds += 1
+                h.transport.acknowledgeIgnored(on: bob)
+            }
+            h.transport.acknowledgeIgnored(on: bob)
+            #expect(await drained == 40)
+            #expect(rounds == 5)
+            let last = try #require(sent.last)
+            await eventually("every delivery is recorded") { h.store.pendingRecipients(of: last).isEmpty }
+            let writes = h.store.deliveryWriteCount - writesBefore
+            #expect(writes < 40, "readBy writes are batched (\(writes) writes for 40 deliveries)")
+        }
+    }
+
+    @Test("The queue failing mid-drain: what was not acknowledged is caught up from the store, once each")
+    func queueFailsMidDrain() async throws {
+        try await withHarness { h in
+            let alice = await h.connect(Harness.alice)
+            for index in 1...6 { try await h.send("m\(index)", from: alice) }
+            let emitted = Locked(0)
+            let queue = h.queue
+            let bob = await h.connect(Harness.bob) { event in
+                guard case .messageReceived = event else { return .acknowledge }
+                if emitted.withLock({ count in count += 1; return count }) == 3 { queue.setAvailable(false) }
+                return .acknowledge
+            }
+            let delivered = await h.service.reconnected(bob)
+            let contents = h.contents(of: bob)
+            #expect(Set(contents) == Set((1...6).map { "m\($0)" }), "every message arrived")
+            #expect(contents == contents.sorted(), "in order")
+            #expect(delivered == 6)
+            #expect(h.logs.count(of: "RabbitMQ connection failed, offline messaging disabled") == 1)
+        }
+    }
+
+    @Test("Sending sets the chat's lastMessage")
+    func lastMessage() async throws {
+        try await withHarness { h in
+            let alice = await h.connect(Harness.alice)
+            let sent = try await h.send("latest", from: alice)
+            #expect(try await h.store.chat(Harness.directChat)?.lastMessage == sent.messageID)
+        }
+    }
+}

@@ -7,6 +7,24 @@ struct DrainInterrupted: Error {
     var delivered: Int
 }
 
+/// One caught-up message on its way to the client.
+struct CatchUpItem {
+    var message: Message
+    var sender: User
+    /// The queue's handle, for messages that came from the queue.
+    var tag: DeliveryTag?
+}
+
+/// How a pipelined catch-up run ended.
+enum CatchUpEnd {
+    /// The source had nothing more.
+    case exhausted
+    /// The source failed; every in-flight message was still settled with the client.
+    case sourceFailed(any Error)
+    /// The client did not confirm the first of these; none of them counts as delivered.
+    case unconfirmed([CatchUpItem])
+}
+
 extension ChatService {
     /// Handles `user:reconnected` from `connection`: delivers everything queued or pending for the user as
     /// `message:received` with `isNew: false`, then announces them with `user:online`.
@@ -36,8 +54,7 @@ extension ChatService {
                 self.lanes[user]?.drainFailed()
                 break
             }
-            guard let lane = self.lanes[user], lane.mode == .draining else { break }
-            if self.lanes[user]?.finishDrainPass(snapshot: snapshot) == true || self.lanes[user]?.mode != .draining {
+            if self.lanes[user]?.finishDrainPass(snapshot: snapshot) != false || self.lanes[user]?.mode != .draining {
                 break
             }
             // Messages were routed to the offline path during this pass: let their queue writes land, then look
@@ -58,69 +75,65 @@ extension ChatService {
         return delivered
     }
 
-    /// Delivers `user`'s queue with up to ``ChatServiceConfiguration/drainWindow`` messages in flight.
+    /// Delivers `user`'s queue; entries are acknowledged after the client confirmed them.
     private func drainQueue(for user: UserID, skipping delivered: inout Set<MessageID>) async throws(DrainInterrupted) -> Int {
-        let window = self.configuration.drainWindow
         let consumer: any QueueConsumer
         do {
-            consumer = try await self.queue.consumer(for: user, prefetch: window)
+            consumer = try await self.queue.consumer(for: user, prefetch: self.configuration.drainWindow)
             self.queueSucceeded()
         } catch {
             self.queueFailed(error)
             return 0
         }
-        var inFlight = Deque<(delivery: QueueDelivery, attempt: DeliveryAttempt)>()
-        var count = 0
-        do {
-            while true {
-                while inFlight.count < window, let delivery = try await consumer.next() {
-                    let message = delivery.entry.message
-                    if delivered.contains(message.id) {
-                        // Already caught up from the store in this drain.
+        let skip = delivered
+        let (ids, end) = await self.deliverPipelined(
+            to: user,
+            next: {
+                while let delivery = try await consumer.next() {
+                    // Already caught up from the store in an earlier pass of this drain.
+                    if skip.contains(delivery.entry.message.id) {
                         try await consumer.ack(delivery.tag)
                         continue
                     }
-                    let event = OutboundEvent.messageReceived(
-                        ReceivedMessage(message: message, sender: delivery.entry.sender, isNew: false)
-                    )
-                    inFlight.append((delivery, self.emit(event, to: self.connections(of: user))))
+                    return CatchUpItem(message: delivery.entry.message, sender: delivery.entry.sender, tag: delivery.tag)
                 }
-                guard let head = inFlight.popFirst() else { break }
-                guard await head.attempt.isConfirmed() else {
-                    let returned = [head.delivery] + inFlight.map(\.delivery)
-                    for delivery in returned {
-                        try? await consumer.nack(delivery.tag)
-                    }
-                    self.statistics.returnedToQueue += returned.count
-                    self.logger.warning(
-                        "Client did not confirm a caught-up message; the rest stays queued for the next reconnect",
-                        metadata: ["chat.user.id": "\(user)", "chat.message.id": "\(head.delivery.entry.message.id)"]
-                    )
-                    await consumer.close()
-                    throw DrainInterrupted(delivered: count)
+                return nil
+            },
+            settle: { batch in
+                for item in batch {
+                    if let tag = item.tag { try await consumer.ack(tag) }
                 }
-                try await consumer.ack(head.delivery.tag)
-                self.recordDelivered(head.delivery.entry.message.id, to: user)
-                delivered.insert(head.delivery.entry.message.id)
-                self.statistics.deliveredFromQueue += 1
-                count += 1
             }
-        } catch let error as DrainInterrupted {
-            throw error
-        } catch {
-            // The queue went away mid-drain: it takes back what was not acknowledged. The store catch-up that
+        )
+        delivered.formUnion(ids)
+        self.statistics.deliveredFromQueue += ids.count
+        switch end {
+        case .exhausted:
+            break
+        case .sourceFailed(let error):
+            // The queue went away mid-drain and takes back what was not acknowledged; the store catch-up that
             // follows delivers whatever is still pending.
             self.queueFailed(error)
+        case .unconfirmed(let returned):
+            for item in returned {
+                if let tag = item.tag { try? await consumer.nack(tag) }
+            }
+            self.statistics.returnedToQueue += returned.count
+            self.logger.warning(
+                "Client did not confirm a caught-up message; the rest stays queued for the next reconnect",
+                metadata: ["chat.user.id": "\(user)", "chat.message.id": "\(returned.first?.message.id.hexString ?? "")"]
+            )
+            await consumer.close()
+            throw DrainInterrupted(delivered: ids.count)
         }
         await consumer.close()
-        return count
+        return ids.count
     }
 
     /// Delivers what is still pending for `user` in the store, oldest first, in batches.
     private func catchUpFromStore(for user: UserID, skipping delivered: inout Set<MessageID>) async throws(DrainInterrupted) -> Int {
         // Deliveries confirmed so far must be written first, or the store would hand them out again.
         await self.markWriter.flush()
-        let window = self.configuration.drainWindow
         let since = self.wallClock.now().addingTimeInterval(-self.configuration.retention)
         var afterID: MessageID?
         var count = 0
@@ -146,26 +159,26 @@ extension ChatService {
                 )
                 return count
             }
-            var inFlight = Deque<(message: Message, attempt: DeliveryAttempt)>()
             var remaining = batch.filter { !delivered.contains($0.id) }[...]
-            while true {
-                while inFlight.count < window, let message = remaining.popFirst() {
-                    let sender = senders[message.senderID] ?? User(id: message.senderID, username: message.senderID.rawValue)
-                    let event = OutboundEvent.messageReceived(ReceivedMessage(message: message, sender: sender, isNew: false))
-                    inFlight.append((message, self.emit(event, to: self.connections(of: user))))
-                }
-                guard let head = inFlight.popFirst() else { break }
-                guard await head.attempt.isConfirmed() else {
-                    self.logger.warning(
-                        "Client did not confirm a caught-up message; the rest stays pending for the next reconnect",
-                        metadata: ["chat.user.id": "\(user)", "chat.message.id": "\(head.message.id)"]
-                    )
-                    throw DrainInterrupted(delivered: count)
-                }
-                self.recordDelivered(head.message.id, to: user)
-                delivered.insert(head.message.id)
-                self.statistics.deliveredFromStore += 1
-                count += 1
+            let (ids, end) = await self.deliverPipelined(
+                to: user,
+                next: {
+                    remaining.popFirst().map { message in
+                        let sender = senders[message.senderID] ?? User(id: message.senderID, username: message.senderID.rawValue)
+                        return CatchUpItem(message: message, sender: sender, tag: nil)
+                    }
+                },
+                settle: { _ in }
+            )
+            delivered.formUnion(ids)
+            self.statistics.deliveredFromStore += ids.count
+            count += ids.count
+            if case .unconfirmed(let left) = end {
+                self.logger.warning(
+                    "Client did not confirm a caught-up message; the rest stays pending for the next reconnect",
+                    metadata: ["chat.user.id": "\(user)", "chat.message.id": "\(left.first?.message.id.hexString ?? "")"]
+                )
+                throw DrainInterrupted(delivered: count)
             }
             guard batch.count == self.configuration.catchUpBatchSize, let last = batch.last else { break }
             afterID = last.id
@@ -179,8 +192,53 @@ extension ChatService {
         return count
     }
 
-    private func recordDelivered(_ messageID: MessageID, to user: UserID) {
-        self.markWriter.record([DeliveryMark(messageID: messageID, userID: user, at: self.wallClock.now())])
+    /// Emits caught-up messages with up to ``ChatServiceConfiguration/drainWindow`` in flight and settles them
+    /// in order: each run of confirmed messages is recorded delivered in one batch and handed to `settle` (which
+    /// acknowledges them at their source). The first unconfirmed message ends the run.
+    ///
+    /// - Returns: the ids delivered, in order, and how the run ended.
+    private func deliverPipelined(
+        to user: UserID,
+        next: () async throws -> CatchUpItem?,
+        settle: ([CatchUpItem]) async throws -> Void
+    ) async -> (delivered: [MessageID], end: CatchUpEnd) {
+        let window = self.configuration.drainWindow
+        var inFlight = Deque<(item: CatchUpItem, attempt: DeliveryAttempt)>()
+        var delivered: [MessageID] = []
+        var sourceError: (any Error)?
+        while true {
+            if sourceError == nil {
+                do {
+                    while inFlight.count < window, let item = try await next() {
+                        let event = OutboundEvent.messageReceived(
+                            ReceivedMessage(message: item.message, sender: item.sender, isNew: false)
+                        )
+                        inFlight.append((item, self.emit(event, to: self.connections(of: user))))
+                    }
+                } catch {
+                    sourceError = error
+                }
+            }
+            guard let head = inFlight.first else { break }
+            guard await head.attempt.isConfirmed() else {
+                return (delivered, .unconfirmed(inFlight.map(\.item)))
+            }
+            var batch = [inFlight.removeFirst().item]
+            while let following = inFlight.first, following.attempt.isConfirmedNow == true {
+                batch.append(inFlight.removeFirst().item)
+            }
+            let now = self.wallClock.now()
+            self.markWriter.record(batch.map { DeliveryMark(messageID: $0.message.id, userID: user, at: now) })
+            delivered.append(contentsOf: batch.map(\.message.id))
+            if sourceError == nil {
+                do {
+                    try await settle(batch)
+                } catch {
+                    sourceError = error
+                }
+            }
+        }
+        return (delivered, sourceError.map { .sourceFailed($0) } ?? .exhausted)
     }
 
     /// Records the outcome of every entry the queue dead-letters, for the receipts API and the counters.

@@ -6,6 +6,18 @@ struct DeliveryAttempt: Sendable {
     /// One per written connection, when clients must acknowledge.
     var acknowledgements: [Acknowledgement]
 
+    /// Whether the recipient is known to have the message right now, without waiting: nil while undecided.
+    var isConfirmedNow: Bool? {
+        switch self.confirmation {
+        case .socketWrite:
+            return self.written > 0
+        case .clientAcknowledgement:
+            let outcomes = self.acknowledgements.map(\.succeeded)
+            if outcomes.contains(true) { return true }
+            return outcomes.contains(nil) ? nil : false
+        }
+    }
+
     /// Whether the recipient got the message: a client acknowledged in time, or (for clients that cannot
     /// acknowledge) the event was written to at least one connection.
     func isConfirmed() async -> Bool {

@@ -20,6 +20,7 @@ public final class InMemoryMessageStore: MessageStore {
         var clientIDs: [String: MessageID] = [:]
         var chats: [ChatID: Chat] = [:]
         var users: [UserID: User] = [:]
+        var deliveryWrites = 0
     }
 
     private let state = Mutex(State())
@@ -35,6 +36,11 @@ public final class InMemoryMessageStore: MessageStore {
     /// The recipients `messageID` is still pending for (a test and monitoring aid).
     public func pendingRecipients(of messageID: MessageID) -> Set<UserID> {
         self.state.withLock { $0.messages[messageID]?.pendingFor ?? [] }
+    }
+
+    /// How many ``markDelivered(_:)`` writes were made (each is one round trip in a networked store).
+    public var deliveryWriteCount: Int {
+        self.state.withLock { $0.deliveryWrites }
     }
 
     /// How many messages are stored.
@@ -60,6 +66,7 @@ public final class InMemoryMessageStore: MessageStore {
 
     public func markDelivered(_ marks: [DeliveryMark]) async throws {
         try self.withAvailableState { state in
+            state.deliveryWrites += 1
             for mark in marks {
                 guard state.messages[mark.messageID] != nil else { continue }
                 state.messages[mark.messageID]?.message.markRead(by: mark.userID, at: mark.at)

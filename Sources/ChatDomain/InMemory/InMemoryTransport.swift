@@ -56,6 +56,22 @@ public final class InMemoryTransport: Transport {
         self.events(of: connection).compactMap { if case .messageReceived(let received) = $0 { received } else { nil } }
     }
 
+    /// The client of `connection` acknowledges every event it has been ignoring so far; returns how many.
+    @discardableResult
+    public func acknowledgeIgnored(on connection: ConnectionID) -> Int {
+        let held = self.state.withLock { connections -> [Acknowledgement] in
+            defer { connections[connection]?.unacknowledged = [] }
+            return connections[connection]?.unacknowledged ?? []
+        }
+        for acknowledgement in held { acknowledgement.succeed() }
+        return held.count
+    }
+
+    /// How many events `connection` received and has not acknowledged.
+    public func ignoredCount(on connection: ConnectionID) -> Int {
+        self.state.withLock { $0[connection]?.unacknowledged.count { !$0.isCompleted } ?? 0 }
+    }
+
     /// Whether `connection` is open.
     public func isOpen(_ connection: ConnectionID) -> Bool {
         self.state.withLock { $0[connection]?.isOpen ?? false }

@@ -26,7 +26,18 @@ public final class Acknowledgement: Sendable {
 
     /// Whether the acknowledgement has completed.
     public var isCompleted: Bool {
-        self.state.withLock { if case .done = $0 { true } else { false } }
+        self.succeeded != nil
+    }
+
+    /// `true` once acknowledged, `false` once failed, nil while pending.
+    public var succeeded: Bool? {
+        self.state.withLock { state in
+            switch state {
+            case .pending: nil
+            case .done(.success): true
+            case .done(.failure): false
+            }
+        }
     }
 
     /// Waits for completion; throws the failure. One task at a time may wait.
