@@ -71,7 +71,7 @@ public struct MessageSent: Sendable, Hashable, Codable {
     /// Its chat.
     public var chatID: ChatID
     /// When it was accepted.
-    public var timestamp: Date
+    @WireTimestamp public var timestamp: Date
     /// The client's own id for the message, echoed back when it gave one.
     public var clientMessageID: String?
 
@@ -79,7 +79,7 @@ public struct MessageSent: Sendable, Hashable, Codable {
     public init(messageID: MessageID, chatID: ChatID, timestamp: Date, clientMessageID: String? = nil) {
         self.messageID = messageID
         self.chatID = chatID
-        self.timestamp = Timestamp.truncatedToMilliseconds(timestamp)
+        self.timestamp = timestamp
         self.clientMessageID = clientMessageID
     }
 
@@ -89,22 +89,6 @@ public struct MessageSent: Sendable, Hashable, Codable {
         case timestamp
         case clientMessageID = "clientMessageId"
     }
-
-    public init(from decoder: any Decoder) throws {
-        let container = try decoder.container(keyedBy: CodingKeys.self)
-        self.messageID = try container.decode(MessageID.self, forKey: .messageID)
-        self.chatID = try container.decode(ChatID.self, forKey: .chatID)
-        self.timestamp = try container.decodeTimestamp(forKey: .timestamp)
-        self.clientMessageID = try container.decodeIfPresent(String.self, forKey: .clientMessageID)
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(self.messageID, forKey: .messageID)
-        try container.encode(self.chatID, forKey: .chatID)
-        try container.encodeTimestamp(self.timestamp, forKey: .timestamp)
-        try container.encodeIfPresent(self.clientMessageID, forKey: .clientMessageID)
-    }
 }
 
 /// The payload of `user:online` and `user:offline`.
@@ -112,29 +96,17 @@ public struct PresenceChange: Sendable, Hashable, Codable {
     /// The user whose presence changed.
     public var userID: UserID
     /// When it changed.
-    public var timestamp: Date
+    @WireTimestamp public var timestamp: Date
 
     /// Creates the payload.
     public init(userID: UserID, timestamp: Date) {
         self.userID = userID
-        self.timestamp = Timestamp.truncatedToMilliseconds(timestamp)
+        self.timestamp = timestamp
     }
 
     enum CodingKeys: String, CodingKey {
         case userID = "userId"
         case timestamp
-    }
-
-    public init(from decoder: any Decoder) throws {
-        let container = try decoder.container(keyedBy: CodingKeys.self)
-        self.userID = try container.decode(UserID.self, forKey: .userID)
-        self.timestamp = try container.decodeTimestamp(forKey: .timestamp)
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(self.userID, forKey: .userID)
-        try container.encodeTimestamp(self.timestamp, forKey: .timestamp)
     }
 }
 

@@ -25,32 +25,18 @@ public struct DeliveryReceipt: Hashable, Sendable, Codable {
     /// Where the message stands for them.
     public var status: DeliveryStatus
     /// When the status was reached.
-    public var at: Date
+    @WireTimestamp public var at: Date
 
     /// Creates a receipt.
     public init(userID: UserID, status: DeliveryStatus, at: Date) {
         self.userID = userID
         self.status = status
-        self.at = Timestamp.truncatedToMilliseconds(at)
+        self.at = at
     }
 
     enum CodingKeys: String, CodingKey {
         case userID = "userId"
         case status, at
-    }
-
-    public init(from decoder: any Decoder) throws {
-        let container = try decoder.container(keyedBy: CodingKeys.self)
-        self.userID = try container.decode(UserID.self, forKey: .userID)
-        self.status = try container.decode(DeliveryStatus.self, forKey: .status)
-        self.at = try container.decodeTimestamp(forKey: .at)
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(self.userID, forKey: .userID)
-        try container.encode(self.status, forKey: .status)
-        try container.encodeTimestamp(self.at, forKey: .at)
     }
 }
 
@@ -81,13 +67,13 @@ public struct PresenceRecord: Hashable, Sendable, Codable {
     /// The node holding the connection, so a message can be routed to it.
     public var nodeID: NodeID
     /// When the connection was opened.
-    public var since: Date
+    @WireTimestamp public var since: Date
 
     /// Creates a record.
     public init(userID: UserID, connectionID: ConnectionID, nodeID: NodeID, since: Date) {
         self.userID = userID
         self.connectionID = connectionID
         self.nodeID = nodeID
-        self.since = Timestamp.truncatedToMilliseconds(since)
+        self.since = since
     }
 }

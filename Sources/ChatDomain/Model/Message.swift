@@ -22,7 +22,7 @@ public struct Message: Hashable, Sendable, Codable {
     /// Who has received the message and when; the sender is in it from creation.
     public var readBy: [ReadReceipt]
     /// When the server accepted the message, to the millisecond.
-    public var createdAt: Date
+    @WireTimestamp public var createdAt: Date
     /// The sender's own id for the message, which makes a repeated send idempotent.
     public var clientMessageID: String?
 
@@ -47,7 +47,7 @@ public struct Message: Hashable, Sendable, Codable {
         self.attachments = attachments
         self.replyTo = replyTo
         self.readBy = readBy
-        self.createdAt = Timestamp.truncatedToMilliseconds(createdAt)
+        self.createdAt = createdAt
         self.clientMessageID = clientMessageID
     }
 
@@ -82,7 +82,7 @@ public struct Message: Hashable, Sendable, Codable {
         self.attachments = try container.decodeIfPresent([JSONValue].self, forKey: .attachments) ?? []
         self.replyTo = try container.decodeIfPresent(MessageID.self, forKey: .replyTo)
         self.readBy = try container.decodeIfPresent([ReadReceipt].self, forKey: .readBy) ?? []
-        self.createdAt = try container.decodeTimestamp(forKey: .createdAt)
+        self._createdAt = try container.decode(WireTimestamp.self, forKey: .createdAt)
         self.clientMessageID = try container.decodeIfPresent(String.self, forKey: .clientMessageID)
     }
 
@@ -101,7 +101,7 @@ public struct Message: Hashable, Sendable, Codable {
         try container.encode(self.attachments, forKey: .attachments)
         try container.encode(self.replyTo, forKey: .replyTo)
         try container.encode(self.readBy, forKey: .readBy)
-        try container.encodeTimestamp(self.createdAt, forKey: .createdAt)
+        try container.encode(self._createdAt, forKey: .createdAt)
         try container.encode(self.clientMessageID, forKey: .clientMessageID)
     }
 }
@@ -111,29 +111,17 @@ public struct ReadReceipt: Hashable, Sendable, Codable {
     /// The user who received the message.
     public var userID: UserID
     /// When they received it.
-    public var readAt: Date
+    @WireTimestamp public var readAt: Date
 
     /// Creates a receipt; the date is truncated to the millisecond.
     public init(userID: UserID, readAt: Date) {
         self.userID = userID
-        self.readAt = Timestamp.truncatedToMilliseconds(readAt)
+        self.readAt = readAt
     }
 
     enum CodingKeys: String, CodingKey {
         case userID = "userId"
         case readAt
-    }
-
-    public init(from decoder: any Decoder) throws {
-        let container = try decoder.container(keyedBy: CodingKeys.self)
-        self.userID = try container.decode(UserID.self, forKey: .userID)
-        self.readAt = try container.decodeTimestamp(forKey: .readAt)
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(self.userID, forKey: .userID)
-        try container.encodeTimestamp(self.readAt, forKey: .readAt)
     }
 }
 

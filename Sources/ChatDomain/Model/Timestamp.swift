@@ -104,24 +104,36 @@ public enum Timestamp {
     }
 }
 
-extension KeyedDecodingContainer {
-    /// Decodes a wire timestamp, naming the field in the error when it is not one.
-    func decodeTimestamp(forKey key: Key) throws -> Date {
-        let string = try self.decode(String.self, forKey: key)
+/// A date that travels as a ``Timestamp`` string and is kept to the millisecond, so what is decoded equals what
+/// was encoded.
+@propertyWrapper
+public struct WireTimestamp: Hashable, Sendable, Codable {
+    private var storage: Date
+
+    /// The date, truncated to the millisecond.
+    public var wrappedValue: Date {
+        get { self.storage }
+        set { self.storage = Timestamp.truncatedToMilliseconds(newValue) }
+    }
+
+    public init(wrappedValue: Date) {
+        self.storage = Timestamp.truncatedToMilliseconds(wrappedValue)
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        let string = try container.decode(String.self)
         guard let date = Timestamp.date(from: string) else {
             throw DecodingError.dataCorruptedError(
-                forKey: key,
-                in: self,
+                in: container,
                 debugDescription: "expected an ISO-8601 UTC timestamp like 2026-01-06T10:00:00.000Z, got '\(string.prefix(64))'"
             )
         }
-        return date
+        self.storage = date
     }
-}
 
-extension KeyedEncodingContainer {
-    /// Encodes a wire timestamp.
-    mutating func encodeTimestamp(_ date: Date, forKey key: Key) throws {
-        try self.encode(Timestamp.string(from: date), forKey: key)
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(Timestamp.string(from: self.storage))
     }
 }

@@ -43,35 +43,19 @@ public struct QueueEntry: Sendable, Hashable, Codable {
     public var sender: User
     /// The recipient.
     public var recipient: UserID
-    /// When it was queued; the TTL counts from here.
-    public var enqueuedAt: Date
+    /// When it was queued.
+    @WireTimestamp public var enqueuedAt: Date
 
     /// Creates an entry.
     public init(message: Message, sender: User, recipient: UserID, enqueuedAt: Date) {
         self.message = message
         self.sender = sender
         self.recipient = recipient
-        self.enqueuedAt = Timestamp.truncatedToMilliseconds(enqueuedAt)
+        self.enqueuedAt = enqueuedAt
     }
 
     enum CodingKeys: String, CodingKey {
         case message, sender, recipient, enqueuedAt
-    }
-
-    public init(from decoder: any Decoder) throws {
-        let container = try decoder.container(keyedBy: CodingKeys.self)
-        self.message = try container.decode(Message.self, forKey: .message)
-        self.sender = try container.decode(User.self, forKey: .sender)
-        self.recipient = try container.decode(UserID.self, forKey: .recipient)
-        self.enqueuedAt = try container.decodeTimestamp(forKey: .enqueuedAt)
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(self.message, forKey: .message)
-        try container.encode(self.sender, forKey: .sender)
-        try container.encode(self.recipient, forKey: .recipient)
-        try container.encodeTimestamp(self.enqueuedAt, forKey: .enqueuedAt)
     }
 }
 
