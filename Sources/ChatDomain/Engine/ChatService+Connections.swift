@@ -154,9 +154,20 @@ extension ChatService {
     }
 
     func storeFailed(_ error: any Error) {
+        guard Self.isUnreachable(error) else {
+            // The store answered, with an error: not an outage.
+            self.logger.error("Message store call failed", metadata: ["error": "\(error)"])
+            return
+        }
         if self.storeOutage.failed() == .wentDown {
             self.logger.error("Message store unreachable; sends fail until it returns", metadata: ["error": "\(error)"])
         }
+    }
+
+    /// Whether `error` says the backing service could not be reached (rather than that it refused the call).
+    static func isUnreachable(_ error: any Error) -> Bool {
+        guard let error = error as? ChatError else { return true }
+        return [.unavailable, .storeUnavailable, .timeout].contains(error.code)
     }
 
     func storeSucceeded() {
