@@ -27,9 +27,17 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // Test support shared by the test targets: the engine harness and the product scenarios, run against
+        // each adapter.
+        .target(
+            name: "ChatScenarioKit",
+            dependencies: ["ChatDomain", .product(name: "Logging", package: "swift-log")],
+            path: "Tests/ChatScenarioKit",
+            swiftSettings: strictSettings
+        ),
         .testTarget(
             name: "ChatDomainTests",
-            dependencies: ["ChatDomain"],
+            dependencies: ["ChatDomain", "ChatScenarioKit"],
             swiftSettings: strictSettings
         ),
     ],

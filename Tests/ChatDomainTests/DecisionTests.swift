@@ -1,4 +1,5 @@
 @testable import ChatDomain
+import ChatScenarioKit
 import Foundation
 import Testing
 

@@ -1,4 +1,5 @@
 import ChatDomain
+import ChatScenarioKit
 import Foundation
 import Synchronization
 import Testing
@@ -168,11 +169,11 @@ struct DeliveryReliabilityTests {
             let alice = await h.connect(Harness.alice)
             let phone = await h.connect(Harness.bob)
             let laptop = await h.connect(Harness.bob)
-            let lookupsBefore = h.presence.lookupCount
+            let lookupsBefore = h.memoryPresence!.lookupCount
             try await h.send("to both", in: Harness.groupChat, from: alice)
             #expect(h.contents(of: phone) == ["to both"])
             #expect(h.contents(of: laptop) == ["to both"])
-            #expect(h.presence.lookupCount == lookupsBefore + 1, "one batched presence lookup for all recipients")
+            #expect(h.memoryPresence!.lookupCount == lookupsBefore + 1, "one batched presence lookup for all recipients")
 
             await h.drop(phone)
             try await h.send("laptop only", from: alice)
@@ -204,7 +205,7 @@ struct DeliveryReliabilityTests {
         var configuration = ChatServiceConfiguration()
         configuration.presenceHeartbeatInterval = .milliseconds(10)
         try await withHarness(configuration: configuration) { h in
-            h.presence.setAvailable(false)
+            h.memoryPresence!.setAvailable(false)
             let alice = await h.connect(Harness.alice)
             let bob = await h.connect(Harness.bob)
             try await h.send("one", from: alice)
@@ -213,7 +214,7 @@ struct DeliveryReliabilityTests {
             #expect(h.logs.count(of: "Redis connection failed, continuing without Redis") == 1)
             #expect(await h.service.health().presence == .degraded)
 
-            h.presence.setAvailable(true)
+            h.memoryPresence!.setAvailable(true)
             try await eventually("both users are registered again") {
                 let online = try await h.presence.lookup([Harness.alice.id, Harness.bob.id])
                 return online[Harness.alice.id]?.count == 1 && online[Harness.bob.id]?.count == 1

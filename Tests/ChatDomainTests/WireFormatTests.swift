@@ -1,4 +1,5 @@
 import ChatDomain
+import ChatScenarioKit
 import Foundation
 import Testing
 

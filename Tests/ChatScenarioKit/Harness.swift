@@ -1,30 +1,32 @@
-import ChatDomain
+public import ChatDomain
 import Foundation
-import Logging
+public import Logging
 import Synchronization
-import Testing
+public import Testing
 
 /// A log handler that keeps what was logged, so tests assert on the lines an operator would read.
-final class LogCapture: Sendable {
-    struct Entry: Sendable {
-        var level: Logger.Level
-        var message: String
-        var metadata: [String: String]
+public final class LogCapture: Sendable {
+    public struct Entry: Sendable {
+        public var level: Logger.Level
+        public var message: String
+        public var metadata: [String: String]
     }
 
     private let entries = Mutex<[Entry]>([])
 
-    var all: [Entry] { self.entries.withLock { $0 } }
+    public init() {}
 
-    func count(of message: String) -> Int {
+    public var all: [Entry] { self.entries.withLock { $0 } }
+
+    public func count(of message: String) -> Int {
         self.all.count { $0.message == message }
     }
 
-    func contains(_ message: String, level: Logger.Level? = nil) -> Bool {
+    public func contains(_ message: String, level: Logger.Level? = nil) -> Bool {
         self.all.contains { $0.message == message && (level == nil || $0.level == level) }
     }
 
-    func logger(label: String = "chatd.test") -> Logger {
+    public func logger(label: String = "chatd.test") -> Logger {
         var logger = Logger(label: label) { _ in Handler(capture: self) }
         logger.logLevel = .trace
         return logger
@@ -60,28 +62,37 @@ final class LogCapture: Sendable {
 }
 
 /// The engine on in-memory adapters, with a controllable clock and captured logs.
-struct Harness: Sendable {
-    static let alice = User(id: "alice", username: "Alice")
-    static let bob = User(id: "bob", username: "Bob")
-    static let carol = User(id: "carol", username: "Carol")
-    static let dave = User(id: "dave", username: "Dave")
-    static let directChat: ChatID = "chat-ab"
-    static let groupChat: ChatID = "chat-abcd"
+public struct Harness: Sendable {
+    public static let alice = User(id: "alice", username: "Alice")
+    public static let bob = User(id: "bob", username: "Bob")
+    public static let carol = User(id: "carol", username: "Carol")
+    public static let dave = User(id: "dave", username: "Dave")
+    public static let directChat: ChatID = "chat-ab"
+    public static let groupChat: ChatID = "chat-abcd"
 
-    let clock = ManualWallClock()
-    let store = InMemoryMessageStore()
-    let queue: InMemoryMessageQueue
-    let presence: InMemoryPresenceStore
-    let transport = InMemoryTransport()
-    let logs = LogCapture()
-    let service: ChatService
+    public let clock: ManualWallClock
+    public let store = InMemoryMessageStore()
+    public let queue: InMemoryMessageQueue
+    /// The presence store the engine uses: in-memory unless the harness was given another.
+    public let presence: any PresenceStore
+    /// The in-memory presence store, when that is the one in use.
+    public let memoryPresence: InMemoryPresenceStore?
+    public let transport = InMemoryTransport()
+    public let logs = LogCapture()
+    public let service: ChatService
 
-    init(
+    /// Builds the engine on in-memory adapters, or on `presence` when given.
+    public init(
         configuration: ChatServiceConfiguration = .init(),
-        queueConfiguration: InMemoryMessageQueue.Configuration = .init()
+        queueConfiguration: InMemoryMessageQueue.Configuration = .init(),
+        clock: ManualWallClock = ManualWallClock(),
+        presence: (any PresenceStore)? = nil
     ) throws {
-        self.queue = InMemoryMessageQueue(configuration: queueConfiguration, clock: self.clock)
-        self.presence = InMemoryPresenceStore(clock: self.clock)
+        self.clock = clock
+        self.queue = InMemoryMessageQueue(configuration: queueConfiguration, clock: clock)
+        let memoryPresence = presence == nil ? InMemoryPresenceStore(clock: clock) : nil
+        self.memoryPresence = memoryPresence
+        self.presence = presence ?? memoryPresence!
         self.service = try ChatService(
             configuration: configuration,
             dependencies: .init(
@@ -96,7 +107,7 @@ struct Harness: Sendable {
     }
 
     /// Creates the standard users and chats: alice–bob, and a group of alice, bob, carol and dave.
-    func seed() async throws {
+    public func seed() async throws {
         for user in [Self.alice, Self.bob, Self.carol, Self.dave] { try await self.store.saveUser(user) }
         try await self.store.saveChat(Chat(id: Self.directChat, participants: [Self.alice.id, Self.bob.id]))
         try await self.store.saveChat(
@@ -106,7 +117,7 @@ struct Harness: Sendable {
 
     /// Opens a connection for `user` on the transport and tells the engine.
     @discardableResult
-    func connect(
+    public func connect(
         _ user: User,
         as connection: ConnectionID? = nil,
         behavior: @escaping InMemoryTransport.Behavior = { _ in .acknowledge }
@@ -118,14 +129,14 @@ struct Harness: Sendable {
     }
 
     /// The client's network goes away.
-    func drop(_ connection: ConnectionID) async {
+    public func drop(_ connection: ConnectionID) async {
         self.transport.drop(connection)
         await self.service.disconnect(connection)
     }
 
     /// Sends `content` and expects it accepted.
     @discardableResult
-    func send(
+    public func send(
         _ content: String,
         in chat: ChatID = Harness.directChat,
         from connection: ConnectionID,
@@ -139,22 +150,29 @@ struct Harness: Sendable {
         return try #require(try? result.get(), "send of '\(content)' failed: \(result)", sourceLocation: sourceLocation)
     }
 
-    func depth(of user: User) async throws -> Int {
+    public func depth(of user: User) async throws -> Int {
         try await self.queue.depth(for: user.id).total
     }
 
-    func contents(of connection: ConnectionID) -> [String] {
+    public func contents(of connection: ConnectionID) -> [String] {
         self.transport.receivedMessages(of: connection).map(\.message.content)
     }
 }
 
 /// Runs `body` with a seeded harness whose engine is running; stops the engine afterwards.
-func withHarness(
+public func withHarness(
     configuration: ChatServiceConfiguration = .init(),
     queueConfiguration: InMemoryMessageQueue.Configuration = .init(),
+    clock: ManualWallClock = ManualWallClock(),
+    presence: (any PresenceStore)? = nil,
     _ body: @Sendable (Harness) async throws -> Void
 ) async throws {
-    let harness = try Harness(configuration: configuration, queueConfiguration: queueConfiguration)
+    let harness = try Harness(
+        configuration: configuration,
+        queueConfiguration: queueConfiguration,
+        clock: clock,
+        presence: presence
+    )
     try await harness.seed()
     try await withThrowingTaskGroup(of: Void.self) { group in
         group.addTask { await harness.service.run() }
@@ -165,7 +183,7 @@ func withHarness(
 
 /// Polls `condition` until it holds or `timeout` passed; the engine confirms and records deliveries in the
 /// background, so some effects land a moment after the call that caused them.
-func eventually(
+public func eventually(
     _ description: String,
     timeout: Duration = .seconds(5),
     sourceLocation: SourceLocation = #_sourceLocation,
@@ -180,21 +198,21 @@ func eventually(
 }
 
 /// A value shared between test tasks.
-final class Locked<Value: Sendable>: Sendable {
+public final class Locked<Value: Sendable>: Sendable {
     private let mutex: Mutex<Value>
 
-    init(_ value: Value) { self.mutex = Mutex(value) }
+    public init(_ value: Value) { self.mutex = Mutex(value) }
 
-    var value: Value { self.mutex.withLock { $0 } }
+    public var value: Value { self.mutex.withLock { $0 } }
 
-    func withLock<Result: Sendable>(_ body: (inout Value) -> Result) -> Result {
+    public func withLock<Result: Sendable>(_ body: (inout Value) -> Result) -> Result {
         self.mutex.withLock { body(&$0) }
     }
 }
 
 extension Result where Failure == ChatError {
     /// The error code of a failure, nil for a success.
-    var errorCode: ChatError.Code? {
+    public var errorCode: ChatError.Code? {
         if case .failure(let error) = self { error.code } else { nil }
     }
 }

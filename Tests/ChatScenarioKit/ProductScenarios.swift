@@ -1,0 +1,176 @@
+public import ChatDomain
+import Foundation
+public import Testing
+
+/// Creates the presence store a scenario runs against; nil means the in-memory one.
+public typealias PresenceFactory = @Sendable () async throws -> (any PresenceStore)?
+
+/// The rows of the product guide's test table and its manual test scenario, written once and run against every
+/// adapter that can stand in for an in-memory one.
+public struct ProductScenario: Sendable, CustomTestStringConvertible {
+    /// What the scenario shows.
+    public let name: String
+    let body: @Sendable (Harness) async throws -> Void
+
+    public var testDescription: String { self.name }
+
+    /// Runs the scenario on a fresh, seeded, running engine.
+    public func run(presence: PresenceFactory = { nil }) async throws {
+        if ProcessInfo.processInfo.environment["CHATD_TEST_LOG"] != nil { print("\n--- \(self.name)") }
+        let store = try await presence()
+        try await withHarness(presence: store) { h in try await self.body(h) }
+    }
+
+    /// Every scenario.
+    public static let all: [ProductScenario] = [
+        ProductScenario(name: "An offline user's message gets a queue entry", body: offlineUserGetsQueueEntry),
+        ProductScenario(name: "Reconnecting delivers every queued message, oldest first, with isNew false", body: reconnectDeliversAllQueued),
+        ProductScenario(name: "Queue down and user offline: not queued, online users served, offline user caught up from the store", body: queueDownOfflineUserCaughtUpFromStore),
+        ProductScenario(name: "readBy gains the recipient when a queued message is delivered, once", body: readByGainsRecipient),
+        ProductScenario(name: "Entries older than 24 hours are not delivered, and count as expired", body: expiredEntriesAreNotDelivered),
+        ProductScenario(name: "Several offline recipients in a group each get their own entry", body: groupRecipientsGetOwnEntries),
+        ProductScenario(name: "The guide's manual scenario, steps 1 to 10", body: manualScenario),
+    ]
+
+    @Sendable
+    private static func offlineUserGetsQueueEntry(_ h: Harness) async throws {
+        let alice = await h.connect(Harness.alice)
+        let sent = try await h.send("Hello B!", from: alice)
+
+        #expect(try await h.depth(of: Harness.bob) == 1)
+        #expect(h.store.pendingRecipients(of: sent.messageID) == [Harness.bob.id])
+        #expect(h.logs.contains("Message queued for offline user", level: .info))
+        #expect(h.transport.events(of: alice).contains(.messageSent(sent)))
+    }
+
+    @Sendable
+    private static func reconnectDeliversAllQueued(_ h: Harness) async throws {
+        let alice = await h.connect(Harness.alice)
+        for index in 1...5 { try await h.send("m\(index)", from: alice) }
+        #expect(try await h.depth(of: Harness.bob) == 5)
+
+        let bob = await h.connect(Harness.bob)
+        #expect(h.contents(of: bob).isEmpty, "queued messages wait for user:reconnected")
+        let delivered = await h.service.reconnected(bob)
+
+        #expect(delivered == 5)
+        #expect(h.contents(of: bob) == ["m1", "m2", "m3", "m4", "m5"])
+        #expect(h.transport.receivedMessages(of: bob).allSatisfy { !$0.isNew && $0.sender == Harness.alice })
+        #expect(try await h.depth(of: Harness.bob) == 0)
+        #expect(h.logs.contains("Delivered 5 queued messages to bob", level: .info))
+        let line = try #require(h.logs.all.first { $0.message == "Delivered 5 queued messages to bob" })
+        #expect(line.metadata["chat.message.count"] == "5")
+        #expect(line.metadata["chat.user.id"] == "bob")
+    }
+
+    @Sendable
+    private static func queueDownOfflineUserCaughtUpFromStore(_ h: Harness) async throws {
+        let alice = await h.connect(Harness.alice)
+        let bob = await h.connect(Harness.bob)
+        h.queue.setAvailable(false)
+
+        let sent = try await h.send("while the broker is down", in: Harness.groupChat, from: alice)
+        try await h.send("and again", in: Harness.groupChat, from: alice)
+
+        #expect(h.contents(of: bob) == ["while the broker is down", "and again"])
+        #expect(h.transport.receivedMessages(of: bob).allSatisfy { $0.isNew })
+        #expect(h.logs.count(of: "RabbitMQ connection failed, offline messaging disabled") == 1)
+        #expect(await h.service.health().queue == .degraded)
+        #expect(h.store.pendingRecipients(of: sent.messageID).isSuperset(of: [Harness.carol.id, Harness.dave.id]))
+
+        h.queue.setAvailable(true)
+        #expect(try await h.depth(of: Harness.carol) == 0, "nothing reached the queue during the outage")
+        let carol = await h.connect(Harness.carol)
+        #expect(await h.service.reconnected(carol) == 2)
+        #expect(h.contents(of: carol) == ["while the broker is down", "and again"])
+        #expect(h.transport.receivedMessages(of: carol).allSatisfy { !$0.isNew })
+    }
+
+    @Sendable
+    private static func readByGainsRecipient(_ h: Harness) async throws {
+        let alice = await h.connect(Harness.alice)
+        let sent = try await h.send("Hello B!", from: alice)
+        let bob = await h.connect(Harness.bob)
+        await h.service.reconnected(bob)
+        await h.service.reconnected(bob)
+
+        try await eventually("readBy holds bob") {
+            try await h.store.message(sent.messageID)?.isRead(by: Harness.bob.id) == true
+        }
+        let message = try #require(try await h.store.message(sent.messageID))
+        #expect(message.readBy.map(\.userID) == [Harness.alice.id, Harness.bob.id])
+        #expect(h.store.pendingRecipients(of: sent.messageID).isEmpty)
+        let receipts = try await h.store.receipts(for: sent.messageID)
+        #expect(receipts.map(\.status) == [.delivered])
+    }
+
+    @Sendable
+    private static func expiredEntriesAreNotDelivered(_ h: Harness) async throws {
+        let alice = await h.connect(Harness.alice)
+        let old = try await h.send("yesterday", from: alice)
+        h.clock.advance(by: 24 * 60 * 60 + 1)
+        try await h.send("today", from: alice)
+
+        let bob = await h.connect(Harness.bob)
+        #expect(await h.service.reconnected(bob) == 1)
+        #expect(h.contents(of: bob) == ["today"])
+        await eventually("the expiry is counted") { await h.service.currentStatistics().expired == 1 }
+        try await eventually("the receipt says expired") {
+            try await h.store.receipts(for: old.messageID).first?.status == .expired
+        }
+        #expect(h.queue.deadLettered.map(\.reason) == [.expired])
+    }
+
+    @Sendable
+    private static func groupRecipientsGetOwnEntries(_ h: Harness) async throws {
+        let alice = await h.connect(Harness.alice)
+        try await h.send("hi all", in: Harness.groupChat, from: alice)
+
+        for user in [Harness.bob, Harness.carol, Harness.dave] {
+            #expect(try await h.depth(of: user) == 1, "queue of \(user.id)")
+        }
+        #expect(try await h.depth(of: Harness.alice) == 0, "the sender gets no entry")
+        let carol = await h.connect(Harness.carol)
+        await h.service.reconnected(carol)
+        #expect(h.contents(of: carol) == ["hi all"])
+        #expect(try await h.depth(of: Harness.bob) == 1, "draining carol leaves bob's entry alone")
+    }
+
+    @Sendable
+    private static func manualScenario(_ h: Harness) async throws {
+        // 1. A and B connected.
+        let alice = await h.connect(Harness.alice)
+        var bob = await h.connect(Harness.bob)
+        // 2. B closes the connection.
+        await h.drop(bob)
+        // 3. A sends.
+        let hello = try await h.send("Hello B!", from: alice)
+        // 4. The queue holds 1.
+        #expect(try await h.depth(of: Harness.bob) == 1)
+        // 5. B reconnects and receives it, isNew false, readBy includes B.
+        bob = await h.connect(Harness.bob)
+        #expect(await h.service.reconnected(bob) == 1)
+        let received = try #require(h.transport.receivedMessages(of: bob).first)
+        #expect(received.message.id == hello.messageID)
+        #expect(received.message.content == "Hello B!")
+        #expect(received.isNew == false)
+        try await eventually("readBy includes B") {
+            try await h.store.message(hello.messageID)?.isRead(by: Harness.bob.id) == true
+        }
+        // 6. The broker stops.
+        h.queue.setAvailable(false)
+        // 7. C is offline, A sends.
+        let toCarol = try await h.send("Hello C!", in: Harness.groupChat, from: alice)
+        // 8. Online users get it at once; nothing is queued.
+        #expect(h.contents(of: bob).last == "Hello C!")
+        // 9. The broker restarts.
+        h.queue.setAvailable(true)
+        #expect(try await h.depth(of: Harness.carol) == 0)
+        // 10. C reconnects and receives the message.
+        let carol = await h.connect(Harness.carol)
+        #expect(await h.service.reconnected(carol) == 1)
+        let caughtUp = try #require(h.transport.receivedMessages(of: carol).first)
+        #expect(caughtUp.message.id == toCarol.messageID)
+        #expect(caughtUp.isNew == false)
+    }
+}
