@@ -11,11 +11,13 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "ChatDomain", targets: ["ChatDomain"]),
+        .library(name: "ChatPresenceRedis", targets: ["ChatPresenceRedis"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.0"),
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
     ],
     targets: [
         .target(
@@ -27,17 +29,43 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // hiredis' pkg-config file adds -D_FILE_OFFSET_BITS=64, which SwiftPM refuses with a warning; the header
+        // lives under /usr/include/hiredis and the module map links the library, so pkg-config is not needed.
+        .systemLibrary(
+            name: "CHiredis",
+            providers: [.apt(["libhiredis-dev"])]
+        ),
+        .target(
+            name: "ChatPresenceRedis",
+            dependencies: [
+                "ChatDomain",
+                "CHiredis",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSettings
+        ),
         // Test support shared by the test targets: the engine harness and the product scenarios, run against
         // each adapter.
         .target(
             name: "ChatScenarioKit",
-            dependencies: ["ChatDomain", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "ChatDomain",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             path: "Tests/ChatScenarioKit",
             swiftSettings: strictSettings
         ),
         .testTarget(
             name: "ChatDomainTests",
             dependencies: ["ChatDomain", "ChatScenarioKit"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "ChatPresenceRedisTests",
+            dependencies: ["ChatPresenceRedis", "ChatDomain", "ChatScenarioKit"],
             swiftSettings: strictSettings
         ),
     ],

@@ -8,6 +8,21 @@ log() { printf '==> %s\n' "$*"; }
 
 command -v swift >/dev/null || { echo "swift is not on PATH: install the Swift toolchain (6.1 or later) first" >&2; exit 1; }
 
+# System packages: the C client libraries the adapters link, and the servers the integration tests start
+# themselves on loopback ports of their own (each test starts and stops its own server).
+apt_packages=(libhiredis-dev redis-server redis-tools)
+missing=()
+for package in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    log "Installing ${missing[*]}"
+    sudo_cmd=""
+    [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
 # Build first and refuse warnings in our own code (dependencies' warnings are theirs).
 log "Building (debug, with tests)"
 build_log=$(mktemp)

@@ -1,6 +1,7 @@
 public import ChatDomain
 import Foundation
 public import Logging
+import ServiceLifecycle
 import Synchronization
 public import Testing
 
@@ -176,6 +177,10 @@ public func withHarness(
     try await harness.seed()
     try await withThrowingTaskGroup(of: Void.self) { group in
         group.addTask { await harness.service.run() }
+        // An adapter that owns a connection runs as a service and closes it when cancelled.
+        if let presence = harness.presence as? any Service {
+            group.addTask { try await presence.run() }
+        }
         defer { group.cancelAll() }
         try await body(harness)
     }

@@ -1,0 +1,80 @@
+public import ChatDomain
+public import Logging
+import NIOPosix
+public import ServiceLifecycle
+
+/// A ``ChatDomain/PresenceStore`` on Redis, through hiredis.
+///
+/// A user is online while one of their connections is recorded under a node whose heartbeat key is alive; a
+/// node that stops heartbeating (crashed, partitioned) takes its users offline after
+/// ``RedisPresenceConfiguration/presenceTTL`` with nobody cleaning up after it. A batch lookup is one round trip
+/// (a Lua script), whatever the number of users.
+///
+/// hiredis blocks, so every call runs on a thread of this store's own, never on Swift's cooperative pool. While
+/// Redis is unreachable calls fail fast with ``ChatDomain/ChatError`` code `unavailable` (reconnects back off
+/// up to ``RedisPresenceConfiguration/maxReconnectBackoff``); on every reconnect the store authenticates, selects
+/// the database and writes this node's live connections again, since a restarted Redis has lost them.
+///
+/// Run it as a `Service` (or call ``close()``) so its thread stops.
+public final class RedisPresenceStore: PresenceStore, Service {
+    private let pool: NIOThreadPool
+    private let connection: RedisConnection
+    private let logger: Logger
+    /// The settings the store was created with.
+    public let configuration: RedisPresenceConfiguration
+
+    /// Creates the store; it connects on first use.
+    public init(configuration: RedisPresenceConfiguration, logger: Logger) {
+        self.logger = logger
+        self.configuration = configuration
+        self.connection = RedisConnection(configuration: configuration, logger: logger)
+        // One thread: the hiredis context is confined to it.
+        self.pool = NIOThreadPool(numberOfThreads: 1)
+        self.pool.start()
+    }
+
+    public func register(_ record: PresenceRecord) async throws {
+        try await self.perform { try $0.register(record) }
+    }
+
+    public func unregister(connection: ConnectionID, of user: UserID, node: NodeID) async throws {
+        try await self.perform { try $0.unregister(connection: connection, of: user) }
+    }
+
+    public func lookup(_ users: [UserID]) async throws -> [UserID: [PresenceRecord]] {
+        try await self.perform { try $0.lookup(users) }
+    }
+
+    public func heartbeat(node: NodeID) async throws {
+        try await self.perform { try $0.heartbeat(node: node) }
+    }
+
+    /// How many round trips to Redis this store made (for tests and benchmarks).
+    public func roundTripCount() async throws -> Int {
+        try await self.perform { $0.roundTrips }
+    }
+
+    /// Waits for graceful shutdown (or cancellation), then closes the connection and stops the thread.
+    public func run() async throws {
+        try? await gracefulShutdown()
+        await self.close()
+    }
+
+    /// Closes the connection and stops the store's thread; later calls fail with `unavailable`.
+    public func close() async {
+        _ = try? await self.pool.runIfActive { [connection] in connection.close() }
+        try? await self.pool.shutdownGracefully()
+    }
+
+    private func perform<Result: Sendable>(
+        _ body: @escaping @Sendable (RedisConnection) throws -> Result
+    ) async throws -> Result {
+        do {
+            return try await self.pool.runIfActive { [connection] in try body(connection) }
+        } catch let error as RedisPresenceError {
+            throw ChatError(.unavailable, "presence store: \(error.message)", underlying: error)
+        } catch {
+            throw ChatError(.unavailable, "presence store is closed", underlying: error)
+        }
+    }
+}

@@ -1,0 +1,153 @@
+import ChatPresenceRedis
+import Foundation
+import Logging
+import Testing
+
+/// Runs `body` with a fresh redis-server, then closes every store made with ``RedisTestServer/makeStore(_:)`` and
+/// stops the server, whatever happened. Without redis-server it fails in CI and, run by hand, says why and returns.
+func withRedisServer(
+    password: String? = nil,
+    _ body: (RedisTestServer) async throws -> Void
+) async throws {
+    guard let server = try await RedisTestServer.start(password: password) else { return }
+    do {
+        try await body(server)
+    } catch {
+        await server.shutDown()
+        throw error
+    }
+    await server.shutDown()
+}
+
+/// A redis-server of the test's own on a free loopback port, with no persistence, in a temporary directory.
+///
+/// When `redis-server` is not installed the tests fail in CI (`CI` set) and, run by hand, say why and stop early.
+final class RedisTestServer: @unchecked Sendable {
+    // Mutable state is only touched by the one test that owns the server, one call at a time.
+    let port: Int
+    let password: String?
+    private let directory: URL
+    private var process: Process?
+    private var stores: [RedisPresenceStore] = []
+
+    private init(port: Int, password: String?, directory: URL) {
+        self.port = port
+        self.password = password
+        self.directory = directory
+    }
+
+    /// Starts a server; nil only when redis-server is missing and this is not CI.
+    static func start(password: String? = nil) async throws -> RedisTestServer? {
+        guard let binary = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"].first(where: FileManager.default.isExecutableFile)
+        else {
+            let message = "redis-server is not installed; ./scripts/test.sh installs it (apt package redis-server)"
+            if ProcessInfo.processInfo.environment["CI"] != nil { throw TestServerError(message) }
+            print("SKIPPED (run by hand without Redis): \(message)")
+            return nil
+        }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("chatd-redis-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        for _ in 0..<5 {
+            let server = RedisTestServer(port: Int.random(in: 20_000...40_000), password: password, directory: directory)
+            server.binary = binary
+            if try await server.launch() { return server }
+        }
+        throw TestServerError("redis-server did not start on any of five random ports")
+    }
+
+    private var binary = ""
+
+    /// Starts the process and waits (at most 5 s) until it answers PING; false if it exited (port taken).
+    private func launch() async throws -> Bool {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: self.binary)
+        var arguments = [
+            "--port", "\(self.port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", self.directory.path, "--logfile", self.directory.appendingPathComponent("redis-\(self.port).log").path,
+        ]
+        if let password { arguments += ["--requirepass", password] }
+        process.arguments = arguments
+        // The server must not inherit the test's output pipes, or whoever reads them waits for it forever.
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        self.process = process
+        let deadline = ContinuousClock.now + .seconds(5)
+        while ContinuousClock.now < deadline {
+            if !process.isRunning { return false }
+            if (try? self.cli("PING")) == "PONG" { return true }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        process.terminate()
+        throw TestServerError("redis-server on port \(self.port) did not answer PING within 5 s")
+    }
+
+    /// Stops the server (its data is gone: it persists nothing) and waits, at most 5 s, until it no longer answers.
+    func stop() async {
+        guard self.process != nil else { return }
+        _ = try? self.cli("SHUTDOWN", "NOSAVE")
+        let deadline = ContinuousClock.now + .seconds(5)
+        while ContinuousClock.now < deadline, (try? self.cli("PING")) == "PONG" {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        self.process = nil
+    }
+
+    /// A presence store on this server; closed when the test ends.
+    func makeStore(_ configure: (inout RedisPresenceConfiguration) -> Void = { _ in }, label: String = "redis") -> RedisPresenceStore {
+        var configuration = RedisPresenceConfiguration(host: "127.0.0.1", port: self.port)
+        configuration.password = self.password
+        configuration.maxReconnectBackoff = .milliseconds(200)
+        configure(&configuration)
+        let store = RedisPresenceStore(configuration: configuration, logger: Logger(label: label))
+        self.stores.append(store)
+        return store
+    }
+
+    /// Closes the stores and stops the server.
+    fileprivate func shutDown() async {
+        for store in self.stores { await store.close() }
+        self.stores = []
+        await self.stop()
+        try? FileManager.default.removeItem(at: self.directory)
+    }
+
+    /// Starts the server again on the same port.
+    func restart() async throws {
+        await self.stop()
+        guard try await self.launch() else { throw TestServerError("redis-server could not restart on port \(self.port)") }
+    }
+
+    /// Runs one command through redis-cli and returns its output, trimmed.
+    func cli(_ arguments: String...) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/redis-cli")
+        var all = ["-p", "\(self.port)", "--no-auth-warning"]
+        if let password { all += ["-a", password] }
+        process.arguments = all + arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = Pipe()
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// How many times Redis ran `command` (from INFO commandstats).
+    func calls(of command: String) throws -> Int {
+        let info = try self.cli("INFO", "commandstats")
+        guard let line = info.split(whereSeparator: \.isNewline).first(where: { $0.hasPrefix("cmdstat_\(command):") }),
+            let field = line.split(separator: ",").first(where: { $0.contains("calls=") }),
+            let value = Int(field.split(separator: "=").last ?? "")
+        else { return 0 }
+        return value
+    }
+
+}
+
+struct TestServerError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
