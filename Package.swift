@@ -46,6 +46,17 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // Benchmarks: run with the scripts in scripts/ (they start the servers and build in release mode).
+        .executableTarget(
+            name: "redis-presence-benchmark",
+            dependencies: [
+                "ChatDomain",
+                "ChatPresenceRedis",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Benchmarks/RedisPresenceBenchmark",
+            swiftSettings: strictSettings
+        ),
         // Test support shared by the test targets: the engine harness and the product scenarios, run against
         // each adapter.
         .target(
