@@ -12,6 +12,7 @@ let package = Package(
     products: [
         .library(name: "ChatDomain", targets: ["ChatDomain"]),
         .library(name: "ChatPresenceRedis", targets: ["ChatPresenceRedis"]),
+        .library(name: "ChatStoreMongo", targets: ["ChatStoreMongo"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.0"),
@@ -46,6 +47,22 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        .systemLibrary(
+            name: "CMongoc",
+            pkgConfig: "libmongoc-1.0",
+            providers: [.apt(["libmongoc-dev"])]
+        ),
+        .target(
+            name: "ChatStoreMongo",
+            dependencies: [
+                "ChatDomain",
+                "CMongoc",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSettings
+        ),
         // Benchmarks: run with the scripts in scripts/ (they start the servers and build in release mode).
         .executableTarget(
             name: "redis-presence-benchmark",
@@ -72,6 +89,11 @@ let package = Package(
         .testTarget(
             name: "ChatDomainTests",
             dependencies: ["ChatDomain", "ChatScenarioKit"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "ChatStoreMongoTests",
+            dependencies: ["ChatStoreMongo", "ChatDomain", "ChatScenarioKit"],
             swiftSettings: strictSettings
         ),
         .testTarget(

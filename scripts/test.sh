@@ -10,7 +10,7 @@ command -v swift >/dev/null || { echo "swift is not on PATH: install the Swift t
 
 # System packages: the C client libraries the adapters link, and the servers the integration tests start
 # themselves on loopback ports of their own (each test starts and stops its own server).
-apt_packages=(libhiredis-dev redis-server redis-tools)
+apt_packages=(libhiredis-dev redis-server redis-tools libmongoc-dev python3-venv)
 missing=()
 for package in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
@@ -21,6 +21,15 @@ if [ ${#missing[@]} -gt 0 ]; then
     [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
     $sudo_cmd apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# PyPI test tools, in a virtual environment of the repository's own (.venv, ignored by git): nx-27017, a
+# MongoDB wire-protocol server on SQLite (Debian ships no MongoDB server). Set MONGODB_URI to test against a real
+# mongod instead.
+if [ ! -x .venv/bin/nx-27017 ]; then
+    log "Installing nx-27017 into .venv"
+    python3 -m venv .venv
+    .venv/bin/pip install --quiet nx-27017
 fi
 
 # Build first and refuse warnings in our own code (dependencies' warnings are theirs).

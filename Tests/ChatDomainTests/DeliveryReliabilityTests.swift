@@ -119,7 +119,7 @@ struct DeliveryReliabilityTests {
             try await eventually("the live delivery is recorded") {
                 try await h.store.message(sent.messageID)?.isRead(by: Harness.bob.id) == true
             }
-            #expect(h.store.pendingRecipients(of: sent.messageID).isEmpty)
+            #expect(h.memoryStore!.pendingRecipients(of: sent.messageID).isEmpty)
         }
     }
 
@@ -253,7 +253,7 @@ struct DrainPipelineTests {
             var sent: [MessageID] = []
             for index in 0..<40 { sent.append(try await h.send("m\(index)", from: alice).messageID) }
             let bob = await h.connect(Harness.bob) { _ in .ignore }
-            let writesBefore = h.store.deliveryWriteCount
+            let writesBefore = h.memoryStore!.deliveryWriteCount
 
             async let drained = h.service.reconnected(bob)
             var rounds = 0
@@ -267,8 +267,8 @@ struct DrainPipelineTests {
             #expect(await drained == 40)
             #expect(rounds == 5)
             let last = try #require(sent.last)
-            await eventually("every delivery is recorded") { h.store.pendingRecipients(of: last).isEmpty }
-            let writes = h.store.deliveryWriteCount - writesBefore
+            await eventually("every delivery is recorded") { h.memoryStore!.pendingRecipients(of: last).isEmpty }
+            let writes = h.memoryStore!.deliveryWriteCount - writesBefore
             #expect(writes < 40, "readBy writes are batched (\(writes) writes for 40 deliveries)")
         }
     }

@@ -19,7 +19,7 @@ struct SendValidationTests {
             let result = await h.service.send(request, from: alice)
             let error: ChatError? = if case .failure(let error) = result { error } else { nil }
             let events = h.transport.events(of: alice).filter { if case .messageError = $0 { true } else { false } }
-            outcome.withLock { $0 = (error, events, h.contents(of: bob).count + h.store.messageCount) }
+            outcome.withLock { $0 = (error, events, h.contents(of: bob).count + h.memoryStore!.messageCount) }
         }
         return outcome.value
     }
@@ -69,7 +69,7 @@ struct SendValidationTests {
             h.transport.open("stranger")
             let result = await h.service.send(SendMessageRequest(chatID: Harness.directChat, content: "hi"), from: "stranger")
             #expect(result.errorCode == .unauthorized)
-            #expect(h.store.messageCount == 0)
+            #expect(h.memoryStore!.messageCount == 0)
         }
     }
 
@@ -78,14 +78,14 @@ struct SendValidationTests {
         try await withHarness { h in
             let alice = await h.connect(Harness.alice)
             let bob = await h.connect(Harness.bob)
-            h.store.setAvailable(false)
+            h.memoryStore!.setAvailable(false)
             let result = await h.service.send(SendMessageRequest(chatID: Harness.groupChat, content: "lost?"), from: alice)
             #expect(result.errorCode == .storeUnavailable)
             #expect(h.contents(of: bob).isEmpty)
             #expect(!h.transport.events(of: alice).contains { if case .messageSent = $0 { true } else { false } })
             #expect(await h.service.health().store == .down)
 
-            h.store.setAvailable(true)
+            h.memoryStore!.setAvailable(true)
             #expect(try await h.depth(of: Harness.carol) == 0)
             try await h.send("back", in: Harness.groupChat, from: alice)
             #expect(h.contents(of: bob) == ["back"])
@@ -102,12 +102,12 @@ struct SendValidationTests {
             let again = try await h.send("once", from: alice, clientMessageID: "c-1")
             #expect(again.messageID == first.messageID)
             #expect(again.clientMessageID == "c-1")
-            #expect(h.store.messageCount == 1)
+            #expect(h.memoryStore!.messageCount == 1)
             #expect(h.contents(of: bob) == ["once"])
 
             // The same client id from another sender is another message.
             try await h.send("mine", from: bob, clientMessageID: "c-1")
-            #expect(h.store.messageCount == 2)
+            #expect(h.memoryStore!.messageCount == 2)
         }
     }
 

@@ -72,7 +72,10 @@ public struct Harness: Sendable {
     public static let groupChat: ChatID = "chat-abcd"
 
     public let clock: ManualWallClock
-    public let store = InMemoryMessageStore()
+    /// The message store the engine uses: in-memory unless the harness was given another.
+    public let store: any MessageStore
+    /// The in-memory message store, when that is the one in use.
+    public let memoryStore: InMemoryMessageStore?
     public let queue: InMemoryMessageQueue
     /// The presence store the engine uses: in-memory unless the harness was given another.
     public let presence: any PresenceStore
@@ -82,14 +85,18 @@ public struct Harness: Sendable {
     public let logs = LogCapture()
     public let service: ChatService
 
-    /// Builds the engine on in-memory adapters, or on `presence` when given.
+    /// Builds the engine on in-memory adapters, or on `presence` and `store` when given.
     public init(
         configuration: ChatServiceConfiguration = .init(),
         queueConfiguration: InMemoryMessageQueue.Configuration = .init(),
         clock: ManualWallClock = ManualWallClock(),
-        presence: (any PresenceStore)? = nil
+        presence: (any PresenceStore)? = nil,
+        store: (any MessageStore)? = nil
     ) throws {
         self.clock = clock
+        let memoryStore = store == nil ? InMemoryMessageStore() : nil
+        self.memoryStore = memoryStore
+        self.store = store ?? memoryStore!
         self.queue = InMemoryMessageQueue(configuration: queueConfiguration, clock: clock)
         let memoryPresence = presence == nil ? InMemoryPresenceStore(clock: clock) : nil
         self.memoryPresence = memoryPresence
@@ -155,6 +162,11 @@ public struct Harness: Sendable {
         try await self.queue.depth(for: user.id).total
     }
 
+    /// The recipients a message is still on its way to, read through the store's receipts.
+    public func pendingRecipients(of message: MessageID) async throws -> Set<UserID> {
+        Set(try await self.store.receipts(for: message).filter { $0.status == .sent }.map(\.userID))
+    }
+
     public func contents(of connection: ConnectionID) -> [String] {
         self.transport.receivedMessages(of: connection).map(\.message.content)
     }
@@ -166,13 +178,15 @@ public func withHarness(
     queueConfiguration: InMemoryMessageQueue.Configuration = .init(),
     clock: ManualWallClock = ManualWallClock(),
     presence: (any PresenceStore)? = nil,
+    store: (any MessageStore)? = nil,
     _ body: @Sendable (Harness) async throws -> Void
 ) async throws {
     let harness = try Harness(
         configuration: configuration,
         queueConfiguration: queueConfiguration,
         clock: clock,
-        presence: presence
+        presence: presence,
+        store: store
     )
     try await harness.seed()
     try await withThrowingTaskGroup(of: Void.self) { group in
@@ -180,6 +194,9 @@ public func withHarness(
         // An adapter that owns a connection runs as a service and closes it when cancelled.
         if let presence = harness.presence as? any Service {
             group.addTask { try await presence.run() }
+        }
+        if let store = harness.store as? any Service {
+            group.addTask { try await store.run() }
         }
         defer { group.cancelAll() }
         try await body(harness)

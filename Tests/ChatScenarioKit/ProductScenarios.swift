@@ -4,6 +4,8 @@ public import Testing
 
 /// Creates the presence store a scenario runs against; nil means the in-memory one.
 public typealias PresenceFactory = @Sendable () async throws -> (any PresenceStore)?
+/// Creates the message store a scenario runs against; nil means the in-memory one.
+public typealias StoreFactory = @Sendable () async throws -> (any MessageStore)?
 
 /// The rows of the product guide's test table and its manual test scenario, written once and run against every
 /// adapter that can stand in for an in-memory one.
@@ -15,10 +17,11 @@ public struct ProductScenario: Sendable, CustomTestStringConvertible {
     public var testDescription: String { self.name }
 
     /// Runs the scenario on a fresh, seeded, running engine.
-    public func run(presence: PresenceFactory = { nil }) async throws {
+    public func run(presence: PresenceFactory = { nil }, store makeStore: StoreFactory = { nil }) async throws {
         if ProcessInfo.processInfo.environment["CHATD_TEST_LOG"] != nil { print("\n--- \(self.name)") }
-        let store = try await presence()
-        try await withHarness(presence: store) { h in try await self.body(h) }
+        let presenceStore = try await presence()
+        let messageStore = try await makeStore()
+        try await withHarness(presence: presenceStore, store: messageStore) { h in try await self.body(h) }
     }
 
     /// Every scenario.
@@ -38,7 +41,7 @@ public struct ProductScenario: Sendable, CustomTestStringConvertible {
         let sent = try await h.send("Hello B!", from: alice)
 
         #expect(try await h.depth(of: Harness.bob) == 1)
-        #expect(h.store.pendingRecipients(of: sent.messageID) == [Harness.bob.id])
+        #expect(try await h.pendingRecipients(of: sent.messageID) == [Harness.bob.id])
         #expect(h.logs.contains("Message queued for offline user", level: .info))
         #expect(h.transport.events(of: alice).contains(.messageSent(sent)))
     }
@@ -76,7 +79,7 @@ public struct ProductScenario: Sendable, CustomTestStringConvertible {
         #expect(h.transport.receivedMessages(of: bob).allSatisfy { $0.isNew })
         #expect(h.logs.count(of: "RabbitMQ connection failed, offline messaging disabled") == 1)
         #expect(await h.service.health().queue == .degraded)
-        #expect(h.store.pendingRecipients(of: sent.messageID).isSuperset(of: [Harness.carol.id, Harness.dave.id]))
+        #expect(try await h.pendingRecipients(of: sent.messageID).isSuperset(of: [Harness.carol.id, Harness.dave.id]))
 
         h.queue.setAvailable(true)
         #expect(try await h.depth(of: Harness.carol) == 0, "nothing reached the queue during the outage")
@@ -99,7 +102,7 @@ public struct ProductScenario: Sendable, CustomTestStringConvertible {
         }
         let message = try #require(try await h.store.message(sent.messageID))
         #expect(message.readBy.map(\.userID) == [Harness.alice.id, Harness.bob.id])
-        #expect(h.store.pendingRecipients(of: sent.messageID).isEmpty)
+        #expect(try await h.pendingRecipients(of: sent.messageID).isEmpty)
         let receipts = try await h.store.receipts(for: sent.messageID)
         #expect(receipts.map(\.status) == [.delivered])
     }

@@ -68,7 +68,9 @@ public final class InMemoryMessageStore: MessageStore {
         try self.withAvailableState { state in
             state.deliveryWrites += 1
             for mark in marks {
-                guard state.messages[mark.messageID] != nil else { continue }
+                // As in the MongoDB store: only a recipient still pending joins readBy, in the same step that
+                // clears them, so readBy never holds a user twice.
+                guard state.messages[mark.messageID]?.pendingFor.contains(mark.userID) == true else { continue }
                 state.messages[mark.messageID]?.message.markRead(by: mark.userID, at: mark.at)
                 Self.clearPending(&state, messageID: mark.messageID, userID: mark.userID)
             }
@@ -77,9 +79,8 @@ public final class InMemoryMessageStore: MessageStore {
 
     public func recordOutcome(_ status: DeliveryStatus, messageID: MessageID, userID: UserID, at date: Date) async throws {
         try self.withAvailableState { state in
-            guard state.messages[messageID] != nil else { return }
-            // A delivery that was confirmed stays delivered whatever the queue says later.
-            guard state.messages[messageID]?.message.isRead(by: userID) == false else { return }
+            // Only while still pending: a delivery that was confirmed stays delivered whatever the queue says later.
+            guard state.messages[messageID]?.pendingFor.contains(userID) == true else { return }
             state.messages[messageID]?.outcomes[userID] = DeliveryReceipt(userID: userID, status: status, at: date)
             Self.clearPending(&state, messageID: messageID, userID: userID)
         }
@@ -101,17 +102,22 @@ public final class InMemoryMessageStore: MessageStore {
         }
     }
 
+    public func history(of chat: ChatID, before: MessageID?, limit: Int) async throws -> [Message] {
+        try self.withAvailableState { state in
+            let messages = state.messages.values.lazy.map(\.message).filter { message in
+                message.chatID == chat && before.map { message.id < $0 } ?? true
+            }
+            return Array(messages.sorted { $0.id > $1.id }.prefix(max(limit, 0)))
+        }
+    }
+
     public func receipts(for messageID: MessageID) async throws -> [DeliveryReceipt] {
         try self.withAvailableState { state in
             guard let stored = state.messages[messageID] else { return [] }
-            let message = stored.message
-            let participants = state.chats[message.chatID]?.participants ?? Array(stored.pendingFor)
-            return participants.filter { $0 != message.senderID }.map { user in
-                if let read = message.readBy.first(where: { $0.userID == user }) {
-                    return DeliveryReceipt(userID: user, status: .delivered, at: read.readAt)
-                }
-                return stored.outcomes[user] ?? DeliveryReceipt(userID: user, status: .sent, at: message.createdAt)
-            }
+            // Without the chat, everyone the message names is a recipient.
+            let recipients = state.chats[stored.message.chatID]?.participants
+                ?? Array(stored.pendingFor) + stored.message.readBy.map(\.userID) + Array(stored.outcomes.keys)
+            return DeliveryReceipt.receipts(of: stored.message, recipients: recipients, outcomes: Array(stored.outcomes.values))
         }
     }
 

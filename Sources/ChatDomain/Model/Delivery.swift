@@ -40,6 +40,20 @@ public struct DeliveryReceipt: Hashable, Sendable, Codable {
     }
 }
 
+extension DeliveryReceipt {
+    /// The receipts of `message` for each of `recipients`: `delivered` when in `readBy`, else the recorded final
+    /// outcome (`expired`, `failed`), else `sent`. Stores share this rule.
+    public static func receipts(of message: Message, recipients: [UserID], outcomes: [DeliveryReceipt]) -> [DeliveryReceipt] {
+        var seen = Set<UserID>()
+        return recipients.filter { $0 != message.senderID && seen.insert($0).inserted }.map { user in
+            if let read = message.readBy.first(where: { $0.userID == user }) {
+                return DeliveryReceipt(userID: user, status: .delivered, at: read.readAt)
+            }
+            return outcomes.last { $0.userID == user } ?? DeliveryReceipt(userID: user, status: .sent, at: message.createdAt)
+        }
+    }
+}
+
 /// One recipient's confirmed receipt of one message: the store adds the recipient to `readBy` and clears them
 /// from the message's pending recipients in the same write.
 public struct DeliveryMark: Hashable, Sendable {

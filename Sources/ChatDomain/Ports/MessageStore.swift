@@ -12,18 +12,23 @@ public protocol MessageStore: Sendable {
     /// outcome is ``InsertOutcome/duplicate(_:)`` with the first message.
     func insert(_ message: Message, pendingFor recipients: [UserID]) async throws -> InsertOutcome
 
-    /// Records confirmed deliveries: each recipient is added to the message's `readBy` (once, whatever the number
-    /// of marks) and cleared from its pending recipients. One round trip for the whole batch where possible.
+    /// Records confirmed deliveries: each recipient still pending for the message is added to its `readBy` and
+    /// cleared from its pending recipients in one atomic step, so `readBy` holds a user once whatever the number
+    /// of marks. One round trip for the whole batch where possible.
     func markDelivered(_ marks: [DeliveryMark]) async throws
 
     /// Records a final outcome other than delivery (``DeliveryStatus/expired`` or ``DeliveryStatus/failed``)
-    /// and clears the recipient from the message's pending recipients.
+    /// for a recipient the message is still pending for, and clears them from its pending recipients.
     func recordOutcome(_ status: DeliveryStatus, messageID: MessageID, userID: UserID, at date: Date) async throws
 
     /// Messages still pending for `user`, created at or after `createdSince`, with ids greater than `afterID`,
     /// oldest first, at most `limit`.
     func pendingMessages(for user: UserID, createdSince: Date, afterID: MessageID?, limit: Int) async throws
         -> [Message]
+
+    /// A page of a chat's history, newest first: messages with ids below `before` (from the newest when nil), at
+    /// most `limit`.
+    func history(of chat: ChatID, before: MessageID?, limit: Int) async throws -> [Message]
 
     /// Per-recipient delivery status of a message (the delivery receipts API).
     func receipts(for messageID: MessageID) async throws -> [DeliveryReceipt]

@@ -1,0 +1,294 @@
+public import ChatDomain
+public import Foundation
+public import Logging
+import NIOPosix
+public import ServiceLifecycle
+import Synchronization
+
+/// A ``ChatDomain/MessageStore`` on MongoDB, through libmongoc.
+///
+/// Collections `users`, `chats` and `messages` use the product's field names; message ids are ObjectIds and dates
+/// BSON dates. Each message also carries `pendingFor` (the recipients it still has to reach) and `outcomes`
+/// (expiries and failures). Indexes are created on first use, idempotently.
+///
+/// libmongoc blocks, so every call runs on threads of this store's own (never on Swift's cooperative pool), each
+/// with a client from one `mongoc_client_pool_t`. While the server is unreachable a call fails after the server
+/// selection timeout with ``ChatDomain/ChatError`` code `unavailable`; when it is back, calls succeed again.
+///
+/// Run it as a `Service` (or call ``close()``) so its threads stop.
+public final class MongoMessageStore: MessageStore, Service {
+    private let pool: MongoClientPool
+    private let threads: NIOThreadPool
+    private let logger: Logger
+    private let maxPageSize: Int
+    private let indexesReady = Mutex(false)
+    /// Serialises this store's readBy writes. On MongoDB each update is atomic anyway; on a server that applies an
+    /// update as an unisolated read-modify-write (nx-27017 on SQLite may), concurrent marks from one process could
+    /// otherwise add a user twice.
+    private let readByWrites = Mutex(())
+
+    /// Creates the store; it connects on first use.
+    /// - Throws: ``ChatDomain/ChatError`` `badRequest` when the URI is not a valid connection string.
+    public init(configuration: MongoStoreConfiguration, logger: Logger) throws {
+        do {
+            self.pool = try MongoClientPool.make(configuration: configuration, logger: logger)
+        } catch {
+            throw ChatError(.badRequest, error.message, underlying: error)
+        }
+        self.logger = logger
+        self.maxPageSize = configuration.maxPageSize
+        self.threads = NIOThreadPool(numberOfThreads: max(configuration.threads, 1))
+        self.threads.start()
+    }
+
+    /// Creates the indexes the store's queries need (also done on first use).
+    public func prepare() async throws {
+        _ = try await self.run { pool in try Self.createIndexes(pool) }
+        self.indexesReady.withLock { $0 = true }
+    }
+
+    /// Asks the server to answer (`ping`); throws `unavailable` after the server selection timeout when it cannot.
+    public func ping() async throws {
+        _ = try await self.run { pool in try pool.command(["ping": .int(1)]) }
+    }
+
+    /// Waits for graceful shutdown (or cancellation), then stops the store's threads.
+    public func run() async throws {
+        try? await gracefulShutdown()
+        await self.close()
+    }
+
+    /// Stops the store's threads; later calls fail with `unavailable`.
+    public func close() async {
+        try? await self.threads.shutdownGracefully()
+    }
+
+    // MARK: MessageStore
+
+    public func insert(_ message: Message, pendingFor recipients: [UserID]) async throws -> InsertOutcome {
+        let document = MessageDocument.encode(message, pendingFor: recipients)
+        let reply = try await self.command(["insert": .string("messages"), "documents": .array([.document(document)])])
+        if let writeError = reply["writeErrors"]?.array?.first?.document {
+            if writeError["code"]?.int == 11000, let clientMessageID = message.clientMessageID,
+                let first = try await self.findMessages(
+                    ["senderId": .string(message.senderID.rawValue), "clientMessageId": .string(clientMessageID)],
+                    sort: nil,
+                    limit: 1
+                ).first
+            {
+                return .duplicate(first)
+            }
+            throw Self.chatError(writeError)
+        }
+        // Another round trip: the chat lives in another collection. `$max` would keep the newest id under
+        // concurrent inserts, but nx-27017 fails comparing a null lastMessage with an ObjectId, so the portable `$set`
+        // is used; the engine routes one chat's messages in id order, so the last write is the newest but for races.
+        _ = try await self.command([
+            "update": .string("chats"),
+            "updates": .array([
+                .document(["q": .document(["_id": .string(message.chatID.rawValue)]), "u": .document(["$set": .document(["lastMessage": .objectID(message.id)])])])
+            ]),
+        ])
+        return .inserted
+    }
+
+    public func markDelivered(_ marks: [DeliveryMark]) async throws {
+        var seen = Set<String>()
+        var updates: [BSON] = []
+        for mark in marks where seen.insert("\(mark.messageID)|\(mark.userID)").inserted {
+            let user = BSON.string(mark.userID.rawValue)
+            // Guarded by the pending list: the recipient joins readBy in the same atomic update that clears them
+            // from it, so a second mark matches nothing and readBy never holds a user twice. (Portable: nx-27017
+            // mismatches `$ne`, `$nin` and `$nor` on paths into arrays of documents, and its `$push` of a document
+            // turns the array's elements into JSON strings; an equality on `pendingFor` and `$addToSet` work on
+            // both servers.)
+            updates.append(.document([
+                "q": .document(["_id": .objectID(mark.messageID), "pendingFor": user]),
+                "u": .document([
+                    "$addToSet": .document(["readBy": .document(["userId": user, "readAt": .date(mark.at)])]),
+                    "$pull": .document(["pendingFor": user]),
+                ]),
+            ]))
+        }
+        guard !updates.isEmpty else { return }
+        let reply = try await self.command(["update": .string("messages"), "updates": .array(updates), "ordered": .bool(false)], serialized: true)
+        if let writeError = reply["writeErrors"]?.array?.first?.document { throw Self.chatError(writeError) }
+    }
+
+    public func recordOutcome(_ status: DeliveryStatus, messageID: MessageID, userID: UserID, at date: Date) async throws {
+        let user = BSON.string(userID.rawValue)
+        let outcome: BSONDocument = ["userId": user, "status": .string(status.rawValue), "at": .date(date)]
+        // Only while still pending: a delivery that was confirmed stays delivered whatever the queue says later.
+        _ = try await self.command(
+            [
+                "update": .string("messages"),
+                "updates": .array([
+                    .document([
+                        "q": .document(["_id": .objectID(messageID), "pendingFor": user]),
+                        "u": .document(["$pull": .document(["pendingFor": user]), "$addToSet": .document(["outcomes": .document(outcome)])]),
+                    ])
+                ]),
+            ],
+            serialized: true
+        )
+    }
+
+    public func pendingMessages(for user: UserID, createdSince: Date, afterID: MessageID?, limit: Int) async throws -> [Message] {
+        var filter: BSONDocument = ["pendingFor": .string(user.rawValue), "createdAt": .document(["$gte": .date(createdSince)])]
+        if let afterID { filter.fields.append(("_id", .document(["$gt": .objectID(afterID)]))) }
+        return try await self.findMessages(filter, sort: ["_id": .int(1)], limit: limit)
+    }
+
+    public func history(of chat: ChatID, before: MessageID?, limit: Int) async throws -> [Message] {
+        var filter: BSONDocument = ["chatId": .string(chat.rawValue)]
+        if let before { filter.fields.append(("_id", .document(["$lt": .objectID(before)]))) }
+        return try await self.findMessages(filter, sort: ["_id": .int(-1)], limit: limit)
+    }
+
+    public func receipts(for messageID: MessageID) async throws -> [DeliveryReceipt] {
+        guard let document = try await self.find("messages", ["_id": .objectID(messageID)], sort: nil, limit: 1).first else {
+            return []
+        }
+        let message = try MessageDocument.decode(document)
+        let outcomes = MessageDocument.outcomes(document)
+        // Without the chat (deleted, or written elsewhere), everyone the message names is a recipient.
+        let recipients = try await self.chat(message.chatID)?.participants
+            ?? MessageDocument.pendingFor(document) + message.readBy.map(\.userID) + outcomes.map(\.userID)
+        return DeliveryReceipt.receipts(of: message, recipients: recipients, outcomes: outcomes)
+    }
+
+    public func message(_ id: MessageID) async throws -> Message? {
+        try await self.findMessages(["_id": .objectID(id)], sort: nil, limit: 1).first
+    }
+
+    public func chat(_ id: ChatID) async throws -> Chat? {
+        try await self.find("chats", ["_id": .string(id.rawValue)], sort: nil, limit: 1).first.map(ChatDocument.decode)
+    }
+
+    public func chats(of user: UserID) async throws -> [Chat] {
+        try await self.find("chats", ["participants": .string(user.rawValue)], sort: ["_id": .int(1)], limit: self.maxPageSize)
+            .map(ChatDocument.decode)
+    }
+
+    public func saveChat(_ chat: Chat) async throws {
+        _ = try await self.command([
+            "update": .string("chats"),
+            "updates": .array([
+                .document(["q": .document(["_id": .string(chat.id.rawValue)]), "u": .document(ChatDocument.encode(chat)), "upsert": .bool(true)])
+            ]),
+        ])
+    }
+
+    public func users(_ ids: [UserID]) async throws -> [UserID: User] {
+        guard !ids.isEmpty else { return [:] }
+        let documents = try await self.find(
+            "users",
+            ["_id": .document(["$in": .array(ids.map { .string($0.rawValue) })])],
+            sort: nil,
+            limit: ids.count
+        )
+        var users: [UserID: User] = [:]
+        for document in documents {
+            let user = try ChatDocument.decodeUser(document)
+            users[user.id] = user
+        }
+        return users
+    }
+
+    public func saveUser(_ user: User) async throws {
+        _ = try await self.command([
+            "update": .string("users"),
+            "updates": .array([
+                .document([
+                    "q": .document(["_id": .string(user.id.rawValue)]),
+                    "u": .document(["$set": .document(["username": .string(user.username)])]),
+                    "upsert": .bool(true),
+                ])
+            ]),
+        ])
+    }
+
+    // MARK: Commands
+
+    private func findMessages(_ filter: BSONDocument, sort: BSONDocument?, limit: Int) async throws -> [Message] {
+        try await self.find("messages", filter, sort: sort, limit: limit).map(MessageDocument.decode)
+    }
+
+    private func find(_ collection: String, _ filter: BSONDocument, sort: BSONDocument?, limit: Int) async throws -> [BSONDocument] {
+        let limit = min(max(limit, 1), max(self.maxPageSize, limit))
+        var command: BSONDocument = ["find": .string(collection), "filter": .document(filter)]
+        if let sort { command.fields.append(("sort", .document(sort))) }
+        command.fields += [("limit", .int(Int64(limit))), ("batchSize", .int(Int64(limit))), ("singleBatch", .bool(true))]
+        let reply = try await self.command(command)
+        guard let batch = reply["cursor"]?.document?["firstBatch"]?.array else {
+            throw ChatError(.unavailable, "MongoDB answered a find without a cursor: \(reply.extendedJSON.prefix(200))")
+        }
+        return batch.compactMap(\.document)
+    }
+
+    /// Runs one command (internal: tests use it to write documents by hand); `serialized` commands run one at a
+    /// time (see ``readByWrites``).
+    func command(_ command: BSONDocument, serialized: Bool = false) async throws -> BSONDocument {
+        let ready = self.indexesReady.withLock { $0 }
+        return try await self.run { pool in
+            if !ready { try Self.createIndexes(pool) }
+            guard serialized else { return try pool.command(command) }
+            // Blocking here is fine: this is one of the store's own threads, never the cooperative pool.
+            return try self.readByWrites.withLock { _ in try pool.command(command) }
+        }
+    }
+
+
+    private func run<Result: Sendable>(_ body: @escaping @Sendable (MongoClientPool) throws -> Result) async throws -> Result {
+        do {
+            let result = try await self.threads.runIfActive { [pool] in try body(pool) }
+            return result
+        } catch let error as MongoStoreError {
+            switch error.code {
+            case .unavailable:
+                throw ChatError(.unavailable, error.message, underlying: error)
+            default:
+                throw ChatError(.storeUnavailable, error.message, underlying: error)
+            }
+        } catch let error as ChatError {
+            throw error
+        } catch {
+            throw ChatError(.unavailable, "the message store is closed", underlying: error)
+        }
+    }
+
+    /// Creates the indexes; createIndexes is idempotent for identical definitions.
+    ///
+    /// On MongoDB the history and catch-up indexes would end in `_id`; nx-27017 accepts such an index but then fails
+    /// every insert ("JSON path error near '_id'"), so both end in `createdAt`, which orders like `_id` (ids are
+    /// generated from the same clock) and which both servers accept.
+    private static func createIndexes(_ pool: MongoClientPool) throws {
+        func index(_ name: String, _ key: BSONDocument, unique: Bool = false, partial: BSONDocument? = nil) -> BSON {
+            var spec: BSONDocument = ["key": .document(key), "name": .string(name)]
+            if unique { spec.fields.append(("unique", .bool(true))) }
+            if let partial { spec.fields.append(("partialFilterExpression", .document(partial))) }
+            return .document(spec)
+        }
+        _ = try pool.command([
+            "createIndexes": .string("messages"),
+            "indexes": .array([
+                index("chat_history", ["chatId": .int(1), "createdAt": .int(-1)]),
+                index("pending_catch_up", ["pendingFor": .int(1), "createdAt": .int(1)]),
+                index(
+                    "idempotent_send",
+                    ["senderId": .int(1), "clientMessageId": .int(1)],
+                    unique: true,
+                    partial: ["clientMessageId": .document(["$exists": .bool(true)])]
+                ),
+            ]),
+        ])
+        _ = try pool.command(["createIndexes": .string("chats"), "indexes": .array([index("participants", ["participants": .int(1)])])])
+    }
+
+    private static func chatError(_ writeError: BSONDocument) -> ChatError {
+        let code = writeError["code"]?.int.map(Int.init)
+        let message = writeError["errmsg"]?.string ?? "write failed"
+        let error = MongoStoreError(code: .serverError, message: "MongoDB refused the write: \(message)", serverCode: code)
+        return ChatError(.storeUnavailable, error.message, underlying: error)
+    }
+}

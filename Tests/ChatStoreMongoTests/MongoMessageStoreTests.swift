@@ -1,0 +1,198 @@
+import ChatDomain
+import ChatScenarioKit
+@testable import ChatStoreMongo
+import Foundation
+import Testing
+
+/// The MongoDB message store against nx-27017 (or the mongod that `MONGODB_URI` names).
+@Suite("MongoDB message store")
+struct MongoMessageStoreTests {
+    private static let clock = ManualWallClock(start: Date(timeIntervalSince1970: 1_767_693_600.123))
+
+    private static func message(
+        _ generator: MessageIDGenerator,
+        chat: ChatID = "chat-1",
+        content: String = "hello",
+        at date: Date = clock.now(),
+        clientMessageID: String? = nil
+    ) -> Message {
+        Message(
+            id: generator.next(),
+            chatID: chat,
+            senderID: "alice",
+            content: content,
+            readBy: [ReadReceipt(userID: "alice", readAt: date)],
+            createdAt: date,
+            clientMessageID: clientMessageID
+        )
+    }
+
+    @Test("Every field of a message survives the round trip, to the millisecond")
+    func roundTrip() async throws {
+        try await withMongoServer { server in
+            let store = try server.makeStore()
+            let generator = MessageIDGenerator(clock: Self.clock)
+            var message = Self.message(generator, content: "héllo 👋 \"quoted\" \\ back\nslash\t✓")
+            message.messageType = .image
+            message.attachments = [
+                .object(["url": .string("https://example.test/a.png"), "size": .number(1024.5), "tags": .array([.string("x"), .null, .bool(true)])])
+            ]
+            message.replyTo = generator.next()
+            message.clientMessageID = "client-1"
+            #expect(try await store.insert(message, pendingFor: ["bob"]) == .inserted)
+            let stored = try #require(try await store.message(message.id))
+            #expect(stored == message)
+            #expect(stored.createdAt.timeIntervalSince1970 == 1_767_693_600.123)
+            #expect(try await store.message(generator.next()) == nil)
+        }
+    }
+
+    @Test("readBy stays free of duplicates under concurrent marks for the same user")
+    func concurrentMarks() async throws {
+        try await withMongoServer { server in
+            let store = try server.makeStore { $0.threads = 4 }
+            let generator = MessageIDGenerator(clock: Self.clock)
+            let message = Self.message(generator)
+            _ = try await store.insert(message, pendingFor: ["bob", "carol"])
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for index in 0..<16 {
+                    group.addTask {
+                        try await store.markDelivered([DeliveryMark(messageID: message.id, userID: "bob", at: Self.clock.now().addingTimeInterval(Double(index)))])
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let stored = try #require(try await store.message(message.id))
+            #expect(stored.readBy.map(\.userID) == ["alice", "bob"])
+            let receipts = try await store.receipts(for: message.id)
+            #expect(Set(receipts.map { "\($0.userID)=\($0.status)" }) == ["bob=delivered", "carol=sent"])
+        }
+    }
+
+    @Test("A second insert with the same sender and clientMessageId returns the first message")
+    func idempotentInsert() async throws {
+        try await withMongoServer { server in
+            let store = try server.makeStore()
+            let generator = MessageIDGenerator(clock: Self.clock)
+            let first = Self.message(generator, content: "once", clientMessageID: "c-1")
+            let again = Self.message(generator, content: "once", clientMessageID: "c-1")
+            #expect(try await store.insert(first, pendingFor: ["bob"]) == .inserted)
+            #expect(try await store.insert(again, pendingFor: ["bob"]) == .duplicate(first))
+            #expect(try await store.message(again.id) == nil)
+            // Messages without a client id never collide.
+            #expect(try await store.insert(Self.message(generator), pendingFor: []) == .inserted)
+            #expect(try await store.insert(Self.message(generator), pendingFor: []) == .inserted)
+        }
+    }
+
+    @Test("History of 1,000 messages, paginated by id, returns each exactly once, newest first")
+    func historyPagination() async throws {
+        try await withMongoServer { server in
+            let store = try server.makeStore()
+            try await store.saveChat(Chat(id: "chat-1", participants: ["alice", "bob"]))
+            let generator = MessageIDGenerator(clock: Self.clock)
+            var ids: [MessageID] = []
+            for index in 0..<1000 {
+                let message = Self.message(generator, content: "m\(index)")
+                ids.append(message.id)
+                _ = try await store.insert(message, pendingFor: [])
+            }
+            _ = try await store.insert(Self.message(generator, chat: "other"), pendingFor: [])
+            var seen: [MessageID] = []
+            var before: MessageID?
+            while true {
+                let page = try await store.history(of: "chat-1", before: before, limit: 64)
+                guard let last = page.last else { break }
+                seen += page.map(\.id)
+                before = last.id
+            }
+            #expect(seen == ids.reversed())
+            #expect(try await store.chat("chat-1")?.lastMessage == ids.last, "the chat's lastMessage follows inserts")
+        }
+    }
+
+    @Test("Catch-up returns exactly what is pending for the user within the window, and clearing removes it")
+    func catchUp() async throws {
+        try await withMongoServer { server in
+            let store = try server.makeStore()
+            let generator = MessageIDGenerator(clock: Self.clock)
+            let old = Self.message(generator, content: "old", at: Self.clock.now().addingTimeInterval(-90_000))
+            let forBob = (0..<5).map { Self.message(generator, content: "b\($0)") }
+            let forCarol = Self.message(generator, content: "c")
+            _ = try await store.insert(old, pendingFor: ["bob"])
+            for message in forBob { _ = try await store.insert(message, pendingFor: ["bob", "carol"]) }
+            _ = try await store.insert(forCarol, pendingFor: ["carol"])
+            let since = Self.clock.now().addingTimeInterval(-86_400)
+
+            var pending = try await store.pendingMessages(for: "bob", createdSince: since, afterID: nil, limit: 3)
+            #expect(pending.map(\.content) == ["b0", "b1", "b2"])
+            pending = try await store.pendingMessages(for: "bob", createdSince: since, afterID: pending.last?.id, limit: 3)
+            #expect(pending.map(\.content) == ["b3", "b4"])
+
+            try await store.markDelivered(forBob.prefix(2).map { DeliveryMark(messageID: $0.id, userID: "bob", at: Self.clock.now()) })
+            try await store.recordOutcome(.expired, messageID: forBob[2].id, userID: "bob", at: Self.clock.now())
+            pending = try await store.pendingMessages(for: "bob", createdSince: since, afterID: nil, limit: 10)
+            #expect(pending.map(\.content) == ["b3", "b4"])
+            #expect(try await store.receipts(for: forBob[2].id).first { $0.userID == "bob" }?.status == .expired)
+            #expect(try await store.pendingMessages(for: "carol", createdSince: since, afterID: nil, limit: 10).count == 6)
+        }
+    }
+
+    @Test("A document with a missing or mistyped field is an error naming the field")
+    func badDocuments() async throws {
+        try await withMongoServer { server in
+            let store = try server.makeStore()
+            let generator = MessageIDGenerator(clock: Self.clock)
+            let missing = generator.next()
+            let mistyped = generator.next()
+            _ = try await store.command([
+                "insert": .string("messages"),
+                "documents": .array([
+                    .document(["_id": .objectID(missing), "chatId": .string("c"), "senderId": .string("a"), "readBy": .array([]), "createdAt": .date(Date())]),
+                    .document(["_id": .objectID(mistyped), "chatId": .string("c"), "senderId": .string("a"), "content": .int(5), "readBy": .array([]), "createdAt": .date(Date())]),
+                ]),
+            ])
+            for (id, field) in [(missing, "content"), (mistyped, "content")] {
+                do {
+                    _ = try await store.message(id)
+                    Issue.record("a bad document decoded")
+                } catch let error as ChatError {
+                    #expect(error.message.contains("'\(field)'"), "\(error.message)")
+                }
+            }
+        }
+    }
+
+    @Test("Server stopped: calls fail within the bound with unavailable; server back: calls succeed again")
+    func serverOutage() async throws {
+        try await withMongoServer { server in
+            guard server.isOwn else {
+                print("SKIPPED: MONGODB_URI names a server this test cannot stop")
+                return
+            }
+            let store = try server.makeStore { $0.serverSelectionTimeout = .milliseconds(500) }
+            try await store.saveUser(User(id: "alice", username: "Alice"))
+            await server.stop()
+            let start = ContinuousClock.now
+            do {
+                _ = try await store.users(["alice"])
+                Issue.record("a call succeeded with the server stopped")
+            } catch let error as ChatError {
+                #expect(error.code == .unavailable, "\(error)")
+            }
+            #expect(ContinuousClock.now - start < .seconds(3), "fails within the bound")
+
+            try await server.restart()
+            try await store.saveUser(User(id: "bob", username: "Bob"))
+            #expect(try await store.users(["bob"])["bob"]?.username == "Bob")
+        }
+    }
+
+    @Test("The product scenarios pass with the MongoDB store", arguments: ProductScenario.all)
+    func productScenarios(_ scenario: ProductScenario) async throws {
+        try await withMongoServer { server in
+            let store = try server.makeStore()
+            try await scenario.run(store: { store })
+        }
+    }
+}
