@@ -74,6 +74,16 @@ let package = Package(
             path: "Benchmarks/RedisPresenceBenchmark",
             swiftSettings: strictSettings
         ),
+        .executableTarget(
+            name: "mongo-store-benchmark",
+            dependencies: [
+                "ChatDomain",
+                "ChatStoreMongo",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Benchmarks/MongoStoreBenchmark",
+            swiftSettings: strictSettings
+        ),
         // Test support shared by the test targets: the engine harness and the product scenarios, run against
         // each adapter.
         .target(
