@@ -13,6 +13,7 @@ let package = Package(
         .library(name: "ChatDomain", targets: ["ChatDomain"]),
         .library(name: "ChatPresenceRedis", targets: ["ChatPresenceRedis"]),
         .library(name: "ChatStoreMongo", targets: ["ChatStoreMongo"]),
+        .library(name: "ChatBrokerAMQP", targets: ["ChatBrokerAMQP"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.0"),
@@ -41,6 +42,22 @@ let package = Package(
             dependencies: [
                 "ChatDomain",
                 "CHiredis",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .systemLibrary(
+            name: "CRabbitMQ",
+            pkgConfig: "librabbitmq",
+            providers: [.apt(["librabbitmq-dev"])]
+        ),
+        .target(
+            name: "ChatBrokerAMQP",
+            dependencies: [
+                "ChatDomain",
+                "CRabbitMQ",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -99,6 +116,11 @@ let package = Package(
         .testTarget(
             name: "ChatDomainTests",
             dependencies: ["ChatDomain", "ChatScenarioKit"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "ChatBrokerAMQPTests",
+            dependencies: ["ChatBrokerAMQP", "ChatDomain"],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -1,0 +1,65 @@
+/// Where RabbitMQ is and how the offline queues are shaped.
+public struct AMQPQueueConfiguration: Sendable {
+    /// The kind of per-user queue.
+    public enum QueueType: String, Sendable {
+        /// Classic durable queues (the default; a single node).
+        case classic
+        /// Quorum queues, replicated on a cluster.
+        case quorum
+    }
+
+    /// Broker host (`RABBITMQ_HOST`). Default `localhost`.
+    public var host: String = "localhost"
+    /// Broker port (`RABBITMQ_PORT`). Default 5672.
+    public var port: Int = 5672
+    /// User (`RABBITMQ_USER`). Default `guest`.
+    public var user: String = "guest"
+    /// Password (`RABBITMQ_PASSWORD`). Default `guest`. Never logged.
+    public var password: String = "guest"
+    /// Virtual host. Default `/`.
+    public var virtualHost: String = "/"
+    /// How long an entry waits for its recipient before it is dead-lettered as expired. Default 24 hours.
+    public var messageTTL: Duration = .seconds(24 * 60 * 60)
+    /// The most entries a user's queue holds; further publishes are refused. Default 100,000.
+    public var maxLength: Int = 100_000
+    /// Classic (default) or quorum queues.
+    public var queueType: QueueType = .classic
+    /// The limit on connecting and logging in. Default 1 second.
+    public var connectTimeout: Duration = .seconds(1)
+    /// The limit on waiting for the broker to confirm a publish. Default 5 seconds.
+    public var confirmTimeout: Duration = .seconds(5)
+    /// The AMQP heartbeat. Default 30 seconds.
+    public var heartbeat: Duration = .seconds(30)
+    /// The first wait before reconnecting after a failed attempt; it doubles up to ``maxReconnectBackoff``.
+    public var initialReconnectBackoff: Duration = .milliseconds(100)
+    /// The longest wait between reconnect attempts. Default 5 seconds.
+    public var maxReconnectBackoff: Duration = .seconds(5)
+    /// How often the dead-letter queue is read. Default 1 second.
+    public var deadLetterPollInterval: Duration = .seconds(1)
+
+    /// The defaults.
+    public init() {}
+
+    /// Settings for `host` and `port`, others at their defaults.
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+}
+
+extension Duration {
+    /// Whole milliseconds, at least 1.
+    var milliseconds: Int {
+        max(1, Int(self.components.seconds * 1000 + self.components.attoseconds / 1_000_000_000_000_000))
+    }
+}
+
+/// The broker's names, as in the product's topology.
+enum Topology {
+    static let exchange = "offline_messages_exchange"
+    static let deadLetterExchange = "offline_messages_dlx"
+    static let deadLetterQueue = "offline_messages_dead"
+    static let deliveryQueue = "message_delivery"
+
+    static func queue(of user: String) -> String { "offline_messages.\(user)" }
+}

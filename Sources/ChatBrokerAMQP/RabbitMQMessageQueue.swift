@@ -1,0 +1,174 @@
+public import ChatDomain
+import Foundation
+public import Logging
+import NIOPosix
+public import ServiceLifecycle
+
+/// A ``ChatDomain/MessageQueue`` on RabbitMQ, through rabbitmq-c.
+///
+/// Topology (declared at start and after every reconnect): the direct exchange `offline_messages_exchange`; one
+/// durable queue per recipient, `offline_messages.<userId>`, bound by the user id, with `x-message-ttl`,
+/// `x-max-length`, `x-overflow: reject-publish` (a full queue refuses the publish, so the engine knows) and
+/// `x-dead-letter-exchange: offline_messages_dlx`, never `x-expires`; the fanout `offline_messages_dlx` into the
+/// durable `offline_messages_dead`; and `message_delivery` (7 days, 50,000 entries) for delivery events.
+///
+/// Publishes are persistent and `mandatory`, and ``enqueue(_:for:)`` returns only once the broker confirmed each
+/// one. Consumers take entries with `basic.get` and acknowledge them one by one; closing a consumer returns what
+/// it did not acknowledge. rabbitmq-c blocks, so every call runs on a thread of this queue's own. While the broker
+/// is unreachable calls fail fast with ``ChatDomain/ChatError`` code `unavailable`; the connection comes back by
+/// itself (with capped backoff) and declares the topology again.
+///
+/// Run it as a `Service`: ``run()`` also reads the dead-letter queue into ``deadLetters()``.
+public final class RabbitMQMessageQueue: MessageQueue, Service {
+    /// The settings the queue was created with.
+    public let configuration: AMQPQueueConfiguration
+    private let connection: AMQPConnection
+    private let pool: NIOThreadPool
+    private let logger: Logger
+    private let deadLetterStream: AsyncStream<DeadLetter>
+    private let deadLetterContinuation: AsyncStream<DeadLetter>.Continuation
+
+    /// Creates the queue; it connects on first use.
+    public init(configuration: AMQPQueueConfiguration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+        self.connection = AMQPConnection(configuration: configuration, logger: logger)
+        // One thread: the rabbitmq-c connection is confined to it.
+        self.pool = NIOThreadPool(numberOfThreads: 1)
+        self.pool.start()
+        (self.deadLetterStream, self.deadLetterContinuation) = AsyncStream.makeStream()
+    }
+
+    public func enqueue(_ entries: [QueueEntry], for user: UserID) async throws -> [MessageID] {
+        guard !entries.isEmpty else { return [] }
+        let encoder = JSONEncoder()
+        let bodies = try entries.map { (id: $0.message.id.hexString, body: Array(try encoder.encode($0))) }
+        let refused = try await self.perform { try $0.publish(bodies, to: user.rawValue) }
+        let now = Date()
+        for index in refused.sorted() {
+            self.deadLetterContinuation.yield(DeadLetter(entry: entries[index], reason: .rejected, at: now))
+        }
+        return refused.sorted().map { entries[$0].message.id }
+    }
+
+    public func consumer(for user: UserID, prefetch: Int) async throws -> any QueueConsumer {
+        let generation = try await self.perform { connection in
+            _ = try connection.depth(of: Topology.queue(of: user.rawValue))
+            return connection.generation
+        }
+        return AMQPQueueConsumer(queue: self, name: Topology.queue(of: user.rawValue), generation: generation)
+    }
+
+    public func depth(for user: UserID) async throws -> QueueDepth {
+        let depth = try await self.perform { try $0.depth(of: Topology.queue(of: user.rawValue)) }
+        // A passive declare counts ready messages only; unacknowledged ones are not visible this way.
+        return QueueDepth(ready: depth.messages, unacknowledged: 0, consumers: depth.consumers)
+    }
+
+    /// Ready entries in the dead-letter queue, for monitoring.
+    public func deadLetterDepth() async throws -> Int {
+        try await self.perform { try $0.depth(of: Topology.deadLetterQueue).messages }
+    }
+
+    public func deadLetters() -> AsyncStream<DeadLetter> {
+        self.deadLetterStream
+    }
+
+    /// Reads the dead-letter queue until graceful shutdown (or cancellation), then closes the connection and
+    /// stops the queue's thread.
+    public func run() async throws {
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                await self.readDeadLetters()
+                try? await Task.sleep(for: self.configuration.deadLetterPollInterval)
+            }
+        }
+        await self.close()
+    }
+
+    /// Closes the connection and stops the queue's thread; later calls fail with `unavailable`.
+    public func close() async {
+        _ = try? await self.pool.runIfActive { [connection] in connection.close() }
+        try? await self.pool.shutdownGracefully()
+        self.deadLetterContinuation.finish()
+    }
+
+    /// Moves what the broker dead-lettered into ``deadLetters()``; each is acknowledged once handed over.
+    func readDeadLetters() async {
+        let decoder = JSONDecoder()
+        while let got = try? await self.perform({ try $0.get(Topology.deadLetterQueue) }) {
+            let generation = try? await self.perform { $0.generation }
+            if let entry = try? decoder.decode(QueueEntry.self, from: Data(got.body)) {
+                let reason: DeadLetter.Reason = got.deathReason == "expired" ? .expired : .failed
+                self.deadLetterContinuation.yield(DeadLetter(entry: entry, reason: reason, at: Date()))
+            } else {
+                self.logger.warning("Dead-lettered message is not a queue entry; dropped", metadata: ["amqp.queue": "\(Topology.deadLetterQueue)"])
+            }
+            if let generation { try? await self.settle(got.tag, generation: generation, requeue: nil) }
+        }
+    }
+
+    func get(_ queue: String) async throws -> (body: [UInt8], tag: UInt64, redelivered: Bool, deathReason: String)? {
+        try await self.perform { try $0.get(queue) }
+    }
+
+    func settle(_ tag: UInt64, generation: UInt64, requeue: Bool?) async throws {
+        try await self.perform { try $0.settle(tag, generation: generation, requeue: requeue) }
+    }
+
+    private func perform<Result: Sendable>(_ body: @escaping @Sendable (AMQPConnection) throws -> Result) async throws -> Result {
+        do {
+            return try await self.pool.runIfActive { [connection] in try body(connection) }
+        } catch let error as AMQPQueueError {
+            throw ChatError(.unavailable, "offline queue: \(error.message)", underlying: error)
+        } catch {
+            throw ChatError(.unavailable, "offline queue is closed", underlying: error)
+        }
+    }
+}
+
+/// Reads one user's queue with `basic.get`; remembers what it has not acknowledged so closing returns it.
+final class AMQPQueueConsumer: QueueConsumer, @unchecked Sendable {
+    // `unacknowledged` is guarded by `lock`; the rest never changes.
+    private let queue: RabbitMQMessageQueue
+    private let name: String
+    private let generation: UInt64
+    private let lock = NSLock()
+    private var unacknowledged: [UInt64] = []
+
+    init(queue: RabbitMQMessageQueue, name: String, generation: UInt64) {
+        self.queue = queue
+        self.name = name
+        self.generation = generation
+    }
+
+    func next() async throws -> QueueDelivery? {
+        guard let got = try await self.queue.get(self.name) else { return nil }
+        let entry = try JSONDecoder().decode(QueueEntry.self, from: Data(got.body))
+        self.lock.withLock { self.unacknowledged.append(got.tag) }
+        return QueueDelivery(entry: entry, tag: DeliveryTag(got.tag), redelivered: got.redelivered)
+    }
+
+    func ack(_ tag: DeliveryTag) async throws {
+        try await self.queue.settle(tag.rawValue, generation: self.generation, requeue: nil)
+        self.forget(tag.rawValue)
+    }
+
+    func nack(_ tag: DeliveryTag) async throws {
+        try await self.queue.settle(tag.rawValue, generation: self.generation, requeue: true)
+        self.forget(tag.rawValue)
+    }
+
+    func close() async {
+        let tags = self.lock.withLock {
+            defer { self.unacknowledged = [] }
+            return self.unacknowledged
+        }
+        // In order, so they return to their places; if the connection was replaced the broker already did it.
+        for tag in tags { try? await self.queue.settle(tag, generation: self.generation, requeue: true) }
+    }
+
+    private func forget(_ tag: UInt64) {
+        self.lock.withLock { self.unacknowledged.removeAll { $0 == tag } }
+    }
+}

@@ -1,0 +1,136 @@
+@testable import ChatBrokerAMQP
+import ChatDomain
+import Foundation
+import Testing
+
+/// The RabbitMQ offline queue against a real broker on loopback. One broker per test; tests run one at a time
+/// to keep the two cores for the brokers.
+@Suite("RabbitMQ offline queue", .serialized)
+struct RabbitMQMessageQueueTests {
+    private static let sender = User(id: "alice", username: "Alice")
+
+    private static func entries(_ count: Int, for user: UserID = "bob") -> [QueueEntry] {
+        let generator = MessageIDGenerator()
+        return (0..<count).map { index in
+            let message = Message(id: generator.next(), chatID: "c", senderID: "alice", content: "m\(index) ✓", createdAt: Date())
+            return QueueEntry(message: message, sender: Self.sender, recipient: user, enqueuedAt: Date())
+        }
+    }
+
+    private static func drain(_ consumer: any QueueConsumer) async throws -> [QueueDelivery] {
+        var deliveries: [QueueDelivery] = []
+        while let delivery = try await consumer.next() { deliveries.append(delivery) }
+        return deliveries
+    }
+
+    @Test("Enqueue then drain: same messages in order; ack removes, nack keeps them flagged redelivered; restart keeps all")
+    func enqueueDrainAndDurability() async throws {
+        try await withRabbitServer { server in
+            let queue = server.makeQueue()
+            let entries = Self.entries(1000)
+            #expect(try await queue.enqueue(entries, for: "bob").isEmpty)
+            #expect(try await queue.depth(for: "bob").ready == 1000)
+
+            // Durability: persistent messages in a durable queue survive a broker restart.
+            try await server.restart()
+            await eventually("the adapter reconnects by itself") { (try? await queue.depth(for: "bob").ready) == 1000 }
+
+            let consumer = try await queue.consumer(for: "bob", prefetch: 64)
+            let first = try await Self.drain(consumer)
+            #expect(first.map(\.entry) == entries, "same ids, payload and order")
+            for delivery in first.prefix(998) { try await consumer.ack(delivery.tag) }
+            try await consumer.nack(first[998].tag)
+            try await consumer.nack(first[999].tag)
+            let again = try await Self.drain(consumer)
+            #expect(again.map(\.entry.message.id) == entries.suffix(2).map(\.message.id))
+            #expect(again.allSatisfy { $0.redelivered })
+            for delivery in again { try await consumer.ack(delivery.tag) }
+            #expect(try await queue.depth(for: "bob").ready == 0)
+        }
+    }
+
+    @Test("Broker down: enqueue fails fast with unavailable; back: the adapter recovers by itself")
+    func brokerDown() async throws {
+        try await withRabbitServer { server in
+            let queue = server.makeQueue()
+            _ = try await queue.enqueue(Self.entries(1), for: "carol")
+            await server.stop()
+            for _ in 0..<3 {
+                let start = ContinuousClock.now
+                do {
+                    _ = try await queue.enqueue(Self.entries(1), for: "carol")
+                    Issue.record("enqueue succeeded with the broker stopped")
+                } catch let error as ChatError {
+                    #expect(error.code == .unavailable)
+                }
+                #expect(ContinuousClock.now - start < .seconds(1), "fails fast")
+            }
+            try await server.restart()
+            await eventually("enqueue works again", timeout: .seconds(10)) {
+                (try? await queue.enqueue(Self.entries(1), for: "carol")) != nil
+            }
+            #expect(try await queue.depth(for: "carol").ready >= 2, "the first entry survived, the new one arrived")
+        }
+    }
+
+    @Test("TTL: an undrained entry is dead-lettered and reported expired")
+    func ttl() async throws {
+        try await withRabbitServer { server in
+            let queue = server.makeQueue { $0.messageTTL = .seconds(1) }
+            let entries = Self.entries(1, for: "dave")
+            _ = try await queue.enqueue(entries, for: "dave")
+            try await Task.sleep(for: .milliseconds(1500))
+            #expect(try await queue.depth(for: "dave").ready == 0)
+            var iterator = queue.deadLetters().makeAsyncIterator()
+            await eventually("the broker dead-lettered it") { (try? await queue.deadLetterDepth()) == 1 }
+            await queue.readDeadLetters()
+            let deadLetter = await iterator.next()
+            #expect(deadLetter?.reason == .expired)
+            #expect(deadLetter?.entry == entries.first)
+            #expect(try await queue.deadLetterDepth() == 0, "acknowledged once handed over")
+        }
+    }
+
+    @Test("Overflow: with max length 10 the 11th enqueue is refused and reported; nothing queued is dropped")
+    func overflow() async throws {
+        try await withRabbitServer { server in
+            let queue = server.makeQueue { $0.maxLength = 10 }
+            let entries = Self.entries(11, for: "erin")
+            let refused = try await queue.enqueue(entries, for: "erin")
+            #expect(refused == [entries[10].message.id])
+            #expect(try await queue.depth(for: "erin").ready == 10)
+            let consumer = try await queue.consumer(for: "erin", prefetch: 20)
+            #expect(try await Self.drain(consumer).map(\.entry) == Array(entries.prefix(10)))
+        }
+    }
+
+    @Test("A drain cut off by a closed connection leaves its unacknowledged entries in the queue")
+    func interruptedDrain() async throws {
+        try await withRabbitServer { server in
+            let writer = server.makeQueue()
+            let entries = Self.entries(5, for: "frank")
+            _ = try await writer.enqueue(entries, for: "frank")
+            let reader = server.makeQueue()
+            let consumer = try await reader.consumer(for: "frank", prefetch: 5)
+            let first = try #require(try await consumer.next())
+            try await consumer.ack(first.tag)
+            _ = try await consumer.next()
+            _ = try await consumer.next()
+            await reader.close()  // the connection goes away mid-drain
+
+            let fresh = try await writer.consumer(for: "frank", prefetch: 5)
+            let rest = try await Self.drain(fresh)
+            #expect(rest.map(\.entry) == Array(entries.dropFirst()))
+            #expect(rest.prefix(2).allSatisfy { $0.redelivered })
+        }
+    }
+}
+
+func eventually(_ description: String, timeout: Duration = .seconds(20), _ condition: () async -> Bool) async {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if await condition() { return }
+        try? await Task.sleep(for: .milliseconds(50))
+    }
+    Issue.record("timed out waiting until \(description)")
+}

@@ -1,0 +1,151 @@
+import ChatBrokerAMQP
+import Foundation
+import Logging
+import Testing
+
+/// A RabbitMQ node of the test's own on loopback ports, with its data in a temporary directory.
+///
+/// Without rabbitmq-server installed the tests fail in CI (`CI` set) and, run by hand, say why and return early.
+final class RabbitTestServer: @unchecked Sendable {
+    // Mutable state is only touched by the one test that owns the server, one call at a time.
+    let port: Int
+    private let directory: URL
+    private var process: Process?
+    private var queues: [RabbitMQMessageQueue] = []
+
+    private var nodeName: String { "chatd-test-\(self.port)@localhost" }
+
+    private init(port: Int, directory: URL) {
+        self.port = port
+        self.directory = directory
+    }
+
+    static let binary = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+
+    /// Starts a node; nil only when RabbitMQ is missing and this is not CI.
+    static func start() async throws -> RabbitTestServer? {
+        guard FileManager.default.isExecutableFile(atPath: Self.binary) else {
+            let message = "rabbitmq-server is not installed; ./scripts/test.sh installs it (apt package rabbitmq-server)"
+            if ProcessInfo.processInfo.environment["CI"] != nil { throw TestServerError(message) }
+            print("SKIPPED (run by hand without RabbitMQ): \(message)")
+            return nil
+        }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("chatd-rabbit-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let server = RabbitTestServer(port: Int.random(in: 20_000...30_000), directory: directory)
+        try await server.launch()
+        return server
+    }
+
+    /// A queue adapter on this node; closed when the test ends.
+    func makeQueue(_ configure: (inout AMQPQueueConfiguration) -> Void = { _ in }) -> RabbitMQMessageQueue {
+        var configuration = AMQPQueueConfiguration(host: "127.0.0.1", port: self.port)
+        configuration.maxReconnectBackoff = .milliseconds(200)
+        configure(&configuration)
+        let queue = RabbitMQMessageQueue(configuration: configuration, logger: Logger(label: "amqp"))
+        self.queues.append(queue)
+        return queue
+    }
+
+    private var environment: [String: String] {
+        var environment = ProcessInfo.processInfo.environment
+        environment["HOME"] = self.directory.path
+        environment["RABBITMQ_NODENAME"] = self.nodeName
+        environment["RABBITMQ_NODE_IP_ADDRESS"] = "127.0.0.1"
+        environment["RABBITMQ_NODE_PORT"] = "\(self.port)"
+        environment["RABBITMQ_DIST_PORT"] = "\(self.port + 10_000)"
+        environment["RABBITMQ_MNESIA_BASE"] = self.directory.appendingPathComponent("mnesia").path
+        environment["RABBITMQ_LOG_BASE"] = self.directory.appendingPathComponent("log").path
+        environment["RABBITMQ_PID_FILE"] = self.directory.appendingPathComponent("rabbit.pid").path
+        environment["RABBITMQ_ENABLED_PLUGINS_FILE"] = self.directory.appendingPathComponent("plugins").path
+        environment["RABBITMQ_CONFIG_FILE"] = self.directory.appendingPathComponent("rabbitmq").path
+        return environment
+    }
+
+    /// Starts the node and waits (at most 60 s) until it accepts AMQP and a queue adapter can use it.
+    private func launch() async throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.environment = self.environment
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        self.process = process
+        var configuration = AMQPQueueConfiguration(host: "127.0.0.1", port: self.port)
+        configuration.initialReconnectBackoff = .milliseconds(1)
+        configuration.maxReconnectBackoff = .milliseconds(1)
+        let probe = RabbitMQMessageQueue(configuration: configuration, logger: Logger(label: "probe"))
+        let deadline = ContinuousClock.now + .seconds(60)
+        while ContinuousClock.now < deadline {
+            if (try? await probe.deadLetterDepth()) != nil {
+                await probe.close()
+                return
+            }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        await probe.close()
+        await self.stop()
+        throw TestServerError("RabbitMQ on port \(self.port) did not accept AMQP within 60 s")
+    }
+
+    /// Stops the node (its durable queues stay on disk) and waits until it is gone.
+    func stop() async {
+        guard let process else { return }
+        let control = Process()
+        control.executableURL = URL(fileURLWithPath: "/usr/lib/rabbitmq/bin/rabbitmqctl")
+        control.arguments = ["-n", self.nodeName, "shutdown"]
+        control.environment = self.environment
+        control.standardOutput = FileHandle.nullDevice
+        control.standardError = FileHandle.nullDevice
+        try? control.run()
+        let deadline = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < deadline, !Self.hasExited(control.processIdentifier) {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        // The launcher is a shell whose child is the Erlang VM: make sure nothing of the node is left.
+        let kill = Process()
+        kill.executableURL = URL(fileURLWithPath: "/usr/bin/pkill")
+        kill.arguments = ["-9", "-f", self.nodeName]
+        try? kill.run()
+        kill.waitUntilExit()
+        _ = Self.hasExited(process.processIdentifier)
+        self.process = nil
+    }
+
+    /// Starts the node again with the same data.
+    func restart() async throws {
+        await self.stop()
+        try await self.launch()
+    }
+
+    fileprivate func shutDown() async {
+        for queue in self.queues { await queue.close() }
+        self.queues = []
+        await self.stop()
+        try? FileManager.default.removeItem(at: self.directory)
+    }
+
+    private static func hasExited(_ pid: Int32) -> Bool {
+        var status: Int32 = 0
+        let result = waitpid(pid, &status, WNOHANG)
+        return result == pid || (result == -1 && errno == ECHILD)
+    }
+}
+
+/// Runs `body` with a RabbitMQ node of its own, then closes the adapters and stops the node, whatever happened.
+func withRabbitServer(_ body: (RabbitTestServer) async throws -> Void) async throws {
+    guard let server = try await RabbitTestServer.start() else { return }
+    do {
+        try await body(server)
+    } catch {
+        await server.shutDown()
+        throw error
+    }
+    await server.shutDown()
+}
+
+struct TestServerError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
