@@ -92,6 +92,16 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .executableTarget(
+            name: "amqp-queue-benchmark",
+            dependencies: [
+                "ChatDomain",
+                "ChatBrokerAMQP",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Benchmarks/AMQPQueueBenchmark",
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
             name: "mongo-store-benchmark",
             dependencies: [
                 "ChatDomain",
@@ -120,7 +130,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ChatBrokerAMQPTests",
-            dependencies: ["ChatBrokerAMQP", "ChatDomain"],
+            dependencies: ["ChatBrokerAMQP", "ChatDomain", "ChatScenarioKit"],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -1,5 +1,6 @@
 @testable import ChatBrokerAMQP
 import ChatDomain
+import ChatScenarioKit
 import Foundation
 import Testing
 
@@ -133,4 +134,17 @@ func eventually(_ description: String, timeout: Duration = .seconds(20), _ condi
         try? await Task.sleep(for: .milliseconds(50))
     }
     Issue.record("timed out waiting until \(description)")
+}
+
+/// The product scenarios that any queue can run (the others switch the queue off or move its clock), on one
+/// broker per scenario.
+@Suite("Product scenarios on RabbitMQ", .serialized)
+struct RabbitMQScenarioTests {
+    @Test("The product scenarios pass with the RabbitMQ queue", arguments: ProductScenario.portable)
+    func productScenarios(_ scenario: ProductScenario) async throws {
+        try await withRabbitServer { server in
+            let queue = server.makeQueue()
+            try await scenario.run(queue: { queue })
+        }
+    }
 }

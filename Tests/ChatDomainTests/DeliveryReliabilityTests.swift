@@ -191,7 +191,7 @@ struct DeliveryReliabilityTests {
             for index in 1...3 { try await h.send("m\(index)", from: alice) }
             #expect(try await h.depth(of: Harness.bob) == 2)
             #expect(await h.service.currentStatistics().queueRejected == 1)
-            #expect(h.queue.deadLettered.map(\.reason) == [.rejected])
+            #expect(h.memoryQueue!.deadLettered.map(\.reason) == [.rejected])
             #expect(h.logs.contains("Offline queue full; messages stay pending in the store until the user reconnects"))
 
             let bob = await h.connect(Harness.bob)
@@ -279,7 +279,7 @@ struct DrainPipelineTests {
             let alice = await h.connect(Harness.alice)
             for index in 1...6 { try await h.send("m\(index)", from: alice) }
             let emitted = Locked(0)
-            let queue = h.queue
+            let queue = try #require(h.memoryQueue)
             let bob = await h.connect(Harness.bob) { event in
                 guard case .messageReceived = event else { return .acknowledge }
                 if emitted.withLock({ count in count += 1; return count }) == 3 { queue.setAvailable(false) }

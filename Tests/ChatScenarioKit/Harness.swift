@@ -76,7 +76,10 @@ public struct Harness: Sendable {
     public let store: any MessageStore
     /// The in-memory message store, when that is the one in use.
     public let memoryStore: InMemoryMessageStore?
-    public let queue: InMemoryMessageQueue
+    /// The offline queue the engine uses: in-memory unless the harness was given another.
+    public let queue: any MessageQueue
+    /// The in-memory queue, when that is the one in use.
+    public let memoryQueue: InMemoryMessageQueue?
     /// The presence store the engine uses: in-memory unless the harness was given another.
     public let presence: any PresenceStore
     /// The in-memory presence store, when that is the one in use.
@@ -85,19 +88,22 @@ public struct Harness: Sendable {
     public let logs = LogCapture()
     public let service: ChatService
 
-    /// Builds the engine on in-memory adapters, or on `presence` and `store` when given.
+    /// Builds the engine on in-memory adapters, or on `presence`, `store` and `queue` when given.
     public init(
         configuration: ChatServiceConfiguration = .init(),
         queueConfiguration: InMemoryMessageQueue.Configuration = .init(),
         clock: ManualWallClock = ManualWallClock(),
         presence: (any PresenceStore)? = nil,
-        store: (any MessageStore)? = nil
+        store: (any MessageStore)? = nil,
+        queue: (any MessageQueue)? = nil
     ) throws {
         self.clock = clock
         let memoryStore = store == nil ? InMemoryMessageStore() : nil
         self.memoryStore = memoryStore
         self.store = store ?? memoryStore!
-        self.queue = InMemoryMessageQueue(configuration: queueConfiguration, clock: clock)
+        let memoryQueue = queue == nil ? InMemoryMessageQueue(configuration: queueConfiguration, clock: clock) : nil
+        self.memoryQueue = memoryQueue
+        self.queue = queue ?? memoryQueue!
         let memoryPresence = presence == nil ? InMemoryPresenceStore(clock: clock) : nil
         self.memoryPresence = memoryPresence
         self.presence = presence ?? memoryPresence!
@@ -179,6 +185,7 @@ public func withHarness(
     clock: ManualWallClock = ManualWallClock(),
     presence: (any PresenceStore)? = nil,
     store: (any MessageStore)? = nil,
+    queue: (any MessageQueue)? = nil,
     _ body: @Sendable (Harness) async throws -> Void
 ) async throws {
     let harness = try Harness(
@@ -186,7 +193,8 @@ public func withHarness(
         queueConfiguration: queueConfiguration,
         clock: clock,
         presence: presence,
-        store: store
+        store: store,
+        queue: queue
     )
     try await harness.seed()
     try await withThrowingTaskGroup(of: Void.self) { group in
@@ -197,6 +205,9 @@ public func withHarness(
         }
         if let store = harness.store as? any Service {
             group.addTask { try await store.run() }
+        }
+        if let queue = harness.queue as? any Service {
+            group.addTask { try await queue.run() }
         }
         defer { group.cancelAll() }
         try await body(harness)

@@ -6,33 +6,51 @@ public import Testing
 public typealias PresenceFactory = @Sendable () async throws -> (any PresenceStore)?
 /// Creates the message store a scenario runs against; nil means the in-memory one.
 public typealias StoreFactory = @Sendable () async throws -> (any MessageStore)?
+/// Creates the offline queue a scenario runs against; nil means the in-memory one.
+public typealias QueueFactory = @Sendable () async throws -> (any MessageQueue)?
 
 /// The rows of the product guide's test table and its manual test scenario, written once and run against every
 /// adapter that can stand in for an in-memory one.
 public struct ProductScenario: Sendable, CustomTestStringConvertible {
     /// What the scenario shows.
     public let name: String
+    /// Whether the scenario switches the queue off and on, or moves its clock: only the in-memory queue can.
+    public let needsControllableQueue: Bool
     let body: @Sendable (Harness) async throws -> Void
+
+    init(name: String, needsControllableQueue: Bool = false, body: @escaping @Sendable (Harness) async throws -> Void) {
+        self.name = name
+        self.needsControllableQueue = needsControllableQueue
+        self.body = body
+    }
 
     public var testDescription: String { self.name }
 
     /// Runs the scenario on a fresh, seeded, running engine.
-    public func run(presence: PresenceFactory = { nil }, store makeStore: StoreFactory = { nil }) async throws {
+    public func run(
+        presence: PresenceFactory = { nil },
+        store makeStore: StoreFactory = { nil },
+        queue makeQueue: QueueFactory = { nil }
+    ) async throws {
         if ProcessInfo.processInfo.environment["CHATD_TEST_LOG"] != nil { print("\n--- \(self.name)") }
         let presenceStore = try await presence()
         let messageStore = try await makeStore()
-        try await withHarness(presence: presenceStore, store: messageStore) { h in try await self.body(h) }
+        let queue = try await makeQueue()
+        try await withHarness(presence: presenceStore, store: messageStore, queue: queue) { h in try await self.body(h) }
     }
+
+    /// The scenarios any queue can run.
+    public static var portable: [ProductScenario] { Self.all.filter { !$0.needsControllableQueue } }
 
     /// Every scenario.
     public static let all: [ProductScenario] = [
         ProductScenario(name: "An offline user's message gets a queue entry", body: offlineUserGetsQueueEntry),
         ProductScenario(name: "Reconnecting delivers every queued message, oldest first, with isNew false", body: reconnectDeliversAllQueued),
-        ProductScenario(name: "Queue down and user offline: not queued, online users served, offline user caught up from the store", body: queueDownOfflineUserCaughtUpFromStore),
+        ProductScenario(name: "Queue down and user offline: not queued, online users served, offline user caught up from the store", needsControllableQueue: true, body: queueDownOfflineUserCaughtUpFromStore),
         ProductScenario(name: "readBy gains the recipient when a queued message is delivered, once", body: readByGainsRecipient),
-        ProductScenario(name: "Entries older than 24 hours are not delivered, and count as expired", body: expiredEntriesAreNotDelivered),
+        ProductScenario(name: "Entries older than 24 hours are not delivered, and count as expired", needsControllableQueue: true, body: expiredEntriesAreNotDelivered),
         ProductScenario(name: "Several offline recipients in a group each get their own entry", body: groupRecipientsGetOwnEntries),
-        ProductScenario(name: "The guide's manual scenario, steps 1 to 10", body: manualScenario),
+        ProductScenario(name: "The guide's manual scenario, steps 1 to 10", needsControllableQueue: true, body: manualScenario),
     ]
 
     @Sendable
@@ -70,7 +88,7 @@ public struct ProductScenario: Sendable, CustomTestStringConvertible {
     private static func queueDownOfflineUserCaughtUpFromStore(_ h: Harness) async throws {
         let alice = await h.connect(Harness.alice)
         let bob = await h.connect(Harness.bob)
-        h.queue.setAvailable(false)
+        h.memoryQueue!.setAvailable(false)
 
         let sent = try await h.send("while the broker is down", in: Harness.groupChat, from: alice)
         try await h.send("and again", in: Harness.groupChat, from: alice)
@@ -81,7 +99,7 @@ public struct ProductScenario: Sendable, CustomTestStringConvertible {
         #expect(await h.service.health().queue == .degraded)
         #expect(try await h.pendingRecipients(of: sent.messageID).isSuperset(of: [Harness.carol.id, Harness.dave.id]))
 
-        h.queue.setAvailable(true)
+        h.memoryQueue!.setAvailable(true)
         #expect(try await h.depth(of: Harness.carol) == 0, "nothing reached the queue during the outage")
         let carol = await h.connect(Harness.carol)
         #expect(await h.service.reconnected(carol) == 2)
@@ -121,7 +139,7 @@ public struct ProductScenario: Sendable, CustomTestStringConvertible {
         try await eventually("the receipt says expired") {
             try await h.store.receipts(for: old.messageID).first?.status == .expired
         }
-        #expect(h.queue.deadLettered.map(\.reason) == [.expired])
+        #expect(h.memoryQueue!.deadLettered.map(\.reason) == [.expired])
     }
 
     @Sendable
@@ -161,13 +179,13 @@ public struct ProductScenario: Sendable, CustomTestStringConvertible {
             try await h.store.message(hello.messageID)?.isRead(by: Harness.bob.id) == true
         }
         // 6. The broker stops.
-        h.queue.setAvailable(false)
+        h.memoryQueue!.setAvailable(false)
         // 7. C is offline, A sends.
         let toCarol = try await h.send("Hello C!", in: Harness.groupChat, from: alice)
         // 8. Online users get it at once; nothing is queued.
         #expect(h.contents(of: bob).last == "Hello C!")
         // 9. The broker restarts.
-        h.queue.setAvailable(true)
+        h.memoryQueue!.setAvailable(true)
         #expect(try await h.depth(of: Harness.carol) == 0)
         // 10. C reconnects and receives the message.
         let carol = await h.connect(Harness.carol)
