@@ -39,13 +39,19 @@ final class AMQPConnection: @unchecked Sendable {
         try self.ensureConnected()
         try self.declareUserQueue(user)
         do {
-            return try self.publishConfirmed(bodies, to: user)
+            return try self.publishConfirmed(bodies, exchange: Topology.exchange, routingKey: user)
         } catch where error.code == .publishRefused && error.message.hasPrefix("returned") {
             // Unroutable: the queue was deleted behind our back. Declare it again and retry once.
             self.declaredQueues.remove(Topology.queue(of: user))
             try self.declareUserQueue(user)
-            return try self.publishConfirmed(bodies, to: user)
+            return try self.publishConfirmed(bodies, exchange: Topology.exchange, routingKey: user)
         }
+    }
+
+    /// Publishes delivery events to `message_delivery` (through the default exchange), confirmed.
+    func publishEvents(_ bodies: [(id: String, body: [UInt8])]) throws(AMQPQueueError) {
+        try self.ensureConnected()
+        _ = try self.publishConfirmed(bodies, exchange: "", routingKey: Topology.deliveryQueue)
     }
 
     /// basic.get on `queue`; nil when it is empty.
@@ -189,12 +195,16 @@ final class AMQPConnection: @unchecked Sendable {
         self.declaredQueues.insert(queue)
     }
 
-    private func publishConfirmed(_ bodies: [(id: String, body: [UInt8])], to user: String) throws(AMQPQueueError) -> Set<Int> {
+    private func publishConfirmed(
+        _ bodies: [(id: String, body: [UInt8])],
+        exchange: String,
+        routingKey: String
+    ) throws(AMQPQueueError) -> Set<Int> {
         guard let connection = self.connection else { throw self.notConnected() }
         let first = self.nextPublishSequence
         for item in bodies {
             let status = item.body.withUnsafeBytes { buffer in
-                chatd_amqp_publish(connection, Self.channel, Topology.exchange, user, buffer.baseAddress, buffer.count, item.id)
+                chatd_amqp_publish(connection, Self.channel, exchange, routingKey, buffer.baseAddress, buffer.count, item.id)
             }
             guard status == AMQP_STATUS_OK.rawValue else { throw self.lost(String(cString: chatd_amqp_status_text(status))) }
             self.nextPublishSequence += 1

@@ -74,6 +74,19 @@ public final class RabbitMQMessageQueue: MessageQueue, Service {
         self.deadLetterStream
     }
 
+    /// Publishes the events to `message_delivery` (7 days, at most 50,000: the oldest give way), confirmed.
+    public func publishDeliveryEvents(_ events: [DeliveryEvent]) async throws {
+        guard !events.isEmpty else { return }
+        let encoder = JSONEncoder()
+        let bodies = try events.map { (id: "\($0.messageID):\($0.userID):\($0.status)", body: Array(try encoder.encode($0))) }
+        try await self.perform { try $0.publishEvents(bodies) }
+    }
+
+    /// Ready events in `message_delivery`, for monitoring.
+    public func deliveryEventDepth() async throws -> Int {
+        try await self.perform { try $0.depth(of: Topology.deliveryQueue).messages }
+    }
+
     /// Reads the dead-letter queue until graceful shutdown (or cancellation), then closes the connection and
     /// stops the queue's thread.
     public func run() async throws {

@@ -102,6 +102,11 @@ struct RabbitMQMessageQueueTests {
             #expect(try await queue.depth(for: "erin").ready == 10)
             let consumer = try await queue.consumer(for: "erin", prefetch: 20)
             #expect(try await Self.drain(consumer).map(\.entry) == Array(entries.prefix(10)))
+
+            // On the same broker: delivery events land in message_delivery, confirmed.
+            let events = entries.prefix(3).map { DeliveryEvent(messageID: $0.message.id, userID: "erin", status: .sent, timestamp: Date()) }
+            try await queue.publishDeliveryEvents(events)
+            #expect(try await queue.deliveryEventDepth() == 3)
         }
     }
 

@@ -303,3 +303,25 @@ struct DrainPipelineTests {
         }
     }
 }
+
+@Suite("Delivery events")
+struct DeliveryEventTests {
+    @Test("Every status change becomes a delivery event: sent, delivered, expired")
+    func events() async throws {
+        try await withHarness { h in
+            let queue = try #require(h.memoryQueue)
+            let alice = await h.connect(Harness.alice)
+            let old = try await h.send("expires", from: alice)
+            h.clock.advance(by: 24 * 60 * 60 + 1)
+            let kept = try await h.send("arrives", from: alice)
+            let bob = await h.connect(Harness.bob)
+            await h.service.reconnected(bob)
+            await eventually("all four events are published") { queue.deliveryEvents.count == 4 }
+            let events = Set(queue.deliveryEvents.map { "\($0.messageID)|\($0.userID)|\($0.status)" })
+            #expect(events == [
+                "\(old.messageID)|bob|sent", "\(old.messageID)|bob|expired",
+                "\(kept.messageID)|bob|sent", "\(kept.messageID)|bob|delivered",
+            ])
+        }
+    }
+}

@@ -39,12 +39,18 @@ extension ChatService {
     public func reconnected(_ connection: ConnectionID) async -> Int {
         guard let user = self.connectionUsers[connection]?.id else { return 0 }
         self.logger.info("User reconnection event received", metadata: ["chat.user.id": "\(user)"])
-        guard var snapshot = self.lanes[user]?.beginDrain() else { return 0 }
+        guard self.lanes[user]?.beginDrain() == true else { return 0 }
         let start = ContinuousClock.now
         var delivered = 0
         var alreadyDelivered = Set<MessageID>()
         var interrupted = false
-        while true {
+        while self.lanes[user]?.mode == .draining {
+            // Start a pass only once every message routed to the offline path has landed in the queue; messages
+            // routed during the pass make the pass end without going live, and another pass follows.
+            guard let snapshot = self.lanes[user]?.passSnapshot else {
+                await self.waitUntilEnqueueIdle(user)
+                continue
+            }
             do {
                 delivered += try await self.drainQueue(for: user, skipping: &alreadyDelivered)
                 delivered += try await self.catchUpFromStore(for: user, skipping: &alreadyDelivered)
@@ -54,13 +60,7 @@ extension ChatService {
                 self.lanes[user]?.drainFailed()
                 break
             }
-            if self.lanes[user]?.finishDrainPass(snapshot: snapshot) != false || self.lanes[user]?.mode != .draining {
-                break
-            }
-            // Messages were routed to the offline path during this pass: let their queue writes land, then look
-            // again so none is left behind.
-            await self.waitUntilEnqueueIdle(user)
-            snapshot = self.lanes[user]?.snapshot ?? snapshot
+            if self.lanes[user]?.finishDrainPass(snapshot: snapshot) != false { break }
         }
         self.logger.info(
             "Delivered \(delivered) queued messages to \(user)",
@@ -159,7 +159,11 @@ extension ChatService {
                 )
                 return count
             }
-            var remaining = batch.filter { !delivered.contains($0.id) }[...]
+            // A message stored but not yet routed will be routed (live or queued) in a moment; delivering it from
+            // the store now would deliver it twice. Routing follows id order, so it and everything after it wait.
+            let routedBelow = self.unrouted.min()
+            let routed = batch.prefix { message in routedBelow.map { message.id < $0 } ?? true }
+            var remaining = routed.filter { !delivered.contains($0.id) }[...]
             let (ids, end) = await self.deliverPipelined(
                 to: user,
                 next: {
@@ -180,7 +184,7 @@ extension ChatService {
                 )
                 throw DrainInterrupted(delivered: count)
             }
-            guard batch.count == self.configuration.catchUpBatchSize, let last = batch.last else { break }
+            guard routed.count == batch.count, batch.count == self.configuration.catchUpBatchSize, let last = batch.last else { break }
             afterID = last.id
         }
         if count > 0 {
@@ -227,8 +231,7 @@ extension ChatService {
             while let following = inFlight.first, following.attempt.isConfirmedNow == true {
                 batch.append(inFlight.removeFirst().item)
             }
-            let now = self.wallClock.now()
-            self.markWriter.record(batch.map { DeliveryMark(messageID: $0.message.id, userID: user, at: now) })
+            self.recordDelivered(batch.map(\.message.id), to: user)
             delivered.append(contentsOf: batch.map(\.message.id))
             if sourceError == nil {
                 do {
@@ -267,6 +270,7 @@ extension ChatService {
             status = .failed
         }
         self.logger.info("Queued message dead-lettered", metadata: metadata)
+        self.eventWriter.record([DeliveryEvent(messageID: entry.message.id, userID: entry.recipient, status: status, timestamp: deadLetter.at)])
         do {
             try await self.store.recordOutcome(status, messageID: entry.message.id, userID: entry.recipient, at: deadLetter.at)
             self.storeSucceeded()

@@ -61,6 +61,7 @@ extension ChatService {
         )
         // Issued in the same actor turn as the id, so tickets follow id order.
         let ticket = self.sequencer.issue()
+        self.unrouted.insert(message.id)
         let recipients = Self.recipients(of: chat, excluding: sender.id)
         async let presence = self.lookupPresence(recipients)
         let outcome: InsertOutcome
@@ -69,12 +70,12 @@ extension ChatService {
             self.storeSucceeded()
         } catch {
             self.storeFailed(error)
-            self.finishTicket(ticket)
+            self.finishTicket(ticket, message: message.id)
             _ = await presence
             return .failure(Self.storeError(error))
         }
         if case .duplicate(let first) = outcome {
-            self.finishTicket(ticket)
+            self.finishTicket(ticket, message: message.id)
             _ = await presence
             self.logger.debug(
                 "Repeated send; answering with the first message",
@@ -85,8 +86,9 @@ extension ChatService {
         let online = await presence
         await self.waitForTurn(ticket)
         let flushers = self.route(message, from: sender, to: recipients, presence: online)
-        self.finishTicket(ticket)
+        self.finishTicket(ticket, message: message.id)
         self.statistics.messagesSent += 1
+        self.eventWriter.record(recipients.map { DeliveryEvent(messageID: message.id, userID: $0, status: .sent, timestamp: message.createdAt) })
         for recipient in flushers {
             await self.runEnqueueFlusher(for: recipient)
         }
@@ -159,7 +161,7 @@ extension ChatService {
         self.lanes[recipient] = lane
         if !resolution.delivered.isEmpty {
             self.statistics.deliveredLive += resolution.delivered.count
-            self.markWriter.record(resolution.delivered.map { DeliveryMark(messageID: $0.id, userID: recipient, at: now) })
+            self.recordDelivered(resolution.delivered.map(\.id), to: recipient)
         }
         if !resolution.requeued.isEmpty {
             self.statistics.unconfirmedLive += resolution.requeued.count
@@ -225,7 +227,8 @@ extension ChatService {
         }
     }
 
-    private func finishTicket(_ ticket: UInt64) {
+    private func finishTicket(_ ticket: UInt64, message: MessageID) {
+        self.unrouted.remove(message)
         self.sequencer.finish(ticket)?.resume()
     }
 

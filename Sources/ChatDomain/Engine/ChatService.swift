@@ -52,13 +52,16 @@ public actor ChatService: Service {
     let idGenerator: MessageIDGenerator
     let logger: Logger
     let validator: MessageValidator
-    let markWriter: DeliveryMarkWriter
+    let markWriter: BatchWriter<DeliveryMark>
+    let eventWriter: BatchWriter<DeliveryEvent>
     private let jobs: AsyncStream<Job>
     private let jobsContinuation: AsyncStream<Job>.Continuation
 
     var connectionUsers: [ConnectionID: User] = [:]
     var lanes: [UserID: RecipientLane] = [:]
     var sequencer = SendSequencer<CheckedContinuation<Void, Never>>()
+    /// Messages stored and not yet routed. Routing follows id order, so none of them is older than the smallest.
+    var unrouted = Set<MessageID>()
     var enqueueIdleWaiters: [UserID: [CheckedContinuation<Void, Never>]] = [:]
     var queueOutage = OutageTracker()
     var presenceOutage = OutageTracker()
@@ -85,10 +88,23 @@ public actor ChatService: Service {
             maxContentBytes: configuration.maxContentBytes,
             allowedMessageTypes: configuration.allowedMessageTypes
         )
-        self.markWriter = DeliveryMarkWriter(
-            store: dependencies.store,
+        let store = dependencies.store
+        self.markWriter = BatchWriter(
             maxBatch: configuration.maxDeliveryMarkBatch,
-            logger: logger
+            logger: logger,
+            // The recipients stay pending in the store, so they may get these messages once more (same ids) on
+            // their next catch-up; nothing is lost.
+            failureMessage: "Recording deliveries failed; the recipients may receive these messages again",
+            failureLevel: .warning,
+            write: { try await store.markDelivered($0) }
+        )
+        let queue = dependencies.queue
+        self.eventWriter = BatchWriter(
+            maxBatch: configuration.maxDeliveryMarkBatch,
+            logger: logger,
+            failureMessage: "Delivery events for analytics dropped",
+            failureLevel: .debug,
+            write: { try await queue.publishDeliveryEvents($0) }
         )
         (self.jobs, self.jobsContinuation) = AsyncStream.makeStream()
     }
@@ -98,6 +114,7 @@ public actor ChatService: Service {
     public func run() async {
         await withDiscardingTaskGroup { group in
             group.addTask { await self.markWriter.run() }
+            group.addTask { await self.eventWriter.run() }
             group.addTask { await self.consumeDeadLetters() }
             group.addTask { await self.heartbeatLoop() }
             await withGracefulShutdownHandler {
@@ -115,6 +132,14 @@ public actor ChatService: Service {
             group.cancelAll()
         }
         self.markWriter.finish()
+        self.eventWriter.finish()
+    }
+
+    /// Records confirmed deliveries: `readBy` writes (batched) and `delivered` events.
+    func recordDelivered(_ messages: [MessageID], to user: UserID) {
+        let now = self.wallClock.now()
+        self.markWriter.record(messages.map { DeliveryMark(messageID: $0, userID: user, at: now) })
+        self.eventWriter.record(messages.map { DeliveryEvent(messageID: $0, userID: user, status: .delivered, timestamp: now) })
     }
 
     /// Counters of what the engine did since it started.

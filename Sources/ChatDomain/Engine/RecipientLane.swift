@@ -105,13 +105,14 @@ struct RecipientLane {
         return true
     }
 
-    /// Starts a drain; returns the pass snapshot, or nil when a drain already runs or nobody is connected.
-    mutating func beginDrain() -> UInt64? {
-        guard self.mode != .draining, !self.connections.isEmpty else { return nil }
+    /// Starts a drain; false when a drain already runs or nobody is connected. Each pass then starts from
+    /// ``passSnapshot``.
+    mutating func beginDrain() -> Bool {
+        guard self.mode != .draining, !self.connections.isEmpty else { return false }
         // A live recipient may have unconfirmed pushes; they settle on their own. Further messages queue up
         // behind the drain.
         self.mode = .draining
-        return self.offlineRoutings
+        return true
     }
 
     /// A drain pass emptied the queue and the store; returns whether the recipient is now live, or whether
@@ -132,7 +133,14 @@ struct RecipientLane {
         self.mode = self.connections.isEmpty ? .offline : .awaitingDrain
     }
 
-    /// The current snapshot for another drain pass.
+    /// The snapshot that starts a drain pass, or nil while a queue write is buffered or in flight: a pass may only
+    /// start once every message routed to the offline path so far has landed in the queue (or failed to), or its
+    /// queue phase could miss one that the pass would then count as seen.
+    var passSnapshot: UInt64? {
+        self.enqueueBuffer.isEmpty && !self.enqueueInFlight ? self.offlineRoutings : nil
+    }
+
+    /// The current count of offline routings.
     var snapshot: UInt64 { self.offlineRoutings }
 
     /// Settles the live push of `messageID`. Confirmations are applied in push order; the first unconfirmed

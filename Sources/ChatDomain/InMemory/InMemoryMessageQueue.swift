@@ -47,6 +47,7 @@ public final class InMemoryMessageQueue: MessageQueue {
         var nextTag: UInt64 = 1
         var nextConsumer: UInt64 = 1
         var deadLettered: [DeadLetter] = []
+        var deliveryEvents: [DeliveryEvent] = []
     }
 
     let configuration: Configuration
@@ -129,6 +130,18 @@ public final class InMemoryMessageQueue: MessageQueue {
 
     public func deadLetters() -> AsyncStream<DeadLetter> {
         self.deadLetterStream
+    }
+
+    /// The delivery events published so far (the last 50,000, like RabbitMQ's `message_delivery` queue).
+    public var deliveryEvents: [DeliveryEvent] {
+        self.state.withLock { $0.deliveryEvents }
+    }
+
+    public func publishDeliveryEvents(_ events: [DeliveryEvent]) async throws {
+        try self.withAvailableState { state in
+            state.deliveryEvents.append(contentsOf: events)
+            if state.deliveryEvents.count > 50_000 { state.deliveryEvents.removeFirst(state.deliveryEvents.count - 50_000) }
+        }
     }
 
     // MARK: Consumer operations

@@ -54,6 +54,33 @@ extension DeliveryReceipt {
     }
 }
 
+/// A change of one message's delivery status for one recipient, published for analytics (RabbitMQ's
+/// `message_delivery` queue).
+public struct DeliveryEvent: Hashable, Sendable, Codable {
+    /// The message.
+    public var messageID: MessageID
+    /// The recipient.
+    public var userID: UserID
+    /// The new status.
+    public var status: DeliveryStatus
+    /// When it changed.
+    @WireTimestamp public var timestamp: Date
+
+    /// Creates an event.
+    public init(messageID: MessageID, userID: UserID, status: DeliveryStatus, timestamp: Date) {
+        self.messageID = messageID
+        self.userID = userID
+        self.status = status
+        self.timestamp = timestamp
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case messageID = "messageId"
+        case userID = "userId"
+        case status, timestamp
+    }
+}
+
 /// One recipient's confirmed receipt of one message: the store adds the recipient to `readBy` and clears them
 /// from the message's pending recipients in the same write.
 public struct DeliveryMark: Hashable, Sendable {

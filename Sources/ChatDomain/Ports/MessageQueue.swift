@@ -20,6 +20,9 @@ public protocol MessageQueue: Sendable {
 
     /// The stream of dead-lettered entries; it has one consumer, the delivery engine.
     func deadLetters() -> AsyncStream<DeadLetter>
+
+    /// Publishes status changes for analytics; bounded and best effort (older events may be dropped).
+    func publishDeliveryEvents(_ events: [DeliveryEvent]) async throws
 }
 
 /// Reads one user's queue. Entries are handed out in queue order; each must be acknowledged or negatively

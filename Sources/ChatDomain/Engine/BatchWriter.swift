@@ -1,44 +1,54 @@
 import Logging
 import Synchronization
 
-/// Writes confirmed deliveries (`readBy` gains the recipient, the recipient leaves the pending list) in batches.
+/// Writes items in batches: confirmed deliveries to the store (`readBy` gains the recipient, the recipient leaves
+/// the pending list), delivery events to the queue.
 ///
-/// Marks recorded while a write is in flight go into the next write (group commit), so the store sees one
-/// write per batch however many deliveries are confirmed at once, and no timer delays a quiet system.
-final class DeliveryMarkWriter: Sendable {
+/// Items recorded while a write is in flight go into the next write (group commit), so the backend sees one
+/// write per batch however many items arrive at once, and no timer delays a quiet system. A failed write is
+/// logged and its items dropped, so the buffer stays bounded by what arrives during one write.
+final class BatchWriter<Item: Sendable>: Sendable {
+    typealias Write = @Sendable ([Item]) async throws -> Void
+
     private struct State {
-        var buffer: [DeliveryMark] = []
+        var buffer: [Item] = []
         var recorded: UInt64 = 0
         var settled: UInt64 = 0
         var waiters: [(target: UInt64, continuation: CheckedContinuation<Void, Never>)] = []
         var finished = false
     }
 
-    private let store: any MessageStore
+    private let write: Write
     private let maxBatch: Int
     private let logger: Logger
+    private let failureMessage: Logger.Message
+    private let failureLevel: Logger.Level
     private let state = Mutex(State())
     private let wakeups: AsyncStream<Void>
     private let wakeupContinuation: AsyncStream<Void>.Continuation
 
-    init(store: any MessageStore, maxBatch: Int, logger: Logger) {
-        self.store = store
+    /// - Parameters:
+    ///   - failureMessage: what a failed write means for the operator, logged at `failureLevel`.
+    init(maxBatch: Int, logger: Logger, failureMessage: Logger.Message, failureLevel: Logger.Level, write: @escaping Write) {
+        self.write = write
         self.maxBatch = maxBatch
         self.logger = logger
+        self.failureMessage = failureMessage
+        self.failureLevel = failureLevel
         (self.wakeups, self.wakeupContinuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
     }
 
-    /// Queues marks for the next write; returns at once.
-    func record(_ marks: [DeliveryMark]) {
-        guard !marks.isEmpty else { return }
+    /// Queues items for the next write; returns at once.
+    func record(_ items: [Item]) {
+        guard !items.isEmpty else { return }
         self.state.withLock { state in
-            state.buffer.append(contentsOf: marks)
-            state.recorded += UInt64(marks.count)
+            state.buffer.append(contentsOf: items)
+            state.recorded += UInt64(items.count)
         }
         self.wakeupContinuation.yield()
     }
 
-    /// Returns once every mark recorded before the call was written (or its write failed).
+    /// Returns once every item recorded before the call was written (or its write failed).
     func flush() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let ready = self.state.withLock { state -> Bool in
@@ -71,20 +81,19 @@ final class DeliveryMarkWriter: Sendable {
 
     private func writeBuffered() async {
         while true {
-            let batch = self.state.withLock { state -> [DeliveryMark] in
+            let batch = self.state.withLock { state -> [Item] in
                 let count = min(state.buffer.count, self.maxBatch)
                 defer { state.buffer.removeFirst(count) }
                 return Array(state.buffer.prefix(count))
             }
             guard !batch.isEmpty else { return }
             do {
-                try await self.store.markDelivered(batch)
+                try await self.write(batch)
             } catch {
-                // The recipients stay pending in the store, so they may get these messages once more (same ids)
-                // on their next catch-up; nothing is lost.
-                self.logger.warning(
-                    "Recording deliveries failed; the recipients may receive these messages again",
-                    metadata: ["chat.delivery.count": "\(batch.count)", "error": "\(error)"]
+                self.logger.log(
+                    level: self.failureLevel,
+                    self.failureMessage,
+                    metadata: ["chat.batch.count": "\(batch.count)", "error": "\(error)"]
                 )
             }
             let ready = self.state.withLock { state -> [CheckedContinuation<Void, Never>] in
