@@ -114,7 +114,7 @@ final class AMQPConnection: @unchecked Sendable {
         guard now >= self.nextAttempt else {
             throw AMQPQueueError(
                 code: .backingOff,
-                message: "RabbitMQ at \(self.endpoint) was unreachable; next attempt in \((self.nextAttempt - now).milliseconds) ms"
+                message: "RabbitMQ at \(self.endpoint) was unreachable; next attempt in \((self.nextAttempt - now).wholeMilliseconds) ms"
             )
         }
         do {
@@ -135,7 +135,7 @@ final class AMQPConnection: @unchecked Sendable {
         let connection = chatd_amqp_connect(
             self.configuration.host, Int32(self.configuration.port), self.configuration.virtualHost,
             self.configuration.user, self.configuration.password,
-            Int32(self.configuration.heartbeat.components.seconds), Int(self.configuration.connectTimeout.milliseconds),
+            Int32(self.configuration.heartbeat.components.seconds), Int(self.configuration.connectTimeout.wholeMilliseconds),
             &status, &reply
         )
         self.connection = connection
@@ -186,7 +186,7 @@ final class AMQPConnection: @unchecked Sendable {
         guard let connection = self.connection else { throw self.notConnected() }
         _ = chatd_amqp_declare_queue(
             connection, Self.channel, queue, 0,
-            Int64(self.configuration.messageTTL.milliseconds), Int64(self.configuration.maxLength), 1,
+            Int64(self.configuration.messageTTL.wholeMilliseconds), Int64(self.configuration.maxLength), 1,
             Topology.deadLetterExchange, self.configuration.queueType == .quorum ? 1 : 0
         )
         try self.check(amqp_get_rpc_reply(connection))
@@ -224,7 +224,7 @@ final class AMQPConnection: @unchecked Sendable {
             var tag: UInt64 = 0
             var multiple: Int32 = 0
             var text = [CChar](repeating: 0, count: 256)
-            let kind = chatd_amqp_wait_confirm(connection, remaining.milliseconds, &tag, &multiple, &text, text.count)
+            let kind = chatd_amqp_wait_confirm(connection, remaining.wholeMilliseconds, &tag, &multiple, &text, text.count)
             let message = Self.string(text)
             switch kind {
             case Int32(CHATD_AMQP_ACK), Int32(CHATD_AMQP_NACK):

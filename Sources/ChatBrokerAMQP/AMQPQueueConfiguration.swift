@@ -47,12 +47,6 @@ public struct AMQPQueueConfiguration: Sendable {
     }
 }
 
-extension Duration {
-    /// Whole milliseconds, at least 1.
-    var milliseconds: Int {
-        max(1, Int(self.components.seconds * 1000 + self.components.attoseconds / 1_000_000_000_000_000))
-    }
-}
 
 /// The broker's names, as in the product's topology.
 enum Topology {

@@ -133,7 +133,7 @@ final class RedisConnection: @unchecked Sendable {
     }
 
     private func heartbeatCommand(_ node: NodeID) -> [String] {
-        ["SET", self.nodeKeyPrefix + node.rawValue, self.incarnation, "PX", "\(self.configuration.presenceTTL.milliseconds)"]
+        ["SET", self.nodeKeyPrefix + node.rawValue, self.incarnation, "PX", "\(self.configuration.presenceTTL.wholeMilliseconds)"]
     }
 
     private func lookupCommand(keys: [String]) -> [String] {
@@ -190,7 +190,7 @@ final class RedisConnection: @unchecked Sendable {
         guard now >= self.nextAttempt else {
             throw RedisPresenceError(
                 code: .backingOff,
-                message: "Redis at \(self.endpoint) was unreachable; next attempt in \((self.nextAttempt - now).milliseconds) ms"
+                message: "Redis at \(self.endpoint) was unreachable; next attempt in \((self.nextAttempt - now).wholeMilliseconds) ms"
             )
         }
         do {
@@ -210,7 +210,7 @@ final class RedisConnection: @unchecked Sendable {
     }
 
     private func openContext() throws(RedisPresenceError) {
-        let timeout = chatd_redis_timeval(self.configuration.connectTimeout.milliseconds)
+        let timeout = chatd_redis_timeval(self.configuration.connectTimeout.wholeMilliseconds)
         guard let context = redisConnectWithTimeout(self.configuration.host, Int32(self.configuration.port), timeout) else {
             throw RedisPresenceError(code: .connectionFailed, message: "cannot allocate a Redis context")
         }
@@ -219,7 +219,7 @@ final class RedisConnection: @unchecked Sendable {
             let reason = String(cString: chatd_redis_errstr(context))
             throw RedisPresenceError(code: .connectionFailed, message: "cannot connect to Redis at \(self.endpoint): \(reason)")
         }
-        _ = redisSetTimeout(context, chatd_redis_timeval(self.configuration.commandTimeout.milliseconds))
+        _ = redisSetTimeout(context, chatd_redis_timeval(self.configuration.commandTimeout.wholeMilliseconds))
         _ = redisEnableKeepAlive(context)
     }
 

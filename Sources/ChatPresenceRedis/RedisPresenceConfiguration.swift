@@ -31,9 +31,3 @@ public struct RedisPresenceConfiguration: Sendable {
     }
 }
 
-extension Duration {
-    /// Whole milliseconds, at least 1.
-    var milliseconds: Int {
-        max(1, Int(self.components.seconds * 1000 + self.components.attoseconds / 1_000_000_000_000_000))
-    }
-}

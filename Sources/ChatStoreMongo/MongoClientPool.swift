@@ -1,4 +1,5 @@
 import CMongoc
+import ChatDomain
 import Foundation
 import Logging
 import Synchronization
@@ -41,8 +42,7 @@ final class MongoClientPool: @unchecked Sendable {
         guard let uri = mongoc_uri_new_with_error(configuration.uri, &error) else {
             throw MongoStoreError(code: .badURI, message: "MONGODB_URI is not a valid connection string: \(Self.message(of: &error))")
         }
-        let timeout = Int32(clamping: configuration.serverSelectionTimeout.components.seconds * 1000
-            + configuration.serverSelectionTimeout.components.attoseconds / 1_000_000_000_000_000)
+        let timeout = Int32(clamping: configuration.serverSelectionTimeout.wholeMilliseconds)
         _ = mongoc_uri_set_option_as_int32(uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS, timeout)
         _ = mongoc_uri_set_option_as_int32(uri, MONGOC_URI_CONNECTTIMEOUTMS, timeout)
         guard let pool = mongoc_client_pool_new(uri) else {

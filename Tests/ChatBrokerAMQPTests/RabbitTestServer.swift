@@ -1,4 +1,5 @@
 import ChatBrokerAMQP
+import ChatScenarioKit
 import Foundation
 import Logging
 import Testing
@@ -25,9 +26,7 @@ final class RabbitTestServer: @unchecked Sendable {
     /// Starts a node; nil only when RabbitMQ is missing and this is not CI.
     static func start() async throws -> RabbitTestServer? {
         guard FileManager.default.isExecutableFile(atPath: Self.binary) else {
-            let message = "rabbitmq-server is not installed; ./scripts/test.sh installs it (apt package rabbitmq-server)"
-            if ProcessInfo.processInfo.environment["CI"] != nil { throw TestServerError(message) }
-            print("SKIPPED (run by hand without RabbitMQ): \(message)")
+            _ = try TestServers.missing("rabbitmq-server is not installed; ./scripts/test.sh installs it (apt package rabbitmq-server)")
             return nil
         }
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("chatd-rabbit-\(UUID().uuidString)")
@@ -95,15 +94,9 @@ final class RabbitTestServer: @unchecked Sendable {
         guard let process else { return }
         // The launcher is a shell whose child is the Erlang VM; the VM's command line names the node's home
         // directory (not the node name), so kill by that, then the launcher.
-        for pattern in [self.directory.path, self.nodeName] {
-            let kill = Process()
-            kill.executableURL = URL(fileURLWithPath: "/usr/bin/pkill")
-            kill.arguments = ["-9", "-f", pattern]
-            try? kill.run()
-            kill.waitUntilExit()
-        }
+        TestServers.kill(matching: [self.directory.path, self.nodeName])
         let deadline = ContinuousClock.now + .seconds(10)
-        while ContinuousClock.now < deadline, !Self.hasExited(process.processIdentifier) {
+        while ContinuousClock.now < deadline, !TestServers.hasExited(process.processIdentifier) {
             try? await Task.sleep(for: .milliseconds(20))
         }
         self.process = nil
@@ -122,11 +115,6 @@ final class RabbitTestServer: @unchecked Sendable {
         try? FileManager.default.removeItem(at: self.directory)
     }
 
-    private static func hasExited(_ pid: Int32) -> Bool {
-        var status: Int32 = 0
-        let result = waitpid(pid, &status, WNOHANG)
-        return result == pid || (result == -1 && errno == ECHILD)
-    }
 }
 
 /// Runs `body` with a RabbitMQ node of its own, then closes the adapters and stops the node, whatever happened.
@@ -141,7 +129,3 @@ func withRabbitServer(_ body: (RabbitTestServer) async throws -> Void) async thr
     await server.shutDown()
 }
 
-struct TestServerError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
-}

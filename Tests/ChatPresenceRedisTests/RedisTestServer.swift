@@ -1,4 +1,5 @@
 import ChatPresenceRedis
+import ChatScenarioKit
 import Foundation
 import Logging
 import Testing
@@ -40,9 +41,7 @@ final class RedisTestServer: @unchecked Sendable {
     static func start(password: String? = nil) async throws -> RedisTestServer? {
         guard let binary = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"].first(where: FileManager.default.isExecutableFile)
         else {
-            let message = "redis-server is not installed; ./scripts/test.sh installs it (apt package redis-server)"
-            if ProcessInfo.processInfo.environment["CI"] != nil { throw TestServerError(message) }
-            print("SKIPPED (run by hand without Redis): \(message)")
+            _ = try TestServers.missing("redis-server is not installed; ./scripts/test.sh installs it (apt package redis-server)")
             return nil
         }
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("chatd-redis-\(UUID().uuidString)")
@@ -147,7 +146,3 @@ final class RedisTestServer: @unchecked Sendable {
 
 }
 
-struct TestServerError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
-}

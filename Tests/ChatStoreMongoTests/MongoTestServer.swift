@@ -1,3 +1,4 @@
+import ChatScenarioKit
 import ChatStoreMongo
 import Foundation
 import Logging
@@ -41,9 +42,7 @@ final class MongoTestServer: @unchecked Sendable {
             return MongoTestServer(uri: uri, isOwn: false, port: 0, binary: "", directory: directory)
         }
         guard let binary = Self.binary else {
-            let message = "nx-27017 is not installed; ./scripts/test.sh installs it into .venv (or set MONGODB_URI)"
-            if ProcessInfo.processInfo.environment["CI"] != nil { throw TestServerError(message) }
-            print("SKIPPED (run by hand without a MongoDB server): \(message)")
+            _ = try TestServers.missing("nx-27017 is not installed; ./scripts/test.sh installs it into .venv (or set MONGODB_URI)")
             return nil
         }
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -86,7 +85,7 @@ final class MongoTestServer: @unchecked Sendable {
         let probe = try MongoMessageStore(configuration: configuration, logger: Logger(label: "probe"))
         let deadline = ContinuousClock.now + .seconds(15)
         while ContinuousClock.now < deadline {
-            if Self.hasExited(process.processIdentifier) {
+            if TestServers.hasExited(process.processIdentifier) {
                 await probe.close()
                 return false
             }
@@ -101,12 +100,6 @@ final class MongoTestServer: @unchecked Sendable {
         throw TestServerError("nx-27017 on port \(self.port) did not answer ping within 15 s")
     }
 
-    /// Whether the child exited; reaps it. (Foundation's `Process.isRunning` is not relied on here.)
-    private static func hasExited(_ pid: Int32) -> Bool {
-        var status: Int32 = 0
-        let result = waitpid(pid, &status, WNOHANG)
-        return result == pid || (result == -1 && errno == ECHILD)
-    }
 
     /// Stops the server (it keeps nothing: it runs in memory) and waits until its port is closed.
     func stop() async {
@@ -114,8 +107,8 @@ final class MongoTestServer: @unchecked Sendable {
         let pid = process.processIdentifier
         kill(pid, SIGTERM)
         let deadline = ContinuousClock.now + .seconds(5)
-        while !Self.hasExited(pid), ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(20)) }
-        if !Self.hasExited(pid) { kill(pid, SIGKILL) }
+        while !TestServers.hasExited(pid), ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(20)) }
+        if !TestServers.hasExited(pid) { kill(pid, SIGKILL) }
         self.process = nil
     }
 
@@ -145,7 +138,3 @@ func withMongoServer(_ body: (MongoTestServer) async throws -> Void) async throw
     await server.shutDown()
 }
 
-struct TestServerError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
-}
