@@ -273,4 +273,54 @@ static inline int chatd_amqp_get(amqp_connection_state_t connection, amqp_channe
     return 1;
 }
 
+/// Sets the prefetch window (basic.qos) and starts consuming `queue` with manual acknowledgements.
+static inline amqp_rpc_reply_t chatd_amqp_consume(amqp_connection_state_t connection, amqp_channel_t channel,
+                                                  const char *queue, uint16_t prefetch) {
+    amqp_basic_qos(connection, channel, 0, prefetch, 0);
+    amqp_rpc_reply_t reply = amqp_get_rpc_reply(connection);
+    if (reply.reply_type != AMQP_RESPONSE_NORMAL) {
+        return reply;
+    }
+    amqp_basic_consume(connection, channel, amqp_cstring_bytes(queue), amqp_empty_bytes, 0, 0, 0, amqp_empty_table);
+    return amqp_get_rpc_reply(connection);
+}
+
+/// The message count of `queue` by a passive declare (frames that arrive meanwhile stay queued for
+/// chatd_amqp_next_delivery); returns -1 with `*reply` set on failure.
+static inline int64_t chatd_amqp_ready_count(amqp_connection_state_t connection, amqp_channel_t channel,
+                                             const char *queue, amqp_rpc_reply_t *reply) {
+    amqp_queue_declare_ok_t *ok = amqp_queue_declare(connection, channel, amqp_cstring_bytes(queue), 1, 1, 0, 0,
+                                                     amqp_empty_table);
+    *reply = amqp_get_rpc_reply(connection);
+    if (ok == NULL || reply->reply_type != AMQP_RESPONSE_NORMAL) {
+        return -1;
+    }
+    return ok->message_count;
+}
+
+/// Waits up to `timeout_ms` (0: only what has arrived) for the consumer's next delivery: 1 with `got` filled,
+/// 0 on timeout, -1 with `text` set when the connection or channel failed.
+static inline int chatd_amqp_next_delivery(amqp_connection_state_t connection, long timeout_ms, chatd_amqp_got_t *got,
+                                           char *text, size_t text_length) {
+    struct timeval timeout = { timeout_ms / 1000, (timeout_ms % 1000) * 1000 };
+    amqp_envelope_t envelope;
+    amqp_maybe_release_buffers(connection);
+    amqp_rpc_reply_t reply = amqp_consume_message(connection, &envelope, &timeout, 0);
+    if (reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION && reply.library_error == AMQP_STATUS_TIMEOUT) {
+        return 0;
+    }
+    if (reply.reply_type != AMQP_RESPONSE_NORMAL) {
+        chatd_amqp_describe(reply, text, text_length);
+        return -1;
+    }
+    got->delivery_tag = envelope.delivery_tag;
+    got->redelivered = envelope.redelivered;
+    got->length = envelope.message.body.len;
+    got->body = malloc(got->length > 0 ? got->length : 1);
+    memcpy(got->body, envelope.message.body.bytes, got->length);
+    got->death_reason[0] = 0;
+    amqp_destroy_envelope(&envelope);
+    return 1;
+}
+
 #endif

@@ -130,27 +130,43 @@ final class AMQPConnection: @unchecked Sendable {
     }
 
     private func connect() throws(AMQPQueueError) {
+        self.connection = try Self.open(self.configuration)
+        try self.openChannel()
+        try self.declareTopology()
+    }
+
+    /// Opens a connection and logs in; the caller owns the returned connection.
+    static func open(_ configuration: AMQPQueueConfiguration) throws(AMQPQueueError) -> amqp_connection_state_t {
         var status: Int32 = 0
         var reply = amqp_rpc_reply_t()
-        let connection = chatd_amqp_connect(
-            self.configuration.host, Int32(self.configuration.port), self.configuration.virtualHost,
-            self.configuration.user, self.configuration.password,
-            Int32(self.configuration.heartbeat.components.seconds), Int(self.configuration.connectTimeout.wholeMilliseconds),
-            &status, &reply
-        )
-        self.connection = connection
+        let endpoint = "\(configuration.host):\(configuration.port)"
+        guard
+            let connection = chatd_amqp_connect(
+                configuration.host, Int32(configuration.port), configuration.virtualHost,
+                configuration.user, configuration.password,
+                Int32(configuration.heartbeat.components.seconds), Int(configuration.connectTimeout.wholeMilliseconds),
+                &status, &reply
+            )
+        else {
+            throw AMQPQueueError(code: .connectionFailed, message: "cannot allocate a RabbitMQ connection")
+        }
         guard status == AMQP_STATUS_OK.rawValue else {
+            _ = amqp_destroy_connection(connection)
             throw AMQPQueueError(
                 code: .connectionFailed,
-                message: "cannot connect to RabbitMQ at \(self.endpoint): \(String(cString: chatd_amqp_status_text(status)))"
+                message: "cannot connect to RabbitMQ at \(endpoint): \(String(cString: chatd_amqp_status_text(status)))"
             )
         }
         guard reply.reply_type == AMQP_RESPONSE_NORMAL else {
-            let error = self.failure(reply)
-            throw AMQPQueueError(code: .connectionFailed, message: "RabbitMQ at \(self.endpoint) refused the login as '\(self.configuration.user)': \(error.message); check RABBITMQ_USER and RABBITMQ_PASSWORD")
+            var text = [CChar](repeating: 0, count: 512)
+            _ = chatd_amqp_describe(reply, &text, text.count)
+            _ = amqp_destroy_connection(connection)
+            throw AMQPQueueError(
+                code: .connectionFailed,
+                message: "RabbitMQ at \(endpoint) refused the login as '\(configuration.user)': \(Self.string(text)); check RABBITMQ_USER and RABBITMQ_PASSWORD"
+            )
         }
-        try self.openChannel()
-        try self.declareTopology()
+        return connection
     }
 
     private func openChannel() throws(AMQPQueueError) {
@@ -177,6 +193,12 @@ final class AMQPConnection: @unchecked Sendable {
         try self.check(amqp_get_rpc_reply(connection))
         _ = chatd_amqp_declare_queue(connection, Self.channel, Topology.deliveryQueue, 0, 7 * 24 * 3_600_000, 50_000, 0, nil, 0)
         try self.check(amqp_get_rpc_reply(connection))
+    }
+
+    /// Declares `user`'s queue (idempotent), connecting first if needed.
+    func ensureQueue(of user: String) throws(AMQPQueueError) {
+        try self.ensureConnected()
+        try self.declareUserQueue(user)
     }
 
     /// The user's queue: durable, TTL, bounded with reject-publish, dead-lettered; never `x-expires`.
@@ -254,7 +276,7 @@ final class AMQPConnection: @unchecked Sendable {
     // MARK: Errors
 
     /// The text in a NUL-terminated buffer the shim filled.
-    private static func string(_ buffer: [CChar]) -> String {
+    static func string(_ buffer: [CChar]) -> String {
         String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 

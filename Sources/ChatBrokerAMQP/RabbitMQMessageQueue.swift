@@ -2,6 +2,7 @@ public import ChatDomain
 import Foundation
 public import Logging
 import NIOPosix
+import Synchronization
 public import ServiceLifecycle
 
 /// A ``ChatDomain/MessageQueue`` on RabbitMQ, through rabbitmq-c.
@@ -27,6 +28,8 @@ public final class RabbitMQMessageQueue: MessageQueue, Service {
     private let logger: Logger
     private let deadLetterStream: AsyncStream<DeadLetter>
     private let deadLetterContinuation: AsyncStream<DeadLetter>.Continuation
+    /// Open consumers, closed with the queue.
+    private let consumers = Mutex<[ObjectIdentifier: AMQPStreamConsumer]>([:])
 
     /// Creates the queue; it connects on first use.
     public init(configuration: AMQPQueueConfiguration, logger: Logger) {
@@ -51,12 +54,17 @@ public final class RabbitMQMessageQueue: MessageQueue, Service {
         return refused.sorted().map { entries[$0].message.id }
     }
 
+    /// A `basic.consume` consumer with `prefetch` as its `basic.qos` window, on a connection of its own.
     public func consumer(for user: UserID, prefetch: Int) async throws -> any QueueConsumer {
-        let generation = try await self.perform { connection in
-            _ = try connection.depth(of: Topology.queue(of: user.rawValue))
-            return connection.generation
-        }
-        return AMQPQueueConsumer(queue: self, name: Topology.queue(of: user.rawValue), generation: generation)
+        try await self.perform { try $0.ensureQueue(of: user.rawValue) }
+        let consumer = try await AMQPStreamConsumer.open(
+            self.configuration,
+            queue: Topology.queue(of: user.rawValue),
+            prefetch: max(prefetch, 1),
+            onClose: { [weak self] id in self?.forget(consumer: id) }
+        )
+        self.consumers.withLock { $0[ObjectIdentifier(consumer)] = consumer }
+        return consumer
     }
 
     public func depth(for user: UserID) async throws -> QueueDepth {
@@ -101,6 +109,11 @@ public final class RabbitMQMessageQueue: MessageQueue, Service {
 
     /// Closes the connection and stops the queue's thread; later calls fail with `unavailable`.
     public func close() async {
+        let open = self.consumers.withLock { consumers in
+            defer { consumers = [:] }
+            return Array(consumers.values)
+        }
+        for consumer in open { await consumer.close() }
         _ = try? await self.pool.runIfActive { [connection] in connection.close() }
         try? await self.pool.shutdownGracefully()
         self.deadLetterContinuation.finish()
@@ -121,8 +134,8 @@ public final class RabbitMQMessageQueue: MessageQueue, Service {
         }
     }
 
-    func get(_ queue: String) async throws -> (body: [UInt8], tag: UInt64, redelivered: Bool, deathReason: String)? {
-        try await self.perform { try $0.get(queue) }
+    private func forget(consumer id: ObjectIdentifier) {
+        self.consumers.withLock { _ = $0.removeValue(forKey: id) }
     }
 
     func settle(_ tag: UInt64, generation: UInt64, requeue: Bool?) async throws {
@@ -137,51 +150,5 @@ public final class RabbitMQMessageQueue: MessageQueue, Service {
         } catch {
             throw ChatError(.unavailable, "offline queue is closed", underlying: error)
         }
-    }
-}
-
-/// Reads one user's queue with `basic.get`; remembers what it has not acknowledged so closing returns it.
-final class AMQPQueueConsumer: QueueConsumer, @unchecked Sendable {
-    // `unacknowledged` is guarded by `lock`; the rest never changes.
-    private let queue: RabbitMQMessageQueue
-    private let name: String
-    private let generation: UInt64
-    private let lock = NSLock()
-    private var unacknowledged: [UInt64] = []
-
-    init(queue: RabbitMQMessageQueue, name: String, generation: UInt64) {
-        self.queue = queue
-        self.name = name
-        self.generation = generation
-    }
-
-    func next() async throws -> QueueDelivery? {
-        guard let got = try await self.queue.get(self.name) else { return nil }
-        let entry = try JSONDecoder().decode(QueueEntry.self, from: Data(got.body))
-        self.lock.withLock { self.unacknowledged.append(got.tag) }
-        return QueueDelivery(entry: entry, tag: DeliveryTag(got.tag), redelivered: got.redelivered)
-    }
-
-    func ack(_ tag: DeliveryTag) async throws {
-        try await self.queue.settle(tag.rawValue, generation: self.generation, requeue: nil)
-        self.forget(tag.rawValue)
-    }
-
-    func nack(_ tag: DeliveryTag) async throws {
-        try await self.queue.settle(tag.rawValue, generation: self.generation, requeue: true)
-        self.forget(tag.rawValue)
-    }
-
-    func close() async {
-        let tags = self.lock.withLock {
-            defer { self.unacknowledged = [] }
-            return self.unacknowledged
-        }
-        // In order, so they return to their places; if the connection was replaced the broker already did it.
-        for tag in tags { try? await self.queue.settle(tag, generation: self.generation, requeue: true) }
-    }
-
-    private func forget(_ tag: UInt64) {
-        self.lock.withLock { self.unacknowledged.removeAll { $0 == tag } }
     }
 }

@@ -1,0 +1,150 @@
+import CRabbitMQ
+import ChatDomain
+import Foundation
+import NIOPosix
+
+/// Reads one user's queue with `basic.consume` and a prefetch window (`basic.qos`), on a connection and thread of
+/// its own, so deliveries never mix with the publishing connection's frames.
+///
+/// "Empty right now" is not something a push consumer is told, so ``next()`` asks: when nothing has arrived it
+/// reads the queue's ready count (a passive declare, which the broker answers after any delivery already sent),
+/// and returns nil when that is zero. Closing the consumer closes its connection: the broker returns every
+/// unacknowledged delivery to the queue.
+final class AMQPStreamConsumer: QueueConsumer {
+    private let pool: NIOThreadPool
+    private let state: State
+    private let onClose: @Sendable (ObjectIdentifier) -> Void
+
+    /// The connection and its reads, confined to `pool`'s single thread (hence `@unchecked Sendable`).
+    private final class State: @unchecked Sendable {
+        static let channel: amqp_channel_t = 1
+        let queue: String
+        let waitForWindow: Duration
+        var connection: amqp_connection_state_t?
+
+        init(queue: String, waitForWindow: Duration) {
+            self.queue = queue
+            self.waitForWindow = waitForWindow
+        }
+
+        func start(_ configuration: AMQPQueueConfiguration, prefetch: Int) throws(AMQPQueueError) {
+            let connection = try AMQPConnection.open(configuration)
+            self.connection = connection
+            _ = amqp_channel_open(connection, Self.channel)
+            try self.check(amqp_get_rpc_reply(connection))
+            try self.check(chatd_amqp_consume(connection, Self.channel, self.queue, UInt16(clamping: prefetch)))
+        }
+
+        func next() throws(AMQPQueueError) -> (body: [UInt8], tag: UInt64, redelivered: Bool)? {
+            guard let connection = self.connection else { throw Self.closed }
+            if let delivery = try self.poll(connection, timeout: 0) { return delivery }
+            var reply = amqp_rpc_reply_t()
+            let ready = chatd_amqp_ready_count(connection, Self.channel, self.queue, &reply)
+            if ready < 0 { try self.check(reply) }
+            // Deliveries sent before the declare's answer arrived with it.
+            if let delivery = try self.poll(connection, timeout: 0) { return delivery }
+            guard ready > 0 else { return nil }
+            // Ready but not pushed yet: the broker sends them as the prefetch window allows.
+            return try self.poll(connection, timeout: self.waitForWindow.wholeMilliseconds)
+        }
+
+        func settle(_ tag: UInt64, requeue: Bool?) throws(AMQPQueueError) {
+            guard let connection = self.connection else { throw Self.closed }
+            let status: Int32 =
+                if let requeue { amqp_basic_nack(connection, Self.channel, tag, 0, requeue ? 1 : 0) } else {
+                    amqp_basic_ack(connection, Self.channel, tag, 0)
+                }
+            guard status == AMQP_STATUS_OK.rawValue else {
+                self.close()
+                throw AMQPQueueError(code: .connectionLost, message: "consumer connection lost: \(String(cString: chatd_amqp_status_text(status)))")
+            }
+        }
+
+        func close() {
+            guard let connection = self.connection else { return }
+            self.connection = nil
+            _ = amqp_connection_close(connection, AMQP_REPLY_SUCCESS)
+            _ = amqp_destroy_connection(connection)
+        }
+
+        private func poll(_ connection: amqp_connection_state_t, timeout: Int) throws(AMQPQueueError) -> (body: [UInt8], tag: UInt64, redelivered: Bool)? {
+            var got = chatd_amqp_got_t()
+            var text = [CChar](repeating: 0, count: 512)
+            switch chatd_amqp_next_delivery(connection, timeout, &got, &text, text.count) {
+            case 1:
+                defer { free(got.body) }
+                return ([UInt8](UnsafeRawBufferPointer(start: got.body, count: got.length)), got.delivery_tag, got.redelivered != 0)
+            case 0:
+                return nil
+            default:
+                self.close()
+                throw AMQPQueueError(code: .connectionLost, message: "consumer of \(self.queue) failed: \(AMQPConnection.string(text))")
+            }
+        }
+
+        private func check(_ reply: amqp_rpc_reply_t) throws(AMQPQueueError) {
+            guard reply.reply_type != AMQP_RESPONSE_NORMAL else { return }
+            var text = [CChar](repeating: 0, count: 512)
+            _ = chatd_amqp_describe(reply, &text, text.count)
+            self.close()
+            throw AMQPQueueError(code: .connectionLost, message: "consumer of \(self.queue) failed: \(AMQPConnection.string(text))")
+        }
+
+        private static let closed = AMQPQueueError(code: .staleConsumer, message: "this consumer is closed; open a new one")
+    }
+
+    private init(pool: NIOThreadPool, state: State, onClose: @escaping @Sendable (ObjectIdentifier) -> Void) {
+        self.pool = pool
+        self.state = state
+        self.onClose = onClose
+    }
+
+    /// Connects and starts consuming `queue` with at most `prefetch` unacknowledged deliveries.
+    static func open(
+        _ configuration: AMQPQueueConfiguration,
+        queue: String,
+        prefetch: Int,
+        onClose: @escaping @Sendable (ObjectIdentifier) -> Void
+    ) async throws -> AMQPStreamConsumer {
+        let pool = NIOThreadPool(numberOfThreads: 1)
+        pool.start()
+        let state = State(queue: queue, waitForWindow: .seconds(2))
+        do {
+            try await Self.run(pool) { try state.start(configuration, prefetch: prefetch) }
+        } catch {
+            try? await pool.shutdownGracefully()
+            throw error
+        }
+        return AMQPStreamConsumer(pool: pool, state: state, onClose: onClose)
+    }
+
+    func next() async throws -> QueueDelivery? {
+        guard let got = try await Self.run(self.pool, { [state] in try state.next() }) else { return nil }
+        let entry = try JSONDecoder().decode(QueueEntry.self, from: Data(got.body))
+        return QueueDelivery(entry: entry, tag: DeliveryTag(got.tag), redelivered: got.redelivered)
+    }
+
+    func ack(_ tag: DeliveryTag) async throws {
+        try await Self.run(self.pool) { [state] in try state.settle(tag.rawValue, requeue: nil) }
+    }
+
+    func nack(_ tag: DeliveryTag) async throws {
+        try await Self.run(self.pool) { [state] in try state.settle(tag.rawValue, requeue: true) }
+    }
+
+    func close() async {
+        _ = try? await self.pool.runIfActive { [state] in state.close() }
+        try? await self.pool.shutdownGracefully()
+        self.onClose(ObjectIdentifier(self))
+    }
+
+    private static func run<Result: Sendable>(_ pool: NIOThreadPool, _ body: @escaping @Sendable () throws -> Result) async throws -> Result {
+        do {
+            return try await pool.runIfActive(body)
+        } catch let error as AMQPQueueError {
+            throw ChatError(.unavailable, "offline queue: \(error.message)", underlying: error)
+        } catch {
+            throw ChatError(.unavailable, "offline queue consumer is closed", underlying: error)
+        }
+    }
+}
