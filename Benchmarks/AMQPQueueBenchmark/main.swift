@@ -37,17 +37,29 @@ let batched = try await rate(count) {
         _ = try await queue.enqueue(Array(all[start..<min(start + 100, count)]), for: "batched")
     }
 }
-var drained = 0
-let drain = try await rate(count) {
-    let consumer = try await queue.consumer(for: "batched", prefetch: 64)
-    while let delivery = try await consumer.next() {
-        try await consumer.ack(delivery.tag)
+/// Drains `user`'s queue as the engine does: up to `window` deliveries in flight, acknowledged oldest first.
+func drain(_ user: UserID, window: Int) async throws -> Int {
+    var drained = 0
+    let consumer = try await queue.consumer(for: user, prefetch: window)
+    var inFlight: [DeliveryTag] = []
+    while true {
+        while inFlight.count < window, let delivery = try await consumer.next() { inFlight.append(delivery.tag) }
+        guard !inFlight.isEmpty else { break }
+        try await consumer.ack(inFlight.removeFirst())
         drained += 1
     }
     await consumer.close()
+    return drained
 }
+
+_ = try await queue.enqueue(entries(count, for: "window-1"), for: "window-1")
+var drainedOne = 0
+let drainOne = try await rate(count) { drainedOne = try await drain("window-1", window: 1) }
+var drained = 0
+let drainWindow = try await rate(count) { drained = try await drain("batched", window: 64) }
 print("RabbitMQ offline queue, 200-byte messages, persistent, durable classic queue")
 print("enqueue, one per confirm:         \(Int(single)) msg/s (\(count / 10) messages)")
 print("enqueue, batches of 100 confirmed: \(Int(batched)) msg/s (\(count) messages)")
-print("drain, get + ack one by one:       \(Int(drain)) msg/s (\(drained) messages)")
+print("drain, window 1 (prefetch 1):      \(Int(drainOne)) msg/s (\(drainedOne) messages)")
+print("drain, window 64 (prefetch 64):    \(Int(drainWindow)) msg/s (\(drained) messages)")
 await queue.close()

@@ -21,6 +21,12 @@ final class AMQPStreamConsumer: QueueConsumer {
         let queue: String
         let waitForWindow: Duration
         var connection: amqp_connection_state_t?
+        var prefetch = 1
+        /// Deliveries received and not yet settled.
+        var unacknowledged = 0
+        /// Ready messages the last count saw that have not arrived yet: while some are due and the window has
+        /// room, waiting for them is cheaper than asking the broker again.
+        var due = 0
 
         init(queue: String, waitForWindow: Duration) {
             self.queue = queue
@@ -32,15 +38,22 @@ final class AMQPStreamConsumer: QueueConsumer {
             self.connection = connection
             _ = amqp_channel_open(connection, Self.channel)
             try self.check(amqp_get_rpc_reply(connection))
-            try self.check(chatd_amqp_consume(connection, Self.channel, self.queue, UInt16(clamping: prefetch)))
+            self.prefetch = max(1, min(prefetch, Int(UInt16.max)))
+            try self.check(chatd_amqp_consume(connection, Self.channel, self.queue, UInt16(self.prefetch)))
         }
 
         func next() throws(AMQPQueueError) -> (body: [UInt8], tag: UInt64, redelivered: Bool)? {
             guard let connection = self.connection else { throw Self.closed }
             if let delivery = try self.poll(connection, timeout: 0) { return delivery }
+            if self.due > 0, self.unacknowledged < self.prefetch,
+                let delivery = try self.poll(connection, timeout: self.waitForWindow.wholeMilliseconds)
+            {
+                return delivery
+            }
             var reply = amqp_rpc_reply_t()
             let ready = chatd_amqp_ready_count(connection, Self.channel, self.queue, &reply)
             if ready < 0 { try self.check(reply) }
+            self.due = Int(max(ready, 0))
             // Deliveries sent before the declare's answer arrived with it.
             if let delivery = try self.poll(connection, timeout: 0) { return delivery }
             guard ready > 0 else { return nil }
@@ -58,6 +71,7 @@ final class AMQPStreamConsumer: QueueConsumer {
                 self.close()
                 throw AMQPQueueError(code: .connectionLost, message: "consumer connection lost: \(String(cString: chatd_amqp_status_text(status)))")
             }
+            self.unacknowledged = max(0, self.unacknowledged - 1)
         }
 
         func close() {
@@ -73,6 +87,8 @@ final class AMQPStreamConsumer: QueueConsumer {
             switch chatd_amqp_next_delivery(connection, timeout, &got, &text, text.count) {
             case 1:
                 defer { free(got.body) }
+                self.unacknowledged += 1
+                self.due = max(0, self.due - 1)
                 return ([UInt8](UnsafeRawBufferPointer(start: got.body, count: got.length)), got.delivery_tag, got.redelivered != 0)
             case 0:
                 return nil
