@@ -7,7 +7,7 @@ import Testing
 /// A RabbitMQ node of the test's own on loopback ports, with its data in a temporary directory.
 ///
 /// Without rabbitmq-server installed the tests fail in CI (`CI` set) and, run by hand, say why and return early.
-final class RabbitTestServer: @unchecked Sendable {
+final class RabbitTestServer: OwnedTestServer, @unchecked Sendable {
     // Mutable state is only touched by the one test that owns the server, one call at a time.
     let port: Int
     private let directory: URL
@@ -108,7 +108,7 @@ final class RabbitTestServer: @unchecked Sendable {
         try await self.launch()
     }
 
-    fileprivate func shutDown() async {
+    func shutDown() async {
         for queue in self.queues { await queue.close() }
         self.queues = []
         await self.stop()
@@ -119,13 +119,6 @@ final class RabbitTestServer: @unchecked Sendable {
 
 /// Runs `body` with a RabbitMQ node of its own, then closes the adapters and stops the node, whatever happened.
 func withRabbitServer(_ body: (RabbitTestServer) async throws -> Void) async throws {
-    guard let server = try await RabbitTestServer.start() else { return }
-    do {
-        try await body(server)
-    } catch {
-        await server.shutDown()
-        throw error
-    }
-    await server.shutDown()
+    try await withTestServer({ try await RabbitTestServer.start() }, body)
 }
 

@@ -10,20 +10,13 @@ func withRedisServer(
     password: String? = nil,
     _ body: (RedisTestServer) async throws -> Void
 ) async throws {
-    guard let server = try await RedisTestServer.start(password: password) else { return }
-    do {
-        try await body(server)
-    } catch {
-        await server.shutDown()
-        throw error
-    }
-    await server.shutDown()
+    try await withTestServer({ try await RedisTestServer.start(password: password) }, body)
 }
 
 /// A redis-server of the test's own on a free loopback port, with no persistence, in a temporary directory.
 ///
 /// When `redis-server` is not installed the tests fail in CI (`CI` set) and, run by hand, say why and stop early.
-final class RedisTestServer: @unchecked Sendable {
+final class RedisTestServer: OwnedTestServer, @unchecked Sendable {
     // Mutable state is only touched by the one test that owns the server, one call at a time.
     let port: Int
     let password: String?
@@ -105,7 +98,7 @@ final class RedisTestServer: @unchecked Sendable {
     }
 
     /// Closes the stores and stops the server.
-    fileprivate func shutDown() async {
+    func shutDown() async {
         for store in self.stores { await store.close() }
         self.stores = []
         await self.stop()

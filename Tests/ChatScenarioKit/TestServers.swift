@@ -34,3 +34,25 @@ public enum TestServers {
         }
     }
 }
+
+/// A server process a test started and must stop.
+public protocol OwnedTestServer: AnyObject, Sendable {
+    /// Closes the clients made for it and stops the server.
+    func shutDown() async
+}
+
+/// Runs `body` with a server from `start`, then shuts it down whatever happened; returns at once when `start`
+/// gives nil (a server missing when run by hand).
+public func withTestServer<Server: OwnedTestServer>(
+    _ start: () async throws -> Server?,
+    _ body: (Server) async throws -> Void
+) async throws {
+    guard let server = try await start() else { return }
+    do {
+        try await body(server)
+    } catch {
+        await server.shutDown()
+        throw error
+    }
+    await server.shutDown()
+}

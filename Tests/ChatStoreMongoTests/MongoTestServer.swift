@@ -6,7 +6,7 @@ import Testing
 
 /// An nx-27017 server (a MongoDB wire-protocol server on SQLite, from PyPI) of the test's own on a loopback port,
 /// in memory; or, when `MONGODB_URI` is set, that server instead (a real mongod), with a database per test.
-final class MongoTestServer: @unchecked Sendable {
+final class MongoTestServer: OwnedTestServer, @unchecked Sendable {
     // Mutable state is only touched by the one test that owns the server, one call at a time.
     let uri: String
     let database = "chatd_test_\(UUID().uuidString.prefix(8).lowercased())"
@@ -118,7 +118,7 @@ final class MongoTestServer: @unchecked Sendable {
         guard try await self.launch() else { throw TestServerError("nx-27017 could not restart on port \(self.port)") }
     }
 
-    fileprivate func shutDown() async {
+    func shutDown() async {
         for store in self.stores { await store.close() }
         self.stores = []
         await self.stop()
@@ -128,13 +128,6 @@ final class MongoTestServer: @unchecked Sendable {
 
 /// Runs `body` with a MongoDB-compatible server, then closes the stores and stops the server, whatever happened.
 func withMongoServer(_ body: (MongoTestServer) async throws -> Void) async throws {
-    guard let server = try await MongoTestServer.start() else { return }
-    do {
-        try await body(server)
-    } catch {
-        await server.shutDown()
-        throw error
-    }
-    await server.shutDown()
+    try await withTestServer({ try await MongoTestServer.start() }, body)
 }
 
