@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "ChatPresenceRedis", targets: ["ChatPresenceRedis"]),
         .library(name: "ChatStoreMongo", targets: ["ChatStoreMongo"]),
         .library(name: "ChatBrokerAMQP", targets: ["ChatBrokerAMQP"]),
+        .library(name: "ChatTransport", targets: ["ChatTransport"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.0"),
@@ -46,6 +47,12 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
+            swiftSettings: strictSettings
+        ),
+        // The Socket.IO front door. So far: the Engine.IO v4 / Socket.IO v5 codec; the server is the next step.
+        .target(
+            name: "ChatTransport",
+            dependencies: ["ChatDomain"],
             swiftSettings: strictSettings
         ),
         .systemLibrary(
@@ -126,6 +133,11 @@ let package = Package(
         .testTarget(
             name: "ChatDomainTests",
             dependencies: ["ChatDomain", "ChatScenarioKit"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "ChatTransportTests",
+            dependencies: ["ChatTransport", "ChatDomain"],
             swiftSettings: strictSettings
         ),
         .testTarget(
