@@ -82,8 +82,8 @@ struct RabbitMQMessageQueueTests {
             let queue = server.makeQueue { $0.messageTTL = .seconds(1) }
             let entries = Self.entries(1, for: "dave")
             _ = try await queue.enqueue(entries, for: "dave")
-            try await Task.sleep(for: .milliseconds(1500))
-            #expect(try await queue.depth(for: "dave").ready == 0)
+            try await Task.sleep(for: .milliseconds(1000))
+            await eventually("the entry expired") { (try? await queue.depth(for: "dave").ready) == 0 }
             var iterator = queue.deadLetters().makeAsyncIterator()
             await eventually("the broker dead-lettered it") { (try? await queue.deadLetterDepth()) == 1 }
             await queue.readDeadLetters()

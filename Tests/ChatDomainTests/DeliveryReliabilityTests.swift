@@ -68,7 +68,7 @@ struct DeliveryReliabilityTests {
                 try await group.waitForAll()
             }
             // Messages sent after the drain went live arrive live; give their confirmations a moment.
-            await eventually("bob has 2,000 messages") {
+            await eventually("bob has 2,000 messages", timeout: .seconds(30)) {
                 Set(h.transport.receivedMessages(of: bob).map(\.message.id)).count == 2000
             }
             let received = h.transport.receivedMessages(of: bob).map(\.message)
