@@ -37,7 +37,7 @@ let batched = try await rate(count) {
         _ = try await queue.enqueue(Array(all[start..<min(start + 100, count)]), for: "batched")
     }
 }
-/// Drains `user`'s queue as the engine does: up to `window` deliveries in flight, acknowledged oldest first.
+/// Drains `user`'s queue as the engine does: up to `window` deliveries in flight, acknowledged together.
 func drain(_ user: UserID, window: Int) async throws -> Int {
     var drained = 0
     let consumer = try await queue.consumer(for: user, prefetch: window)
@@ -45,8 +45,10 @@ func drain(_ user: UserID, window: Int) async throws -> Int {
     while true {
         while inFlight.count < window, let delivery = try await consumer.next() { inFlight.append(delivery.tag) }
         guard !inFlight.isEmpty else { break }
-        try await consumer.ack(inFlight.removeFirst())
-        drained += 1
+        // As the engine does: every confirmed delivery settled so far is acknowledged together.
+        try await consumer.ack(inFlight)
+        drained += inFlight.count
+        inFlight.removeAll()
     }
     await consumer.close()
     return drained

@@ -22,8 +22,8 @@ final class AMQPStreamConsumer: QueueConsumer {
         let waitForWindow: Duration
         var connection: amqp_connection_state_t?
         var prefetch = 1
-        /// Deliveries received and not yet settled.
-        var unacknowledged = 0
+        /// Delivery tags received and not yet settled, oldest first.
+        var unacknowledged: [UInt64] = []
         /// Ready messages the last count saw that have not arrived yet: while some are due and the window has
         /// room, waiting for them is cheaper than asking the broker again.
         var due = 0
@@ -45,7 +45,7 @@ final class AMQPStreamConsumer: QueueConsumer {
         func next() throws(AMQPQueueError) -> (body: [UInt8], tag: UInt64, redelivered: Bool)? {
             guard let connection = self.connection else { throw Self.closed }
             if let delivery = try self.poll(connection, timeout: 0) { return delivery }
-            if self.due > 0, self.unacknowledged < self.prefetch,
+            if self.due > 0, self.unacknowledged.count < self.prefetch,
                 let delivery = try self.poll(connection, timeout: self.waitForWindow.wholeMilliseconds)
             {
                 return delivery
@@ -67,11 +67,27 @@ final class AMQPStreamConsumer: QueueConsumer {
                 if let requeue { amqp_basic_nack(connection, Self.channel, tag, 0, requeue ? 1 : 0) } else {
                     amqp_basic_ack(connection, Self.channel, tag, 0)
                 }
+            try self.check(status)
+            self.unacknowledged.removeAll { $0 == tag }
+        }
+
+        /// Acknowledges `tags`; when they are the oldest unacknowledged ones, with one `multiple` acknowledgement.
+        func ack(_ tags: [UInt64]) throws(AMQPQueueError) {
+            guard let connection = self.connection else { throw Self.closed }
+            guard let last = tags.last else { return }
+            if Array(self.unacknowledged.prefix(tags.count)) == tags {
+                try self.check(amqp_basic_ack(connection, Self.channel, last, 1))
+                self.unacknowledged.removeFirst(tags.count)
+            } else {
+                for tag in tags { try self.settle(tag, requeue: nil) }
+            }
+        }
+
+        private func check(_ status: Int32) throws(AMQPQueueError) {
             guard status == AMQP_STATUS_OK.rawValue else {
                 self.close()
                 throw AMQPQueueError(code: .connectionLost, message: "consumer connection lost: \(String(cString: chatd_amqp_status_text(status)))")
             }
-            self.unacknowledged = max(0, self.unacknowledged - 1)
         }
 
         func close() {
@@ -87,7 +103,7 @@ final class AMQPStreamConsumer: QueueConsumer {
             switch chatd_amqp_next_delivery(connection, timeout, &got, &text, text.count) {
             case 1:
                 defer { free(got.body) }
-                self.unacknowledged += 1
+                self.unacknowledged.append(got.delivery_tag)
                 self.due = max(0, self.due - 1)
                 return ([UInt8](UnsafeRawBufferPointer(start: got.body, count: got.length)), got.delivery_tag, got.redelivered != 0)
             case 0:
@@ -142,6 +158,10 @@ final class AMQPStreamConsumer: QueueConsumer {
 
     func ack(_ tag: DeliveryTag) async throws {
         try await Self.run(self.pool) { [state] in try state.settle(tag.rawValue, requeue: nil) }
+    }
+
+    func ack(_ tags: [DeliveryTag]) async throws {
+        try await Self.run(self.pool) { [state] in try state.ack(tags.map(\.rawValue)) }
     }
 
     func nack(_ tag: DeliveryTag) async throws {

@@ -99,11 +99,7 @@ extension ChatService {
                 }
                 return nil
             },
-            settle: { batch in
-                for item in batch {
-                    if let tag = item.tag { try await consumer.ack(tag) }
-                }
-            }
+            settle: { batch in try await consumer.ack(batch.compactMap(\.tag)) }
         )
         delivered.formUnion(ids)
         self.statistics.deliveredFromQueue += ids.count

@@ -32,10 +32,19 @@ public protocol QueueConsumer: Sendable {
     func next() async throws -> QueueDelivery?
     /// Removes a delivered entry from the queue.
     func ack(_ tag: DeliveryTag) async throws
+    /// Removes delivered entries from the queue, in the order given; a broker may do it in one step.
+    func ack(_ tags: [DeliveryTag]) async throws
     /// Returns a delivered entry to the queue, at its place, flagged redelivered.
     func nack(_ tag: DeliveryTag) async throws
     /// Stops consuming; unacknowledged entries return to the queue.
     func close() async
+}
+
+extension QueueConsumer {
+    /// Acknowledges one by one.
+    public func ack(_ tags: [DeliveryTag]) async throws {
+        for tag in tags { try await self.ack(tag) }
+    }
 }
 
 /// One message waiting for one recipient.
