@@ -71,17 +71,12 @@ final class AMQPConnection: @unchecked Sendable {
         return (body, got.delivery_tag, got.redelivered != 0, reason)
     }
 
-    /// Acknowledges (or, with `requeue`, returns to the queue) a delivery of channel generation `generation`.
-    func settle(_ tag: UInt64, generation: UInt64, requeue: Bool?) throws(AMQPQueueError) {
+    /// Acknowledges a `basic.get` delivery (the dead-letter reader's) of channel generation `generation`.
+    func ack(_ tag: UInt64, generation: UInt64) throws(AMQPQueueError) {
         guard generation == self.generation, let connection = self.connection else {
             throw AMQPQueueError(code: .staleConsumer, message: "the connection was replaced; the broker requeued these deliveries")
         }
-        let status: Int32
-        if let requeue {
-            status = amqp_basic_nack(connection, Self.channel, tag, 0, requeue ? 1 : 0)
-        } else {
-            status = amqp_basic_ack(connection, Self.channel, tag, 0)
-        }
+        let status = amqp_basic_ack(connection, Self.channel, tag, 0)
         guard status == AMQP_STATUS_OK.rawValue else {
             throw self.lost(String(cString: chatd_amqp_status_text(status)))
         }

@@ -130,16 +130,12 @@ public final class RabbitMQMessageQueue: MessageQueue, Service {
             } else {
                 self.logger.warning("Dead-lettered message is not a queue entry; dropped", metadata: ["amqp.queue": "\(Topology.deadLetterQueue)"])
             }
-            if let generation { try? await self.settle(got.tag, generation: generation, requeue: nil) }
+            if let generation { _ = try? await self.perform({ try $0.ack(got.tag, generation: generation) }) }
         }
     }
 
     private func forget(consumer id: ObjectIdentifier) {
         self.consumers.withLock { _ = $0.removeValue(forKey: id) }
-    }
-
-    func settle(_ tag: UInt64, generation: UInt64, requeue: Bool?) async throws {
-        try await self.perform { try $0.settle(tag, generation: generation, requeue: requeue) }
     }
 
     private func perform<Result: Sendable>(_ body: @escaping @Sendable (AMQPConnection) throws -> Result) async throws -> Result {
