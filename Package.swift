@@ -21,6 +21,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird-websocket.git", from: "2.8.0"),
+        .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.7.0"),
     ],
     targets: [
         .target(
@@ -49,10 +52,20 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
-        // The Socket.IO front door. So far: the Engine.IO v4 / Socket.IO v5 codec; the server is the next step.
+        // The Socket.IO front door: Engine.IO v4 / Socket.IO v5 over Hummingbird, JWT authentication.
         .target(
             name: "ChatTransport",
-            dependencies: ["ChatDomain"],
+            dependencies: [
+                "ChatDomain",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: strictSettings
         ),
         .systemLibrary(
@@ -137,7 +150,16 @@ let package = Package(
         ),
         .testTarget(
             name: "ChatTransportTests",
-            dependencies: ["ChatTransport", "ChatDomain"],
+            dependencies: [
+                "ChatTransport",
+                "ChatDomain",
+                "ChatScenarioKit",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            exclude: ["Interop"],
             swiftSettings: strictSettings
         ),
         .testTarget(

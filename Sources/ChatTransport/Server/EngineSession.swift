@@ -1,0 +1,297 @@
+import ChatDomain
+import DequeModule
+import Synchronization
+
+/// One Engine.IO session: its outbound buffer, its transport, its ping state and the Socket.IO socket on it.
+///
+/// Everything a client is sent goes through ``enqueue(_:)`` (synchronous, so the engine's emit order is the wire
+/// order) and leaves through ``take(maxBytes:)``, which a long-polling GET or the WebSocket writer awaits.
+final class EngineSession: Sendable {
+    enum TransportKind: String, Sendable {
+        case polling
+        case websocket
+    }
+
+    /// The Socket.IO socket opened on this session by an authenticated CONNECT.
+    struct Socket: Sendable {
+        let connection: ConnectionID
+        let user: User
+        var pendingAcks: [UInt64: Acknowledgement] = [:]
+        var nextAckID: UInt64 = 0
+        /// Whether `ChatService.connect` has returned for this socket, so a close must be told to the engine.
+        var engineKnows = false
+    }
+
+    /// What the ping timer should do for this session now.
+    enum TimerAction: Equatable {
+        case none
+        case ping
+        case close(String)
+    }
+
+    private struct State {
+        var transport: TransportKind
+        var upgrading = false
+        var outbound: Deque<String> = []
+        var outboundBytes = 0
+        var waiter: CheckedContinuation<[String]?, Never>?
+        var pollInProgress = false
+        var closeReason: String?
+        var pingSentAt: ContinuousClock.Instant?
+        var nextPingAt: ContinuousClock.Instant
+        /// When the session last had no socket (its start, or the socket's DISCONNECT).
+        var socketlessSince: ContinuousClock.Instant?
+        var socket: Socket?
+        var reconnectRunning = false
+    }
+
+    /// The Engine.IO session id.
+    let id: String
+    /// The token from an `Authorization: Bearer` header on the handshake, used when CONNECT carries none.
+    let bearerToken: String?
+    private let maxBufferedBytes: Int
+    private let state: Mutex<State>
+
+    init(id: String, transport: TransportKind, bearerToken: String?, pingInterval: Duration, maxBufferedBytes: Int) {
+        self.id = id
+        self.bearerToken = bearerToken
+        self.maxBufferedBytes = maxBufferedBytes
+        let now = ContinuousClock.now
+        self.state = Mutex(State(transport: transport, nextPingAt: now + pingInterval, socketlessSince: now))
+    }
+
+    var transport: TransportKind { self.state.withLock { $0.transport } }
+    var isClosed: Bool { self.state.withLock { $0.closeReason != nil } }
+    var socket: Socket? { self.state.withLock { $0.socket } }
+
+    // MARK: Outbound
+
+    /// Queues one encoded Engine.IO packet.
+    /// - Throws: `connection_closed` when the session is closed or its buffer is full (the caller closes it).
+    func enqueue(_ packet: String) throws(ChatError) {
+        try self.state.withLock { state throws(ChatError) in try Self.enqueue(packet, into: &state, limit: self.maxBufferedBytes) }
+    }
+
+    private static func enqueue(_ packet: String, into state: inout State, limit: Int) throws(ChatError) {
+        guard state.closeReason == nil else { throw ChatError(.connectionClosed, "the connection is closed") }
+        let size = packet.utf8.count
+        guard state.outboundBytes + size <= limit else {
+            throw ChatError(.connectionClosed, "the client is not reading: \(state.outboundBytes) bytes are waiting for it")
+        }
+        if let waiter = state.waiter {
+            state.waiter = nil
+            waiter.resume(returning: [packet])
+        } else {
+            state.outbound.append(packet)
+            state.outboundBytes += size
+        }
+    }
+
+    /// Queues a Socket.IO EVENT for the socket, with an acknowledgement id when `acknowledgement` is given.
+    func enqueueEvent(_ nameAndPayload: String, acknowledgement: Acknowledgement?) throws(ChatError) {
+        try self.state.withLock { state throws(ChatError) in
+            guard state.socket != nil else { throw ChatError(.connectionClosed, "the connection is closed") }
+            var packet = "42"
+            if let acknowledgement {
+                let id = state.socket!.nextAckID
+                state.socket!.nextAckID += 1
+                state.socket!.pendingAcks[id] = acknowledgement
+                packet += String(id)
+            }
+            packet += nameAndPayload
+            try Self.enqueue(packet, into: &state, limit: self.maxBufferedBytes)
+        }
+    }
+
+    /// Waits for outbound packets and takes them, at most about `maxBytes` of them (always at least one).
+    /// Returns nil once the session is closed and drained, and an empty array when the waiting task is cancelled.
+    func take(maxBytes: Int) async -> [String]? {
+        let ready: [String]?? = self.state.withLock { state in
+            if !state.outbound.isEmpty { return .some(Self.takeBuffered(&state, maxBytes: maxBytes)) }
+            if state.closeReason != nil { return .some(nil) }
+            return .none
+        }
+        if let ready { return ready }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<[String]?, Never>) in
+                self.state.withLock { state in
+                    if !state.outbound.isEmpty {
+                        continuation.resume(returning: Self.takeBuffered(&state, maxBytes: maxBytes))
+                    } else if state.closeReason != nil {
+                        continuation.resume(returning: nil)
+                    } else if Task.isCancelled {
+                        continuation.resume(returning: [])
+                    } else {
+                        state.waiter = continuation
+                    }
+                }
+            }
+        } onCancel: {
+            self.state.withLock { state in
+                state.waiter?.resume(returning: [])
+                state.waiter = nil
+            }
+        }
+    }
+
+    private static func takeBuffered(_ state: inout State, maxBytes: Int) -> [String] {
+        var taken: [String] = []
+        var bytes = 0
+        while let next = state.outbound.first, taken.isEmpty || bytes + next.utf8.count + 1 <= maxBytes {
+            state.outbound.removeFirst()
+            bytes += next.utf8.count + 1
+            state.outboundBytes -= next.utf8.count
+            taken.append(next)
+        }
+        return taken
+    }
+
+    // MARK: Long polling and upgrade
+
+    /// Marks a long-polling GET as in progress; false when one already is (the client broke the protocol).
+    func beginPoll() -> Bool {
+        self.state.withLock { state in
+            guard !state.pollInProgress else { return false }
+            state.pollInProgress = true
+            return true
+        }
+    }
+
+    func endPoll() {
+        self.state.withLock { $0.pollInProgress = false }
+    }
+
+    /// Starts an upgrade to WebSocket; false when the session is not a polling one or is already upgrading.
+    func beginUpgrade() -> Bool {
+        self.state.withLock { state in
+            guard state.transport == .polling, !state.upgrading, state.closeReason == nil else { return false }
+            state.upgrading = true
+            return true
+        }
+    }
+
+    /// The upgrade's WebSocket went away before the client confirmed the upgrade; polling goes on.
+    func abandonUpgrade() {
+        self.state.withLock { state in
+            if state.transport == .polling { state.upgrading = false }
+        }
+    }
+
+    /// The client confirmed the upgrade: from now on packets leave over the WebSocket.
+    func completeUpgrade() {
+        self.state.withLock { state in
+            state.transport = .websocket
+            state.upgrading = false
+            // Wake the last poll so the client sees it end.
+            state.waiter?.resume(returning: [EngineIOPacket(.noop).encoded])
+            state.waiter = nil
+        }
+    }
+
+    // MARK: Socket.IO socket
+
+    /// Opens the socket; false when the session is closed or already has one.
+    func attach(_ socket: Socket) -> Bool {
+        self.state.withLock { state in
+            guard state.closeReason == nil, state.socket == nil else { return false }
+            state.socket = socket
+            state.socketlessSince = nil
+            return true
+        }
+    }
+
+    /// Records that the engine knows the socket; false when it closed meanwhile (the caller tells the engine).
+    func markEngineKnows(_ connection: ConnectionID) -> Bool {
+        self.state.withLock { state in
+            guard state.closeReason == nil, state.socket?.connection == connection else { return false }
+            state.socket?.engineKnows = true
+            return true
+        }
+    }
+
+    /// Closes the socket (a client DISCONNECT) but keeps the session; returns the socket that was open.
+    func detach() -> Socket? {
+        let socket: Socket? = self.state.withLock { state in
+            defer {
+                state.socket = nil
+                state.socketlessSince = .now
+            }
+            return state.socket
+        }
+        for acknowledgement in socket?.pendingAcks.values ?? [:].values {
+            acknowledgement.fail(ChatError(.connectionClosed, "the client disconnected"))
+        }
+        return socket
+    }
+
+    /// The acknowledgement waiting for client ACK `id`, removed.
+    func takeAcknowledgement(_ id: UInt64) -> Acknowledgement? {
+        self.state.withLock { state in state.socket?.pendingAcks.removeValue(forKey: id) }
+    }
+
+    /// Runs `work` (a `user:reconnected` drain) in its own task unless one is running; false when one is.
+    ///
+    /// The drain waits for the client's acknowledgements, which arrive on the same connection, so it must not
+    /// hold up the reading of that connection.
+    func startReconnect(_ work: @escaping @Sendable () async -> Void) -> Bool {
+        let start = self.state.withLock { state in
+            guard !state.reconnectRunning else { return false }
+            state.reconnectRunning = true
+            return true
+        }
+        guard start else { return false }
+        Task {
+            await work()
+            self.state.withLock { $0.reconnectRunning = false }
+        }
+        return true
+    }
+
+    // MARK: Ping and close
+
+    func pongReceived(pingInterval: Duration) {
+        self.state.withLock { state in
+            state.pingSentAt = nil
+            state.nextPingAt = .now + pingInterval
+        }
+    }
+
+    /// Decides, at `now`, whether the session needs a ping or has timed out.
+    func timerAction(now: ContinuousClock.Instant, pingTimeout: Duration, connectTimeout: Duration) -> TimerAction {
+        self.state.withLock { state in
+            guard state.closeReason == nil else { return .none }
+            if let sent = state.pingSentAt {
+                return now - sent > pingTimeout ? .close("ping timeout") : .none
+            }
+            if let since = state.socketlessSince, now - since > connectTimeout {
+                return .close("no Socket.IO CONNECT within \(connectTimeout)")
+            }
+            if now >= state.nextPingAt {
+                state.pingSentAt = now
+                return .ping
+            }
+            return .none
+        }
+    }
+
+    /// Closes the session; returns its socket the first time (to tell the engine), nil if it was already closed.
+    /// Queued packets stay readable so a final close packet or error reaches the client.
+    func close(reason: String) -> (closed: Bool, socket: Socket?) {
+        let result: (Bool, Socket?, CheckedContinuation<[String]?, Never>?) = self.state.withLock { state in
+            guard state.closeReason == nil else { return (false, nil, nil) }
+            state.closeReason = reason
+            let socket = state.socket
+            state.socket = nil
+            let waiter = state.waiter
+            state.waiter = nil
+            return (true, socket, waiter)
+        }
+        result.2?.resume(returning: nil)
+        for acknowledgement in result.1?.pendingAcks.values ?? [:].values {
+            acknowledgement.fail(ChatError(.connectionClosed, "the connection closed: \(reason)"))
+        }
+        return (result.0, result.1)
+    }
+
+    var closeReason: String? { self.state.withLock { $0.closeReason } }
+}

@@ -1,0 +1,281 @@
+import ChatDomain
+import Foundation
+import Logging
+
+extension SocketIOServer {
+    /// Handles one Engine.IO packet a client sent on `session` (over either transport).
+    func receive(_ packet: EngineIOPacket, on session: EngineSession) async {
+        switch packet.kind {
+        case .message:
+            if packet.binary != nil {
+                self.reject(on: session, CodecError("binary messages are not supported; send JSON text"))
+            } else {
+                await self.receiveSocketIO(packet.text, on: session)
+            }
+        case .pong:
+            session.pongReceived(pingInterval: self.configuration.pingInterval)
+        case .ping:
+            try? session.enqueue(EngineIOPacket(.pong, packet.text).encoded)
+        case .close:
+            self.closeSession(session, reason: "client closed", notifyClient: false)
+        case .noop, .upgrade:
+            break
+        case .open:
+            self.reject(on: session, CodecError("clients may not send Engine.IO OPEN packets"))
+        }
+    }
+
+    private func receiveSocketIO(_ text: String, on session: EngineSession) async {
+        let packet: SocketIOPacket
+        do {
+            packet = try SocketIOPacket.decode(text)
+        } catch {
+            self.reject(on: session, error)
+            return
+        }
+        guard packet.namespace == "/" else {
+            self.logger.notice(
+                "Socket.IO packet for an unknown namespace",
+                metadata: ["engineio.sid": "\(session.id)", "socketio.namespace": "\(packet.namespace)"]
+            )
+            if packet.kind == .connect {
+                let error = SocketIOPacket(.connectError, namespace: packet.namespace, data: .object(["message": .string("Invalid namespace")]))
+                try? session.enqueue(EngineIOPacket(.message, error.encoded).encoded)
+            }
+            return
+        }
+        switch packet.kind {
+        case .connect:
+            await self.connect(packet, on: session)
+        case .disconnect:
+            if let socket = session.detach() {
+                self.unregister(socket)
+                if socket.engineKnows, let service = self.service { await service.disconnect(socket.connection) }
+            }
+        case .event:
+            await self.receiveEvent(packet, on: session)
+        case .ack:
+            if let id = packet.ackID, let acknowledgement = session.takeAcknowledgement(id) {
+                acknowledgement.succeed()
+            }
+        case .connectError, .binaryEvent, .binaryAck:
+            self.reject(on: session, CodecError("clients may not send Socket.IO packet type \(packet.kind.rawValue)"))
+        }
+    }
+
+    // MARK: CONNECT
+
+    private func connect(_ packet: SocketIOPacket, on session: EngineSession) async {
+        guard session.socket == nil else {
+            self.logger.notice("Socket.IO CONNECT on an already connected session ignored", metadata: ["engineio.sid": "\(session.id)"])
+            return
+        }
+        guard let service = self.service else {
+            self.refuseConnect(on: session, message: "unavailable", code: "starting", detail: "the server is starting; retry")
+            return
+        }
+        var token = session.bearerToken
+        if case .object(let auth)? = packet.data, let value = auth["token"] {
+            guard case .string(let string) = value else {
+                self.refuseConnect(on: session, message: "unauthorized", failure: .malformedToken)
+                return
+            }
+            token = string
+        }
+        let user: User
+        switch await self.authenticator.authenticate(token) {
+        case .failure(let failure):
+            self.refuseConnect(on: session, message: "unauthorized", failure: failure)
+            return
+        case .success(let authenticated):
+            user = authenticated
+        }
+        let socket = EngineSession.Socket(connection: ConnectionID(Self.randomID()), user: user)
+        guard session.attach(socket) else { return }
+        self.register(socket, session: session)
+        let reply = SocketIOPacket(.connect, data: .object(["sid": .string(socket.connection.rawValue)]))
+        try? session.enqueue(EngineIOPacket(.message, reply.encoded).encoded)
+        await service.connect(socket.connection, user: user)
+        guard session.markEngineKnows(socket.connection) else {
+            // Closed while the engine was registering it: the close did not tell the engine, so tell it now.
+            await service.disconnect(socket.connection)
+            return
+        }
+        do {
+            for chat in try await service.chats(of: user.id) {
+                self.join(socket.connection, room: Self.room(of: chat.id))
+            }
+        } catch {
+            self.logger.warning(
+                "Could not join the user's chat rooms",
+                metadata: ["chat.user.id": "\(user.id)", "error": "\(error)"]
+            )
+        }
+    }
+
+    private func refuseConnect(on session: EngineSession, message: String, failure: AuthenticationFailure) {
+        self.refuseConnect(on: session, message: message, code: failure.rawValue, detail: failure.description)
+    }
+
+    private func refuseConnect(on session: EngineSession, message: String, code: String, detail: String) {
+        self.logger.warning(
+            "Socket.IO connection refused",
+            metadata: ["engineio.sid": "\(session.id)", "socketio.refusal": "\(code)", "socketio.detail": "\(detail)"]
+        )
+        let data: JSONValue = .object(["code": .string(code), "message": .string(detail)])
+        let packet = SocketIOPacket(.connectError, data: .object(["message": .string(message), "data": data]))
+        try? session.enqueue(EngineIOPacket(.message, packet.encoded).encoded)
+    }
+
+    // MARK: EVENT
+
+    private func receiveEvent(_ packet: SocketIOPacket, on session: EngineSession) async {
+        guard let socket = session.socket, let service = self.service else {
+            self.logger.notice("Socket.IO EVENT before CONNECT ignored", metadata: ["engineio.sid": "\(session.id)"])
+            return
+        }
+        guard let (name, arguments) = packet.eventNameAndArguments else { return }
+        switch name {
+        case "message:send":
+            let request: SendMessageRequest
+            switch Self.sendRequest(from: arguments) {
+            case .success(let decoded):
+                request = decoded
+            case .failure(let error):
+                self.answer(packet, on: session, socket: socket, with: error, chatID: Self.chatIDHint(arguments))
+                return
+            }
+            let result = await service.send(request, from: socket.connection)
+            if let ackID = packet.ackID {
+                switch result {
+                case .success(let sent):
+                    self.acknowledge(ackID, on: session, payload: sent)
+                case .failure(let error):
+                    self.acknowledge(
+                        ackID,
+                        on: session,
+                        payload: MessageErrorPayload(error, chatID: request.chatID, clientMessageID: request.clientMessageID)
+                    )
+                }
+            }
+        case "user:reconnected":
+            let connection = socket.connection
+            let started = session.startReconnect {
+                let delivered = await service.reconnected(connection)
+                if let ackID = packet.ackID {
+                    self.acknowledge(ackID, on: session, payload: ["delivered": delivered])
+                }
+            }
+            if !started, let ackID = packet.ackID {
+                self.acknowledge(ackID, on: session, payload: ["delivered": 0])
+            }
+        default:
+            let error = ChatError(
+                .badRequest,
+                "unknown event '\(name.prefix(64))'; this server accepts message:send and user:reconnected"
+            )
+            self.answer(packet, on: session, socket: socket, with: error, chatID: nil)
+        }
+    }
+
+    /// Tells the client its event was refused: `message:error`, and the same payload as the ack when asked for.
+    private func answer(_ packet: SocketIOPacket, on session: EngineSession, socket: EngineSession.Socket, with error: ChatError, chatID: ChatID?) {
+        self.logger.info(
+            "Client event refused",
+            metadata: [
+                "chat.connection.id": "\(socket.connection)", "error.code": "\(error.code)", "error": "\(error.message)",
+            ]
+        )
+        let payload = MessageErrorPayload(error, chatID: chatID)
+        try? self.emit(.messageError(payload), to: socket.connection, acknowledgement: nil)
+        if let ackID = packet.ackID {
+            self.acknowledge(ackID, on: session, payload: payload)
+        }
+    }
+
+    private func acknowledge(_ ackID: UInt64, on session: EngineSession, payload: some Encodable) {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.withoutEscapingSlashes]
+        guard let data = try? encoder.encode(payload) else { return }
+        try? session.enqueue("43\(ackID)[" + String(decoding: data, as: UTF8.self) + "]")
+    }
+
+    /// A malformed packet: the client is told (`message:error` once connected, `CONNECT_ERROR` before) and the
+    /// connection stays up.
+    func reject(on session: EngineSession, _ error: CodecError) {
+        self.logger.notice("Malformed packet refused", metadata: ["engineio.sid": "\(session.id)", "error": "\(error.message)"])
+        if let socket = session.socket {
+            let payload = MessageErrorPayload(ChatError(.badRequest, "malformed packet: \(error.message)"))
+            try? self.emit(.messageError(payload), to: socket.connection, acknowledgement: nil)
+        } else {
+            let data: JSONValue = .object(["code": .string("bad_request"), "message": .string(error.message)])
+            let packet = SocketIOPacket(.connectError, data: .object(["message": .string("bad_request"), "data": data]))
+            try? session.enqueue(EngineIOPacket(.message, packet.encoded).encoded)
+        }
+    }
+
+    // MARK: Payload decoding
+
+    /// Decodes `message:send`'s argument; the error names the field that is wrong.
+    static func sendRequest(from arguments: [JSONValue]) -> Result<SendMessageRequest, ChatError> {
+        guard let first = arguments.first else {
+            return .failure(ChatError(.badRequest, "message:send needs an object {chatId, content, ...}"))
+        }
+        guard case .object = first else {
+            return .failure(ChatError(.badRequest, "message:send takes an object {chatId, content, ...}, not \(first.kindName)"))
+        }
+        do {
+            let data = try JSONEncoder().encode(first)
+            return .success(try JSONDecoder().decode(SendMessageRequest.self, from: data))
+        } catch let error as DecodingError {
+            return .failure(ChatError(.badRequest, Self.describe(error)))
+        } catch {
+            return .failure(ChatError(.badRequest, "message:send's payload could not be read: \(error)"))
+        }
+    }
+
+    private static func describe(_ error: DecodingError) -> String {
+        func path(_ context: DecodingError.Context, _ key: (any CodingKey)? = nil) -> String {
+            let keys = context.codingPath + (key.map { [$0] } ?? [])
+            return keys.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
+        }
+        switch error {
+        case .keyNotFound(let key, let context):
+            return "message:send needs '\(path(context, key))'"
+        case .typeMismatch(let type, let context):
+            return "'\(path(context))' must be \(Self.describe(type))"
+        case .valueNotFound(let type, let context):
+            return "'\(path(context))' must be \(Self.describe(type)), not null"
+        case .dataCorrupted(let context):
+            return "'\(path(context))' is not valid: \(context.debugDescription)"
+        @unknown default:
+            return "message:send's payload is not valid"
+        }
+    }
+
+    private static func describe(_ type: Any.Type) -> String {
+        switch type {
+        case is String.Type: "a string"
+        case is [JSONValue].Type, is [Any].Type: "an array"
+        default: "of another type (\(type))"
+        }
+    }
+
+    private static func chatIDHint(_ arguments: [JSONValue]) -> ChatID? {
+        if case .object(let object)? = arguments.first, case .string(let id)? = object["chatId"] { return ChatID(id) }
+        return nil
+    }
+}
+
+extension JSONValue {
+    var kindName: String {
+        switch self {
+        case .null: "null"
+        case .bool: "a boolean"
+        case .number: "a number"
+        case .string: "a string"
+        case .array: "an array"
+        case .object: "an object"
+        }
+    }
+}

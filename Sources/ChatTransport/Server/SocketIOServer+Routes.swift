@@ -1,0 +1,290 @@
+import ChatDomain
+public import Hummingbird
+public import HummingbirdCore
+public import HummingbirdWebSocket
+import Logging
+import NIOCore
+
+extension SocketIOServer {
+    /// Mounts the Socket.IO endpoint (``SocketIOConfiguration/path``) on `router`: long-polling GET and POST,
+    /// and the WebSocket upgrade. Serve the application with ``httpServer(router:)`` (or
+    /// `.http1WebSocketUpgrade(webSocketRouter: router, configuration: ...)` with ``webSocketConfiguration``) so
+    /// upgrades reach the router.
+    public func addRoutes<Context: WebSocketRequestContext & RequestContext>(to router: Router<Context>) {
+        let path = RouterPath(self.configuration.path)
+        router.get(path) { request, context in
+            await self.handleGet(request, context: context)
+        }
+        router.post(path) { request, context in
+            await self.handlePost(request, context: context)
+        }
+    }
+
+    /// The WebSocket settings the endpoint needs: frames up to ``SocketIOConfiguration/maxPayload``, and no
+    /// WebSocket-level pings (Engine.IO pings itself).
+    public var webSocketConfiguration: WebSocketServerConfiguration {
+        WebSocketServerConfiguration(maxFrameSize: self.configuration.maxPayload, autoPing: .disabled)
+    }
+
+    /// An HTTP/1.1 server whose WebSocket upgrades go through `router` (the one ``addRoutes(to:)`` mounted on).
+    public func httpServer<Context: WebSocketRequestContext & RequestContext>(router: Router<Context>) -> HTTPServerBuilder {
+        .http1WebSocketUpgrade(webSocketRouter: router, configuration: .init(http1: .init(), ws: self.webSocketConfiguration))
+    }
+
+    // MARK: HTTP
+
+    /// Engine.IO's HTTP error codes.
+    private enum EngineError: Int {
+        case unknownTransport = 0
+        case unknownSession = 1
+        case badHandshakeMethod = 2
+        case badRequest = 3
+        case forbidden = 4
+        case unsupportedProtocolVersion = 5
+
+        var message: String {
+            switch self {
+            case .unknownTransport: "Transport unknown"
+            case .unknownSession: "Session ID unknown"
+            case .badHandshakeMethod: "Bad handshake method"
+            case .badRequest: "Bad request"
+            case .forbidden: "Forbidden"
+            case .unsupportedProtocolVersion: "Unsupported protocol version"
+            }
+        }
+    }
+
+    private func errorResponse(_ error: EngineError, status: HTTPResponse.Status = .badRequest, detail: String? = nil) -> Response {
+        let body = "{\"code\":\(error.rawValue),\"message\":\"\(error.message)\""
+            + (detail.map { ",\"detail\":\"\(Self.escape($0))\"" } ?? "") + "}"
+        return Response(
+            status: status,
+            headers: [.contentType: "application/json"],
+            body: ResponseBody(byteBuffer: ByteBuffer(string: body))
+        )
+    }
+
+    private static func escape(_ text: String) -> String {
+        text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+    }
+
+    private func textResponse(_ text: String, contentType: String = "text/plain; charset=UTF-8") -> Response {
+        Response(
+            status: .ok,
+            headers: [.contentType: contentType, .cacheControl: "no-store"],
+            body: ResponseBody(byteBuffer: ByteBuffer(string: text))
+        )
+    }
+
+    private func handleGet<Context: WebSocketRequestContext & RequestContext>(_ request: Request, context: Context) async -> Response {
+        let query = request.uri.queryParameters
+        guard query["EIO"] == "4" else {
+            return self.errorResponse(.unsupportedProtocolVersion, detail: "this server speaks Engine.IO 4 (Socket.IO v3 and later clients)")
+        }
+        let sid = query["sid"].map(String.init)
+        switch query["transport"] {
+        case "polling":
+            guard let sid else { return await self.handshake(request) }
+            return await self.poll(sid)
+        case "websocket":
+            return await self.upgrade(request, context: context, sid: sid)
+        default:
+            return self.errorResponse(.unknownTransport)
+        }
+    }
+
+    private func handshake(_ request: Request) async -> Response {
+        guard let session = self.openSession(transport: .polling, bearerToken: Self.bearerToken(request)) else {
+            return self.errorResponse(.forbidden, status: .serviceUnavailable, detail: "the server holds its maximum number of sessions")
+        }
+        // The OPEN packet, queued when the session opened.
+        let packets = await session.take(maxBytes: self.configuration.maxPayload) ?? []
+        return self.textResponse(packets.joined(separator: String(EngineIOPacket.recordSeparator)))
+    }
+
+    private func poll(_ sid: String) async -> Response {
+        guard let session = self.session(sid) else { return self.errorResponse(.unknownSession) }
+        guard session.transport == .polling else {
+            return self.errorResponse(.badRequest, detail: "this session has upgraded to WebSocket")
+        }
+        guard session.beginPoll() else {
+            self.closeSession(session, reason: "protocol error: overlapping GET requests", notifyClient: false)
+            return self.errorResponse(.badRequest, detail: "overlapping GET requests")
+        }
+        defer { session.endPoll() }
+        guard let packets = await session.take(maxBytes: self.configuration.maxPayload) else {
+            return self.textResponse(EngineIOPacket(.close).encoded)
+        }
+        if packets.isEmpty { return self.textResponse(EngineIOPacket(.noop).encoded) }
+        return self.textResponse(packets.joined(separator: String(EngineIOPacket.recordSeparator)))
+    }
+
+    private func handlePost<Context: RequestContext>(_ request: Request, context: Context) async -> Response {
+        let query = request.uri.queryParameters
+        guard query["EIO"] == "4" else { return self.errorResponse(.unsupportedProtocolVersion) }
+        guard query["transport"] == "polling" else { return self.errorResponse(.unknownTransport) }
+        guard let sid = query["sid"].map(String.init) else { return self.errorResponse(.badHandshakeMethod) }
+        guard let session = self.session(sid) else { return self.errorResponse(.unknownSession) }
+        guard session.transport == .polling else {
+            return self.errorResponse(.badRequest, detail: "this session has upgraded to WebSocket")
+        }
+        var request = request
+        let body: ByteBuffer
+        do {
+            body = try await request.collectBody(upTo: self.configuration.maxPayload)
+        } catch {
+            self.logger.notice(
+                "Engine.IO payload over maxPayload; closing the session",
+                metadata: ["engineio.sid": "\(sid)", "engineio.max_payload": "\(self.configuration.maxPayload)"]
+            )
+            self.closeSession(session, reason: "payload over maxPayload (\(self.configuration.maxPayload) bytes)", notifyClient: true)
+            return self.errorResponse(.badRequest, status: .contentTooLarge, detail: "payload over \(self.configuration.maxPayload) bytes")
+        }
+        let packets: [EngineIOPacket]
+        do {
+            packets = try EngineIOPacket.decodePayload(String(buffer: body))
+        } catch {
+            self.logger.notice("Malformed Engine.IO payload; closing the session", metadata: ["engineio.sid": "\(sid)", "error": "\(error)"])
+            self.closeSession(session, reason: "parse error: \(error.message)", notifyClient: true)
+            return self.errorResponse(.badRequest, detail: error.message)
+        }
+        for packet in packets {
+            await self.receive(packet, on: session)
+        }
+        return self.textResponse("ok", contentType: "text/html")
+    }
+
+    private static func bearerToken(_ request: Request) -> String? {
+        guard let header = request.headers[.authorization] else { return nil }
+        let parts = header.split(separator: " ", maxSplits: 1)
+        guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
+        return String(parts[1]).trimmingCharacters(in: .whitespaces)
+    }
+
+    // MARK: WebSocket
+
+    private func upgrade<Context: WebSocketRequestContext & RequestContext>(
+        _ request: Request,
+        context: Context,
+        sid: String?
+    ) async -> Response {
+        guard request.headers[.upgrade]?.lowercased() == "websocket" else {
+            return self.errorResponse(.badRequest, detail: "transport=websocket needs a WebSocket upgrade request")
+        }
+        let session: EngineSession?
+        if let sid {
+            guard let existing = self.session(sid) else { return self.errorResponse(.unknownSession) }
+            guard existing.beginUpgrade() else {
+                return self.errorResponse(.badRequest, detail: "this session cannot upgrade now")
+            }
+            session = existing
+        } else {
+            session = nil
+        }
+        let bearer = Self.bearerToken(request)
+        let middleware = WebSocketUpgradeMiddleware<Context> { _, _ in
+            .upgrade([:])
+        } onUpgrade: { inbound, outbound, _ in
+            if let session {
+                try await self.runUpgrade(session, inbound: inbound, outbound: outbound)
+            } else {
+                try await self.runWebSocket(inbound: inbound, outbound: outbound, bearerToken: bearer)
+            }
+        }
+        do {
+            return try await middleware.handle(request, context: context) { _, _ in Response(status: .notFound) }
+        } catch {
+            session?.abandonUpgrade()
+            return self.errorResponse(.badRequest, detail: "WebSocket upgrade failed")
+        }
+    }
+
+    /// A session that starts on WebSocket: OPEN is its first message.
+    private func runWebSocket(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, bearerToken: String?) async throws {
+        guard let session = self.openSession(transport: .websocket, bearerToken: bearerToken) else {
+            try? await outbound.close(.unknown(1013), reason: "the server holds its maximum number of sessions")
+            return
+        }
+        var messages = inbound.messages(maxSize: self.configuration.maxPayload).makeAsyncIterator()
+        try await self.pump(session, messages: &messages, outbound: outbound)
+    }
+
+    /// The upgrade of a polling session: `2probe` → `3probe`, then `5` switches the session to this WebSocket.
+    private func runUpgrade(_ session: EngineSession, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter) async throws {
+        var messages = inbound.messages(maxSize: self.configuration.maxPayload).makeAsyncIterator()
+        var upgraded = false
+        do {
+            probing: while let message = try await messages.next() {
+                guard case .text(let text) = message, let packet = try? EngineIOPacket.decode(Substring(text)) else { break }
+                switch packet.kind {
+                case .ping where packet.text == "probe":
+                    try await outbound.write(.text(EngineIOPacket(.pong, "probe").encoded))
+                    // End the client's pending poll so it can pause polling and confirm the upgrade.
+                    try? session.enqueue(EngineIOPacket(.noop).encoded)
+                case .upgrade:
+                    upgraded = true
+                    break probing
+                default:
+                    break probing
+                }
+            }
+        } catch {
+            self.logger.debug("WebSocket upgrade abandoned", metadata: ["engineio.sid": "\(session.id)", "error": "\(error)"])
+        }
+        guard upgraded else {
+            session.abandonUpgrade()
+            return
+        }
+        session.completeUpgrade()
+        self.logger.debug("Engine.IO session upgraded to WebSocket", metadata: ["engineio.sid": "\(session.id)"])
+        try await self.pump(session, messages: &messages, outbound: outbound)
+    }
+
+    /// Moves packets both ways until either side closes: a writer task sends what is queued for the session,
+    /// this task reads the client's messages.
+    private func pump(
+        _ session: EngineSession,
+        messages: inout WebSocketInboundMessageStream.AsyncIterator,
+        outbound: WebSocketOutboundWriter
+    ) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                while let packets = await session.take(maxBytes: Int.max) {
+                    do {
+                        for packet in packets { try await outbound.write(.text(packet)) }
+                    } catch {
+                        self.closeSession(session, reason: "transport error: \(error)", notifyClient: false)
+                        return
+                    }
+                }
+                try? await outbound.close(.normalClosure, reason: session.closeReason)
+            }
+            do {
+                while let message = try await messages.next() {
+                    switch message {
+                    case .text(let text):
+                        switch Result(catching: { () throws(CodecError) in try EngineIOPacket.decode(Substring(text)) }) {
+                        case .success(let packet): await self.receive(packet, on: session)
+                        case .failure(let error): self.reject(on: session, error)
+                        }
+                    case .binary:
+                        self.reject(on: session, CodecError("binary messages are not supported; send JSON text"))
+                    }
+                    if session.isClosed { break }
+                }
+                self.closeSession(session, reason: "client closed", notifyClient: false)
+            } catch {
+                // Oversized messages (over maxPayload) and protocol violations end here; rethrowing lets the
+                // WebSocket layer close with the matching code (1009 for a message too large).
+                self.logger.notice(
+                    "WebSocket read failed (oversized or malformed message, or a broken connection); closing the session",
+                    metadata: ["engineio.sid": "\(session.id)", "engineio.max_payload": "\(self.configuration.maxPayload)", "error": "\(error)"]
+                )
+                self.closeSession(session, reason: "WebSocket read failed: \(error)", notifyClient: false)
+                group.cancelAll()
+                throw error
+            }
+            try await group.waitForAll()
+        }
+    }
+}

@@ -1,0 +1,291 @@
+public import ChatDomain
+import Foundation
+public import Logging
+public import ServiceLifecycle
+import Synchronization
+
+/// A Socket.IO v5 server over Engine.IO v4 (long-polling, WebSocket and the upgrade between them) that stock
+/// Socket.IO clients use unchanged, and the ``ChatDomain/Transport`` of a ``ChatDomain/ChatService``.
+///
+/// Create it first, build the ``ChatDomain/ChatService`` with it as the transport, then ``serve(_:)`` that service,
+/// mount it on a Hummingbird router with ``addRoutes(to:)`` and run it as a service (it runs the ping timer):
+///
+/// ```swift
+/// let server = try SocketIOServer(authenticator: authenticator, logger: logger)
+/// let chat = ChatService(configuration: .init(), dependencies: .init(..., transport: server, ...), logger: logger)
+/// server.serve(chat)
+/// let router = Router(context: BasicWebSocketRequestContext.self)
+/// server.addRoutes(to: router)
+/// let app = Application(router: router, server: server.httpServer(router: router), services: [chat, server])
+/// ```
+public final class SocketIOServer: Transport, Service, Sendable {
+    /// The settings.
+    public let configuration: SocketIOConfiguration
+    let authenticator: TokenAuthenticator
+    let logger: Logger
+    private let registry = Mutex(Registry())
+    private let engine = Mutex<ChatService?>(nil)
+
+    struct Registry {
+        var sessions: [String: EngineSession] = [:]
+        var connections: [ConnectionID: EngineSession] = [:]
+        var users: [UserID: Set<ConnectionID>] = [:]
+        var rooms: [String: Set<ConnectionID>] = [:]
+        var memberships: [ConnectionID: Set<String>] = [:]
+    }
+
+    /// Creates a server.
+    /// - Throws: ``SocketIOConfigurationError`` naming a setting that is out of range.
+    public init(
+        configuration: SocketIOConfiguration = SocketIOConfiguration(),
+        authenticator: TokenAuthenticator,
+        logger: Logger
+    ) throws(SocketIOConfigurationError) {
+        try configuration.validate()
+        self.configuration = configuration
+        self.authenticator = authenticator
+        self.logger = logger
+    }
+
+    /// Hands client events to `service`. Until this is called, CONNECT is refused with `unavailable`.
+    public func serve(_ service: ChatService) {
+        self.engine.withLock { $0 = service }
+    }
+
+    var service: ChatService? { self.engine.withLock { $0 } }
+
+    /// How many Engine.IO sessions are open.
+    public var sessionCount: Int { self.registry.withLock { $0.sessions.count } }
+
+    /// How many authenticated Socket.IO connections are open.
+    public var connectionCount: Int { self.registry.withLock { $0.connections.count } }
+
+    // MARK: Service
+
+    /// Runs the ping timer until graceful shutdown, then closes every session.
+    public func run() async throws {
+        let shortest = min(self.configuration.pingInterval, self.configuration.pingTimeout, self.configuration.connectTimeout)
+        let tick = min(max(shortest / 4, .milliseconds(10)), .seconds(1))
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                self.timerTick()
+                try? await Task.sleep(for: tick)
+            }
+        }
+        let sessions = self.registry.withLock { Array($0.sessions.values) }
+        for session in sessions {
+            self.closeSession(session, reason: "server shutting down", notifyClient: true)
+        }
+        self.logger.info("Socket.IO server stopped", metadata: ["socketio.sessions.closed": "\(sessions.count)"])
+    }
+
+    private func timerTick() {
+        let now = ContinuousClock.now
+        let sessions = self.registry.withLock { Array($0.sessions.values) }
+        for session in sessions {
+            switch session.timerAction(
+                now: now,
+                pingTimeout: self.configuration.pingTimeout,
+                connectTimeout: self.configuration.connectTimeout
+            ) {
+            case .none:
+                break
+            case .ping:
+                do {
+                    try session.enqueue(EngineIOPacket(.ping).encoded)
+                } catch {
+                    self.closeSession(session, reason: "outbound buffer full", notifyClient: false)
+                }
+            case .close(let reason):
+                self.closeSession(session, reason: reason, notifyClient: true)
+            }
+        }
+    }
+
+    // MARK: Transport
+
+    /// Queues `event` for `connection`, with a Socket.IO acknowledgement id when `acknowledgement` is given.
+    /// - Throws: ``ChatDomain/ChatError`` `connection_closed` when the connection is gone or is not reading (its
+    ///   buffer reached ``SocketIOConfiguration/maxBufferedBytes``; the connection is then closed).
+    public func emit(_ event: OutboundEvent, to connection: ConnectionID, acknowledgement: Acknowledgement?) throws {
+        guard let session = self.registry.withLock({ $0.connections[connection] }) else {
+            throw ChatError(.connectionClosed, "connection \(connection) is not open")
+        }
+        let text = try Self.encodeEvent(event)
+        do {
+            try session.enqueueEvent(text, acknowledgement: acknowledgement)
+        } catch {
+            if !session.isClosed {
+                self.closeSession(session, reason: "client too slow: outbound buffer full", notifyClient: false)
+            }
+            throw error
+        }
+    }
+
+    /// Closes `connection`: the client gets a Socket.IO DISCONNECT, then the session ends with `reason`.
+    public func disconnect(_ connection: ConnectionID, reason: String) async {
+        guard let session = self.registry.withLock({ $0.connections[connection] }) else { return }
+        try? session.enqueue(EngineIOPacket(.message, SocketIOPacket(.disconnect).encoded).encoded)
+        self.closeSession(session, reason: reason, notifyClient: true)
+    }
+
+    /// Queues `event` for every open connection of `user`; returns how many it was queued for.
+    @discardableResult
+    public func emit(_ event: OutboundEvent, toUser user: UserID) -> Int {
+        let connections = self.registry.withLock { $0.users[user] ?? [] }
+        return self.emit(event, toEach: connections)
+    }
+
+    /// Queues `event` for every connection in `room` (chat rooms are named ``room(of:)``); returns how many.
+    @discardableResult
+    public func emit(_ event: OutboundEvent, toRoom room: String) -> Int {
+        let connections = self.registry.withLock { $0.rooms[room] ?? [] }
+        return self.emit(event, toEach: connections)
+    }
+
+    private func emit(_ event: OutboundEvent, toEach connections: Set<ConnectionID>) -> Int {
+        var count = 0
+        for connection in connections where (try? self.emit(event, to: connection, acknowledgement: nil)) != nil {
+            count += 1
+        }
+        return count
+    }
+
+    /// The room of a chat; a user's connections join the rooms of their chats when they connect.
+    public static func room(of chat: ChatID) -> String { "chat:\(chat)" }
+
+    /// Adds `connection` to `room`.
+    public func join(_ connection: ConnectionID, room: String) {
+        self.registry.withLock { registry in
+            guard registry.connections[connection] != nil else { return }
+            registry.rooms[room, default: []].insert(connection)
+            registry.memberships[connection, default: []].insert(room)
+        }
+    }
+
+    /// Adds every open connection of `user` to `room` (for a chat created while they are connected).
+    public func join(user: UserID, room: String) {
+        let connections = self.registry.withLock { $0.users[user] ?? [] }
+        for connection in connections { self.join(connection, room: room) }
+    }
+
+    /// Removes `connection` from `room`.
+    public func leave(_ connection: ConnectionID, room: String) {
+        self.registry.withLock { registry in
+            registry.rooms[room]?.remove(connection)
+            if registry.rooms[room]?.isEmpty == true { registry.rooms[room] = nil }
+            registry.memberships[connection]?.remove(room)
+        }
+    }
+
+    /// The connections in `room`.
+    public func members(of room: String) -> Set<ConnectionID> {
+        self.registry.withLock { $0.rooms[room] ?? [] }
+    }
+
+    static func encodeEvent(_ event: OutboundEvent) throws(ChatError) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.withoutEscapingSlashes]
+        let payload: Data
+        do {
+            payload = try encoder.encode(event.payload)
+        } catch {
+            throw ChatError(.badRequest, "could not encode \(event.name): \(error)")
+        }
+        return "[\"\(event.name)\"," + String(decoding: payload, as: UTF8.self) + "]"
+    }
+
+    // MARK: Sessions
+
+    /// Opens a session, unless the server holds ``SocketIOConfiguration/maxSessions`` already.
+    func openSession(transport: EngineSession.TransportKind, bearerToken: String?) -> EngineSession? {
+        let session = EngineSession(
+            id: Self.randomID(),
+            transport: transport,
+            bearerToken: bearerToken,
+            pingInterval: self.configuration.pingInterval,
+            maxBufferedBytes: self.configuration.maxBufferedBytes
+        )
+        let opened = self.registry.withLock { registry in
+            guard registry.sessions.count < self.configuration.maxSessions else { return false }
+            registry.sessions[session.id] = session
+            return true
+        }
+        guard opened else {
+            self.logger.warning(
+                "Engine.IO handshake refused: session limit reached",
+                metadata: ["socketio.sessions.max": "\(self.configuration.maxSessions)"]
+            )
+            return nil
+        }
+        try? session.enqueue(EngineIOPacket(.open, self.openPayload(session, upgrades: transport == .polling)).encoded)
+        self.logger.debug("Engine.IO session opened", metadata: ["engineio.sid": "\(session.id)", "engineio.transport": "\(transport)"])
+        return session
+    }
+
+    func session(_ id: String) -> EngineSession? {
+        self.registry.withLock { $0.sessions[id] }
+    }
+
+    private func openPayload(_ session: EngineSession, upgrades: Bool) -> String {
+        let ping = self.configuration.pingInterval.wholeMilliseconds
+        let timeout = self.configuration.pingTimeout.wholeMilliseconds
+        let upgradeList = upgrades ? "[\"websocket\"]" : "[]"
+        return "{\"sid\":\"\(session.id)\",\"upgrades\":\(upgradeList),\"pingInterval\":\(ping),"
+            + "\"pingTimeout\":\(timeout),\"maxPayload\":\(self.configuration.maxPayload)}"
+    }
+
+    /// Closes `session` once: fails its pending acknowledgements, forgets it, and tells the engine its connection
+    /// is gone. With `notifyClient` an Engine.IO CLOSE is queued first (a polling client reads it on its next GET).
+    func closeSession(_ session: EngineSession, reason: String, notifyClient: Bool) {
+        if notifyClient, session.transport == .polling {
+            try? session.enqueue(EngineIOPacket(.close).encoded)
+        }
+        let (closed, socket) = session.close(reason: reason)
+        guard closed else { return }
+        self.registry.withLock { registry in
+            registry.sessions[session.id] = nil
+            if let socket { Self.forget(socket, in: &registry) }
+        }
+        let metadata: Logger.Metadata = [
+            "engineio.sid": "\(session.id)", "engineio.reason": "\(reason)",
+            "chat.connection.id": "\(socket.map { "\($0.connection)" } ?? "-")",
+        ]
+        if reason == "client closed" || reason == "server shutting down" {
+            self.logger.debug("Engine.IO session closed", metadata: metadata)
+        } else {
+            self.logger.notice("Engine.IO session closed", metadata: metadata)
+        }
+        if let socket, socket.engineKnows, let service = self.service {
+            Task { await service.disconnect(socket.connection) }
+        }
+    }
+
+    private static func forget(_ socket: EngineSession.Socket, in registry: inout Registry) {
+        registry.connections[socket.connection] = nil
+        registry.users[socket.user.id]?.remove(socket.connection)
+        if registry.users[socket.user.id]?.isEmpty == true { registry.users[socket.user.id] = nil }
+        for room in registry.memberships.removeValue(forKey: socket.connection) ?? [] {
+            registry.rooms[room]?.remove(socket.connection)
+            if registry.rooms[room]?.isEmpty == true { registry.rooms[room] = nil }
+        }
+    }
+
+    func register(_ socket: EngineSession.Socket, session: EngineSession) {
+        self.registry.withLock { registry in
+            registry.connections[socket.connection] = session
+            registry.users[socket.user.id, default: []].insert(socket.connection)
+        }
+    }
+
+    func unregister(_ socket: EngineSession.Socket) {
+        self.registry.withLock { Self.forget(socket, in: &$0) }
+    }
+
+    /// 20 random URL-safe characters (120 bits).
+    static func randomID() -> String {
+        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+        var generator = SystemRandomNumberGenerator()
+        return String((0..<20).map { _ in alphabet[Int(generator.next() % 64)] })
+    }
+}
