@@ -1,0 +1,232 @@
+import ChatDomain
+import ChatScenarioKit
+import ChatTransport
+import Foundation
+import Testing
+
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// A bare Engine.IO long-polling client, to look at the server's wire behaviour packet by packet.
+struct PollingClient {
+    let base: String
+    var sid: String = ""
+
+    init(_ live: LiveServer) { self.base = live.url + "/socket.io/" }
+
+    static func request(_ url: String, method: String = "GET", body: String? = nil) async throws -> (status: Int, text: String) {
+        var request = URLRequest(url: URL(string: url)!)
+        request.httpMethod = method
+        request.httpBody = body.map { Data($0.utf8) }
+        request.timeoutInterval = 10
+        let (data, response) = try await URLSession.shared.data(for: request)
+        return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
+    }
+
+    /// Handshakes; returns the OPEN packet's JSON.
+    mutating func open() async throws -> [String: JSONValue] {
+        let (status, text) = try await Self.request(self.base + "?EIO=4&transport=polling")
+        #expect(status == 200)
+        guard text.hasPrefix("0"), case .object(let open) = try JSONDecoder().decode(JSONValue.self, from: Data(text.dropFirst().utf8)),
+            case .string(let sid)? = open["sid"]
+        else { throw TestServerError("not an OPEN packet: \(text)") }
+        self.sid = sid
+        return open
+    }
+
+    /// Sends packets in one POST.
+    @discardableResult
+    func post(_ packets: [String]) async throws -> Int {
+        try await Self.request(self.base + "?EIO=4&transport=polling&sid=\(self.sid)", method: "POST", body: packets.joined(separator: "\u{1e}")).status
+    }
+
+    /// One long-polling GET: the packets it returned.
+    func poll() async throws -> (status: Int, packets: [String]) {
+        let (status, text) = try await Self.request(self.base + "?EIO=4&transport=polling&sid=\(self.sid)")
+        return (status, status == 200 ? text.split(separator: "\u{1e}").map(String.init) : [text])
+    }
+
+    /// Polls until a packet satisfying `match` arrives (answering pings on the way).
+    func next(where match: (String) -> Bool) async throws -> String {
+        for _ in 0..<20 {
+            let (status, packets) = try await self.poll()
+            guard status == 200 else { throw TestServerError("poll failed: \(status) \(packets)") }
+            for packet in packets {
+                if packet == "2" { try await self.post(["3"]) }
+                if match(packet) { return packet }
+            }
+        }
+        throw TestServerError("no matching packet")
+    }
+
+    /// Handshake and Socket.IO CONNECT with `token`; returns the CONNECT reply.
+    mutating func connect(token: String) async throws -> String {
+        _ = try await self.open()
+        try await self.post(["40{\"token\":\"\(token)\"}"])
+        return try await self.next { $0.hasPrefix("40") || $0.hasPrefix("44") }
+    }
+}
+
+/// The server's own behaviour, seen from a bare polling client and through the `Transport` API.
+@Suite("Socket.IO server")
+struct ServerTests {
+    @Test("The handshake carries sid, upgrades and the configured ping and payload settings")
+    func handshake() async throws {
+        var socketIO = SocketIOConfiguration()
+        socketIO.pingInterval = .milliseconds(1500)
+        socketIO.pingTimeout = .milliseconds(1200)
+        socketIO.maxPayload = 50_000
+        try await withLiveServer(socketIO: socketIO) { live in
+            var client = PollingClient(live)
+            let open = try await client.open()
+            #expect(open["upgrades"] == .array([.string("websocket")]))
+            #expect(open["pingInterval"] == .number(1500))
+            #expect(open["pingTimeout"] == .number(1200))
+            #expect(open["maxPayload"] == .number(50_000))
+            #expect(client.sid.count == 20)
+            // The Socket.IO sid differs from the Engine.IO sid.
+            let reply = try await client.connect(token: try await live.token(Harness.alice))
+            #expect(reply.hasPrefix("40{\"sid\":\""))
+            #expect(!reply.contains(client.sid))
+        }
+    }
+
+    @Test("Protocol errors get Engine.IO's HTTP error codes")
+    func engineErrors() async throws {
+        try await withLiveServer { live in
+            let base = live.url + "/socket.io/"
+            let version = try await PollingClient.request(base + "?EIO=3&transport=polling")
+            #expect(version.status == 400 && version.text.contains("\"code\":5"))
+            let transport = try await PollingClient.request(base + "?EIO=4&transport=carrier-pigeon")
+            #expect(transport.status == 400 && transport.text.contains("\"code\":0"))
+            let session = try await PollingClient.request(base + "?EIO=4&transport=polling&sid=nope")
+            #expect(session.status == 400 && session.text.contains("\"code\":1"))
+            let post = try await PollingClient.request(base + "?EIO=4&transport=polling", method: "POST", body: "40")
+            #expect(post.status == 400 && post.text.contains("\"code\":2"))
+            var client = PollingClient(live)
+            _ = try await client.open()
+            let malformed = try await client.post(["9oops"])
+            #expect(malformed == 400)
+        }
+    }
+
+    @Test("CONNECT to an unknown namespace gets CONNECT_ERROR; the session can still connect to /")
+    func unknownNamespace() async throws {
+        try await withLiveServer { live in
+            var client = PollingClient(live)
+            _ = try await client.open()
+            try await client.post(["40/admin,{}"])
+            let refused = try await client.next { $0.hasPrefix("44") }
+            #expect(refused == "44/admin,{\"message\":\"Invalid namespace\"}")
+            try await client.post(["40{\"token\":\"\(try await live.token(Harness.alice))\"}"])
+            #expect(try await client.next { $0.hasPrefix("40") }.hasPrefix("40{\"sid\""))
+        }
+    }
+
+    @Test("A server emit that asks for an ack completes when the client answers, and fails when it goes away")
+    func serverAcknowledgements() async throws {
+        try await withLiveServer { live in
+            var client = PollingClient(live)
+            _ = try await client.connect(token: try await live.token(Harness.bob))
+            let connection = try #require(await live.service.connections(of: Harness.bob.id).first)
+            let answered = Acknowledgement()
+            let change = PresenceChange(userID: Harness.alice.id, timestamp: Date())
+            try live.server.emit(.userOnline(change), to: connection, acknowledgement: answered)
+            let packet = try await client.next { $0.hasPrefix("42") }
+            // `42<ackId>["user:online",{...}]`
+            let ackID = String(packet.dropFirst(2).prefix { $0.isNumber })
+            #expect(!ackID.isEmpty && packet.contains("[\"user:online\",{") && packet.contains("\"userId\":\"alice\""), "\(packet)")
+            try await client.post(["43\(ackID)[]"])
+            try await answered.wait(timeout: .seconds(5), clock: ContinuousClock())
+            #expect(answered.succeeded == true)
+
+            let unanswered = Acknowledgement()
+            try live.server.emit(.userOnline(change), to: connection, acknowledgement: unanswered)
+            try await client.post(["1"])  // Engine.IO CLOSE
+            await eventually("the pending ack to fail") { unanswered.succeeded == false }
+            #expect(throws: ChatError.self) { try live.server.emit(.userOnline(change), to: connection) }
+        }
+    }
+
+    @Test("Connections join their chats' rooms; emits reach a room, or every connection of a user")
+    func rooms() async throws {
+        try await withLiveServer { live in
+            var alice = PollingClient(live)
+            var bob = PollingClient(live)
+            var carol = PollingClient(live)
+            _ = try await alice.connect(token: try await live.token(Harness.alice))
+            _ = try await bob.connect(token: try await live.token(Harness.bob))
+            _ = try await carol.connect(token: try await live.token(Harness.carol))
+            let room = SocketIOServer.room(of: Harness.directChat)
+            await eventually("alice and bob to be in the direct chat's room") { live.server.members(of: room).count == 2 }
+            let change = PresenceChange(userID: "system", timestamp: Date())
+            #expect(live.server.emit(.userOnline(change), toRoom: room) == 2)
+            #expect(try await alice.next { $0.contains("\"userId\":\"system\"") }.hasPrefix("42[\"user:online\""))
+            #expect(try await bob.next { $0.contains("\"userId\":\"system\"") }.hasPrefix("42[\"user:online\""))
+            // carol is only in the group chat's room.
+            #expect(live.server.members(of: SocketIOServer.room(of: Harness.groupChat)).count == 3)
+            #expect(live.server.emit(.userOffline(change), toUser: Harness.carol.id) == 1)
+            #expect(try await carol.next { $0.contains("\"userId\":\"system\"") }.hasPrefix("42[\"user:offline\""))
+            // A DISCONNECT leaves the rooms and tells the engine.
+            try await bob.post(["41"])
+            await eventually("bob to leave the room") { live.server.members(of: room).count == 1 }
+            await eventually("the engine to forget bob") { await live.service.connections(of: Harness.bob.id).isEmpty }
+        }
+    }
+
+    @Test("A client that does not read is closed when its buffer fills; its messages take the offline path")
+    func slowConsumer() async throws {
+        var socketIO = SocketIOConfiguration()
+        socketIO.maxPayload = 4096
+        socketIO.maxBufferedBytes = 8192
+        try await withLiveServer(socketIO: socketIO) { live in
+            var bob = PollingClient(live)
+            var alice = PollingClient(live)
+            _ = try await bob.connect(token: try await live.token(Harness.bob))
+            _ = try await alice.connect(token: try await live.token(Harness.alice))
+            // bob never polls again; alice sends him 20 messages of 1,000 characters.
+            let content = String(repeating: "x", count: 1000)
+            for index in 0..<20 {
+                try await alice.post(["42[\"message:send\",{\"chatId\":\"chat-ab\",\"content\":\"\(index) \(content)\"}]"])
+            }
+            await eventually("bob's session to be closed") { await live.service.connections(of: Harness.bob.id).isEmpty }
+            #expect(live.logs.contains("Engine.IO session closed"))
+            // Nothing is lost: all 20 wait for bob in the store.
+            await eventually("all 20 messages to be pending for bob") {
+                let pending = try? await live.store.pendingMessages(for: Harness.bob.id, createdSince: .distantPast, afterID: nil, limit: 100)
+                return pending?.count == 20
+            }
+            let change = PresenceChange(userID: Harness.alice.id, timestamp: Date())
+            #expect(throws: ChatError.self) { try live.server.emit(.userOnline(change), to: "gone") }
+        }
+    }
+
+    @Test("Sessions that never CONNECT are closed after connectTimeout")
+    func connectTimeout() async throws {
+        var socketIO = SocketIOConfiguration()
+        socketIO.connectTimeout = .milliseconds(300)
+        try await withLiveServer(socketIO: socketIO) { live in
+            var client = PollingClient(live)
+            _ = try await client.open()
+            #expect(live.server.sessionCount == 1)
+            await eventually("the idle session to be closed") { live.server.sessionCount == 0 }
+        }
+    }
+
+    @Test("Configuration and secrets out of range are refused with the setting's name")
+    func validation() async throws {
+        await #expect(throws: ChatError.self) { try await TokenAuthenticator(secret: "short") }
+        let authenticator = try await TokenAuthenticator(secret: LiveServer.secret)
+        var socketIO = SocketIOConfiguration()
+        socketIO.maxPayload = 10
+        #expect(throws: SocketIOConfigurationError.self) {
+            try SocketIOServer(configuration: socketIO, authenticator: authenticator, logger: .init(label: "test"))
+        }
+        do {
+            _ = try SocketIOServer(configuration: socketIO, authenticator: authenticator, logger: .init(label: "test"))
+        } catch {
+            #expect(error.message.contains("maxPayload"))
+        }
+    }
+}
