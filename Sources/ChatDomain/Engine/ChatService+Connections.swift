@@ -191,3 +191,30 @@ extension ChatService {
         }
     }
 }
+
+extension ChatService {
+    /// Checks each backing service with one cheap call, so an outage shows even without traffic, and returns
+    /// the resulting health. Readiness probes call this.
+    public func probe() async -> HealthReport {
+        let probe = "__chatd_probe__"
+        do {
+            _ = try await self.store.chat(ChatID(probe))
+            self.storeSucceeded()
+        } catch {
+            self.storeFailed(error)
+        }
+        do {
+            _ = try await self.presence.lookup([UserID(probe)])
+            self.presenceSucceeded()
+        } catch {
+            self.presenceFailed(error)
+        }
+        do {
+            _ = try await self.queue.depth(for: UserID(probe))
+            self.queueSucceeded()
+        } catch {
+            self.queueFailed(error)
+        }
+        return self.health()
+    }
+}

@@ -70,6 +70,7 @@ extension ChatService {
                 "chat.drain.duration_ms": "\((ContinuousClock.now - start) / .milliseconds(1))",
             ]
         )
+        EngineMetrics.drainDuration.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
         await self.broadcast(.userOnline(PresenceChange(userID: user, timestamp: self.wallClock.now())), about: user)
         self.removeLaneIfIdle(user)
         return delivered

@@ -27,6 +27,8 @@ public final class SocketIOServer: Transport, Service, Sendable {
     private let engine = Mutex<ChatService?>(nil)
 
     struct Registry {
+        /// False once the server shuts down: new handshakes are refused.
+        var accepting = true
         var sessions: [String: EngineSession] = [:]
         var connections: [ConnectionID: EngineSession] = [:]
         var users: [UserID: Set<ConnectionID>] = [:]
@@ -72,7 +74,11 @@ public final class SocketIOServer: Transport, Service, Sendable {
                 try? await Task.sleep(for: tick)
             }
         }
-        let sessions = self.registry.withLock { Array($0.sessions.values) }
+        let sessions = self.registry.withLock { registry in
+            registry.accepting = false
+            return Array(registry.sessions.values)
+        }
+        // Only the transport closes (no Socket.IO DISCONNECT), so clients reconnect by themselves.
         for session in sessions {
             self.closeSession(session, reason: "server shutting down", notifyClient: true)
         }
@@ -207,13 +213,13 @@ public final class SocketIOServer: Transport, Service, Sendable {
             maxBufferedBytes: self.configuration.maxBufferedBytes
         )
         let opened = self.registry.withLock { registry in
-            guard registry.sessions.count < self.configuration.maxSessions else { return false }
+            guard registry.accepting, registry.sessions.count < self.configuration.maxSessions else { return false }
             registry.sessions[session.id] = session
             return true
         }
         guard opened else {
             self.logger.warning(
-                "Engine.IO handshake refused: session limit reached",
+                "Engine.IO handshake refused: session limit reached or shutting down",
                 metadata: ["socketio.sessions.max": "\(self.configuration.maxSessions)"]
             )
             return nil

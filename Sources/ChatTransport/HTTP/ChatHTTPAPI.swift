@@ -1,0 +1,258 @@
+public import ChatDomain
+import Foundation
+public import Hummingbird
+public import Logging
+import NIOCore
+
+/// The HTTP API next to the Socket.IO endpoint: chats, history, delivery receipts, and the health endpoints.
+///
+/// Every `/api` route needs `Authorization: Bearer <jwt>` (the same tokens as Socket.IO) and answers errors as
+/// `{"error": {"code", "message"}}`. Mount it with ``addRoutes(to:)``.
+public struct ChatHTTPAPI: Sendable {
+    /// The most messages one history page returns; larger `limit`s are capped to it.
+    public static let maxPageSize = 200
+    /// The page size when `limit` is absent.
+    public static let defaultPageSize = 50
+    /// The most participants a chat may have.
+    public static let maxParticipants = 1000
+
+    let service: ChatService
+    let store: any MessageStore
+    let authenticator: TokenAuthenticator
+    let socketIO: SocketIOServer?
+    let logger: Logger
+
+    /// An API over `service` and its `store`; with `socketIO`, connected users join the rooms of chats created here.
+    public init(service: ChatService, store: any MessageStore, authenticator: TokenAuthenticator, socketIO: SocketIOServer?, logger: Logger) {
+        self.service = service
+        self.store = store
+        self.authenticator = authenticator
+        self.socketIO = socketIO
+        self.logger = logger
+    }
+
+    /// Adds `POST /api/chats`, `GET /api/chats`, `GET /api/chats/{id}/messages`, `GET /api/messages/{id}/receipts`,
+    /// `GET /healthz` and `GET /readyz` to `router`.
+    public func addRoutes<Context: RequestContext>(to router: Router<Context>) {
+        router.post("/api/chats") { request, _ in await self.respond { () async throws(APIError) -> Response in try await self.createChat(request) } }
+        router.get("/api/chats") { request, _ in await self.respond { () async throws(APIError) -> Response in try await self.listChats(request) } }
+        router.get("/api/chats/:id/messages") { request, context in
+            await self.respond { () async throws(APIError) -> Response in try await self.history(request, chat: context.parameters.get("id") ?? "") }
+        }
+        router.get("/api/messages/:id/receipts") { request, context in
+            await self.respond { () async throws(APIError) -> Response in try await self.receipts(request, message: context.parameters.get("id") ?? "") }
+        }
+        router.get("/healthz") { _, _ in
+            Self.json(.ok, ["status": "ok"])
+        }
+        router.get("/readyz") { _, _ in
+            let health = await self.service.probe()
+            let body = ReadinessBody(
+                status: health.store == .down ? "down" : (health.queue == .ok && health.presence == .ok ? "ok" : "degraded"),
+                components: ["store": health.store.rawValue, "queue": health.queue.rawValue, "presence": health.presence.rawValue]
+            )
+            return Self.json(health.store == .down ? .serviceUnavailable : .ok, body)
+        }
+    }
+
+    // MARK: Handlers
+
+    private struct CreateChatBody: Decodable {
+        var participants: [String]
+        var name: String?
+    }
+
+    private func createChat(_ request: Request) async throws(APIError) -> Response {
+        let caller = try await self.authenticate(request)
+        let body: CreateChatBody = try await Self.decode(request)
+        var participants: [UserID] = [caller.id]
+        for raw in body.participants {
+            let id = raw.trimmingCharacters(in: .whitespaces)
+            guard !id.isEmpty, id.utf8.count <= 256 else {
+                throw APIError(.badRequest, .badRequest, "each participant must be a user id of 1 to 256 characters")
+            }
+            if !participants.contains(UserID(id)) { participants.append(UserID(id)) }
+        }
+        guard participants.count >= 2 else {
+            throw APIError(.badRequest, .badRequest, "a chat needs at least one participant besides you")
+        }
+        guard participants.count <= Self.maxParticipants else {
+            throw APIError(.badRequest, .badRequest, "a chat has at most \(Self.maxParticipants) participants")
+        }
+        if let name = body.name, name.utf8.count > 256 {
+            throw APIError(.badRequest, .badRequest, "name must be at most 256 characters")
+        }
+        let chat = Chat(id: ChatID(MessageIDGenerator().next().hexString), participants: participants, name: body.name)
+        try await self.storeCall {
+            // A user exists from the first time an id is used.
+            let known = try await self.store.users(participants)
+            for id in participants where known[id] == nil {
+                try await self.store.saveUser(id == caller.id ? caller : User(id: id, username: id.rawValue))
+            }
+            try await self.store.saveChat(chat)
+        }
+        for participant in participants {
+            self.socketIO?.join(user: participant, room: SocketIOServer.room(of: chat.id))
+        }
+        self.logger.info(
+            "Chat created",
+            metadata: ["chat.id": "\(chat.id)", "chat.user.id": "\(caller.id)", "chat.participants": "\(participants.count)"]
+        )
+        return Self.json(.created, chat)
+    }
+
+    private func listChats(_ request: Request) async throws(APIError) -> Response {
+        let caller = try await self.authenticate(request)
+        let chats = try await self.storeCall { try await self.store.chats(of: caller.id) }
+        return Self.json(.ok, ["chats": chats])
+    }
+
+    private struct HistoryPage: Encodable {
+        var messages: [Message]
+        /// Pass as `before` to get the next (older) page; null on the last page.
+        var nextBefore: MessageID?
+    }
+
+    private func history(_ request: Request, chat id: String) async throws(APIError) -> Response {
+        let caller = try await self.authenticate(request)
+        let query = request.uri.queryParameters
+        var before: MessageID?
+        if let raw = query["before"], !raw.isEmpty {
+            guard let parsed = MessageID(hex: String(raw)) else {
+                throw APIError(.badRequest, .badRequest, "before must be a message id (24 hexadecimal digits)")
+            }
+            before = parsed
+        }
+        var limit = Self.defaultPageSize
+        if let raw = query["limit"] {
+            guard let parsed = Int(raw), parsed >= 1 else {
+                throw APIError(.badRequest, .badRequest, "limit must be a whole number of at least 1 (at most \(Self.maxPageSize) are returned)")
+            }
+            limit = min(parsed, Self.maxPageSize)
+        }
+        let chat = try await self.participantChat(ChatID(id), caller: caller)
+        let messages = try await self.storeCall { try await self.store.history(of: chat.id, before: before, limit: limit) }
+        return Self.json(.ok, HistoryPage(messages: messages, nextBefore: messages.count == limit ? messages.last?.id : nil))
+    }
+
+    private struct ReceiptsBody: Encodable {
+        var messageId: MessageID
+        var chatId: ChatID
+        var receipts: [DeliveryReceipt]
+    }
+
+    private func receipts(_ request: Request, message id: String) async throws(APIError) -> Response {
+        let caller = try await self.authenticate(request)
+        guard let messageID = MessageID(hex: id) else {
+            throw APIError(.badRequest, .badRequest, "a message id is 24 hexadecimal digits")
+        }
+        guard let message = try await self.storeCall({ try await self.store.message(messageID) }) else {
+            throw APIError(.notFound, ChatError.Code(rawValue: "message_not_found"), "no message \(id)")
+        }
+        _ = try await self.participantChat(message.chatID, caller: caller)
+        let receipts = try await self.storeCall { try await self.store.receipts(for: messageID) }
+        return Self.json(.ok, ReceiptsBody(messageId: messageID, chatId: message.chatID, receipts: receipts))
+    }
+
+    // MARK: Helpers
+
+    private func participantChat(_ id: ChatID, caller: User) async throws(APIError) -> Chat {
+        guard let chat = try await self.storeCall({ try await self.store.chat(id) }) else {
+            throw APIError(.notFound, .chatNotFound, "no chat \(id)")
+        }
+        guard chat.hasParticipant(caller.id) else {
+            throw APIError(.forbidden, .notAParticipant, "you are not a participant of chat \(id)")
+        }
+        return chat
+    }
+
+    private func authenticate(_ request: Request) async throws(APIError) -> User {
+        guard let header = request.headers[.authorization] else {
+            throw APIError(.unauthorized, .unauthorized, "send Authorization: Bearer <token>")
+        }
+        let parts = header.split(separator: " ", maxSplits: 1)
+        guard parts.count == 2, parts[0].lowercased() == "bearer" else {
+            throw APIError(.unauthorized, .unauthorized, "send Authorization: Bearer <token>")
+        }
+        switch await self.authenticator.authenticate(String(parts[1])) {
+        case .success(let user): return user
+        case .failure(let failure): throw APIError(.unauthorized, .unauthorized, failure.description)
+        }
+    }
+
+    private func storeCall<T>(_ body: () async throws -> T) async throws(APIError) -> T {
+        do {
+            return try await body()
+        } catch {
+            self.logger.warning("HTTP API store call failed", metadata: ["error": "\(error)"])
+            throw APIError(.serviceUnavailable, .storeUnavailable, "the message store could not be reached; retry later")
+        }
+    }
+
+    private static func decode<T: Decodable>(_ request: Request) async throws(APIError) -> T {
+        var request = request
+        let body: ByteBuffer
+        do {
+            body = try await request.collectBody(upTo: 64 * 1024)
+        } catch {
+            throw APIError(.contentTooLarge, .badRequest, "the body is over 64 KiB")
+        }
+        do {
+            return try JSONDecoder().decode(T.self, from: Data(buffer: body))
+        } catch let error as DecodingError {
+            throw APIError(.badRequest, .badRequest, Self.describe(error))
+        } catch {
+            throw APIError(.badRequest, .badRequest, "the body is not JSON")
+        }
+    }
+
+    private static func describe(_ error: DecodingError) -> String {
+        switch error {
+        case .keyNotFound(let key, _): "the body needs '\(key.stringValue)'"
+        case .typeMismatch(_, let context), .valueNotFound(_, let context):
+            "'\(context.codingPath.map(\.stringValue).joined(separator: "."))' has the wrong type"
+        case .dataCorrupted: "the body is not valid JSON"
+        @unknown default: "the body is not valid"
+        }
+    }
+
+    private func respond(_ handler: () async throws(APIError) -> Response) async -> Response {
+        do {
+            return try await handler()
+        } catch {
+            if error.status != .unauthorized, error.status != .forbidden, error.status != .notFound {
+                self.logger.info("HTTP API request refused", metadata: ["error.code": "\(error.code)", "error": "\(error.message)"])
+            }
+            return Self.json(error.status, ["error": ["code": error.code.rawValue, "message": error.message]])
+        }
+    }
+
+    static func json(_ status: HTTPResponse.Status, _ value: some Encodable) -> Response {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.withoutEscapingSlashes]
+        let data = (try? encoder.encode(value)) ?? Data("{}".utf8)
+        return Response(
+            status: status,
+            headers: [.contentType: "application/json", .cacheControl: "no-store"],
+            body: ResponseBody(byteBuffer: ByteBuffer(bytes: data))
+        )
+    }
+}
+
+private struct ReadinessBody: Encodable {
+    var status: String
+    var components: [String: String]
+}
+
+/// An HTTP API error: the status, and the `{"error": {"code", "message"}}` body.
+struct APIError: Error {
+    var status: HTTPResponse.Status
+    var code: ChatError.Code
+    var message: String
+
+    init(_ status: HTTPResponse.Status, _ code: ChatError.Code, _ message: String) {
+        self.status = status
+        self.code = code
+        self.message = message
+    }
+}
