@@ -161,6 +161,9 @@ let package = Package(
             name: "ChatScenarioKit",
             dependencies: [
                 "ChatDomain",
+                "ChatPresenceRedis",
+                "ChatStoreMongo",
+                "ChatBrokerAMQP",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -194,6 +197,22 @@ let package = Package(
         .testTarget(
             name: "ChatStoreMongoTests",
             dependencies: ["ChatStoreMongo", "ChatDomain", "ChatScenarioKit"],
+            swiftSettings: strictSettings
+        ),
+        // End to end: a real chatd process, real RabbitMQ, Redis and MongoDB-wire servers, real python-socketio
+        // clients (the interop script of ChatTransportTests).
+        .testTarget(
+            name: "ChatdEndToEndTests",
+            dependencies: [
+                "ChatDomain",
+                "ChatTransport",
+                "ChatScenarioKit",
+                "ChatStoreMongo",
+                "ChatBrokerAMQP",
+                "ChatPresenceRedis",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            exclude: ["Clients"],
             swiftSettings: strictSettings
         ),
         .testTarget(

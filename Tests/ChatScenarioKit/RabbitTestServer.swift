@@ -1,5 +1,4 @@
-import ChatBrokerAMQP
-import ChatScenarioKit
+public import ChatBrokerAMQP
 import Foundation
 import Logging
 import Testing
@@ -7,9 +6,9 @@ import Testing
 /// A RabbitMQ node of the test's own on loopback ports, with its data in a temporary directory.
 ///
 /// Without rabbitmq-server installed the tests fail in CI (`CI` set) and, run by hand, say why and return early.
-final class RabbitTestServer: OwnedTestServer, @unchecked Sendable {
+public final class RabbitTestServer: OwnedTestServer, @unchecked Sendable {
     // Mutable state is only touched by the one test that owns the server, one call at a time.
-    let port: Int
+    public let port: Int
     private let directory: URL
     private var process: Process?
     private var queues: [RabbitMQMessageQueue] = []
@@ -21,10 +20,10 @@ final class RabbitTestServer: OwnedTestServer, @unchecked Sendable {
         self.directory = directory
     }
 
-    static let binary = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+    public static let binary = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 
     /// Starts a node; nil only when RabbitMQ is missing and this is not CI.
-    static func start() async throws -> RabbitTestServer? {
+    public static func start() async throws -> RabbitTestServer? {
         guard FileManager.default.isExecutableFile(atPath: Self.binary) else {
             _ = try TestServers.missing("rabbitmq-server is not installed; ./scripts/test.sh installs it (apt package rabbitmq-server)")
             return nil
@@ -37,7 +36,7 @@ final class RabbitTestServer: OwnedTestServer, @unchecked Sendable {
     }
 
     /// A queue adapter on this node; closed when the test ends.
-    func makeQueue(_ configure: (inout AMQPQueueConfiguration) -> Void = { _ in }) -> RabbitMQMessageQueue {
+    public func makeQueue(_ configure: (inout AMQPQueueConfiguration) -> Void = { _ in }) -> RabbitMQMessageQueue {
         var configuration = AMQPQueueConfiguration(host: "127.0.0.1", port: self.port)
         configuration.maxReconnectBackoff = .milliseconds(200)
         configure(&configuration)
@@ -90,7 +89,7 @@ final class RabbitTestServer: OwnedTestServer, @unchecked Sendable {
 
     /// Kills the node, as a crash would (its durable queues stay on disk: a confirmed persistent message must
     /// survive this harsher stop too; a graceful `rabbitmqctl shutdown` takes about 30 s here).
-    func stop() async {
+    public func stop() async {
         guard let process else { return }
         // The launcher is a shell whose child is the Erlang VM; the VM's command line names the node's home
         // directory (not the node name), so kill by that, then the launcher.
@@ -103,12 +102,12 @@ final class RabbitTestServer: OwnedTestServer, @unchecked Sendable {
     }
 
     /// Starts the node again with the same data.
-    func restart() async throws {
+    public func restart() async throws {
         await self.stop()
         try await self.launch()
     }
 
-    func shutDown() async {
+    public func shutDown() async {
         for queue in self.queues { await queue.close() }
         self.queues = []
         await self.stop()
@@ -118,7 +117,7 @@ final class RabbitTestServer: OwnedTestServer, @unchecked Sendable {
 }
 
 /// Runs `body` with a RabbitMQ node of its own, then closes the adapters and stops the node, whatever happened.
-func withRabbitServer(_ body: (RabbitTestServer) async throws -> Void) async throws {
+public func withRabbitServer(_ body: (RabbitTestServer) async throws -> Void) async throws {
     try await withTestServer({ try await RabbitTestServer.start() }, body)
 }
 

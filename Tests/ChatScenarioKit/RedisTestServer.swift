@@ -1,12 +1,11 @@
-import ChatPresenceRedis
-import ChatScenarioKit
+public import ChatPresenceRedis
 import Foundation
 import Logging
 import Testing
 
 /// Runs `body` with a fresh redis-server, then closes every store made with ``RedisTestServer/makeStore(_:)`` and
 /// stops the server, whatever happened. Without redis-server it fails in CI and, run by hand, says why and returns.
-func withRedisServer(
+public func withRedisServer(
     password: String? = nil,
     _ body: (RedisTestServer) async throws -> Void
 ) async throws {
@@ -16,10 +15,10 @@ func withRedisServer(
 /// A redis-server of the test's own on a free loopback port, with no persistence, in a temporary directory.
 ///
 /// When `redis-server` is not installed the tests fail in CI (`CI` set) and, run by hand, say why and stop early.
-final class RedisTestServer: OwnedTestServer, @unchecked Sendable {
+public final class RedisTestServer: OwnedTestServer, @unchecked Sendable {
     // Mutable state is only touched by the one test that owns the server, one call at a time.
-    let port: Int
-    let password: String?
+    public let port: Int
+    public let password: String?
     private let directory: URL
     private var process: Process?
     private var stores: [RedisPresenceStore] = []
@@ -31,7 +30,7 @@ final class RedisTestServer: OwnedTestServer, @unchecked Sendable {
     }
 
     /// Starts a server; nil only when redis-server is missing and this is not CI.
-    static func start(password: String? = nil) async throws -> RedisTestServer? {
+    public static func start(password: String? = nil) async throws -> RedisTestServer? {
         guard let binary = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"].first(where: FileManager.default.isExecutableFile)
         else {
             _ = try TestServers.missing("redis-server is not installed; ./scripts/test.sh installs it (apt package redis-server)")
@@ -76,7 +75,7 @@ final class RedisTestServer: OwnedTestServer, @unchecked Sendable {
     }
 
     /// Stops the server (its data is gone: it persists nothing) and waits, at most 5 s, until it no longer answers.
-    func stop() async {
+    public func stop() async {
         guard self.process != nil else { return }
         _ = try? self.cli("SHUTDOWN", "NOSAVE")
         let deadline = ContinuousClock.now + .seconds(5)
@@ -87,7 +86,7 @@ final class RedisTestServer: OwnedTestServer, @unchecked Sendable {
     }
 
     /// A presence store on this server; closed when the test ends.
-    func makeStore(_ configure: (inout RedisPresenceConfiguration) -> Void = { _ in }, label: String = "redis") -> RedisPresenceStore {
+    public func makeStore(_ configure: (inout RedisPresenceConfiguration) -> Void = { _ in }, label: String = "redis") -> RedisPresenceStore {
         var configuration = RedisPresenceConfiguration(host: "127.0.0.1", port: self.port)
         configuration.password = self.password
         configuration.maxReconnectBackoff = .milliseconds(200)
@@ -98,7 +97,7 @@ final class RedisTestServer: OwnedTestServer, @unchecked Sendable {
     }
 
     /// Closes the stores and stops the server.
-    func shutDown() async {
+    public func shutDown() async {
         for store in self.stores { await store.close() }
         self.stores = []
         await self.stop()
@@ -106,13 +105,13 @@ final class RedisTestServer: OwnedTestServer, @unchecked Sendable {
     }
 
     /// Starts the server again on the same port.
-    func restart() async throws {
+    public func restart() async throws {
         await self.stop()
         guard try await self.launch() else { throw TestServerError("redis-server could not restart on port \(self.port)") }
     }
 
     /// Runs one command through redis-cli and returns its output, trimmed.
-    func cli(_ arguments: String...) throws -> String {
+    public func cli(_ arguments: String...) throws -> String {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/redis-cli")
         var all = ["-p", "\(self.port)", "--no-auth-warning"]
@@ -128,7 +127,7 @@ final class RedisTestServer: OwnedTestServer, @unchecked Sendable {
     }
 
     /// How many times Redis ran `command` (from INFO commandstats).
-    func calls(of command: String) throws -> Int {
+    public func calls(of command: String) throws -> Int {
         let info = try self.cli("INFO", "commandstats")
         guard let line = info.split(whereSeparator: \.isNewline).first(where: { $0.hasPrefix("cmdstat_\(command):") }),
             let field = line.split(separator: ",").first(where: { $0.contains("calls=") }),

@@ -1,20 +1,21 @@
-import ChatScenarioKit
-import ChatStoreMongo
+public import ChatStoreMongo
 import Foundation
 import Logging
 import Testing
 
 /// An nx-27017 server (a MongoDB wire-protocol server on SQLite, from PyPI) of the test's own on a loopback port,
 /// in memory; or, when `MONGODB_URI` is set, that server instead (a real mongod), with a database per test.
-final class MongoTestServer: OwnedTestServer, @unchecked Sendable {
+public final class MongoTestServer: OwnedTestServer, @unchecked Sendable {
     // Mutable state is only touched by the one test that owns the server, one call at a time.
-    let uri: String
-    let database = "chatd_test_\(UUID().uuidString.prefix(8).lowercased())"
+    public let uri: String
+    public let database = "chatd_test_\(UUID().uuidString.prefix(8).lowercased())"
     /// Whether this test started the server (and so can stop and restart it).
-    let isOwn: Bool
+    public let isOwn: Bool
     private let port: Int
     private let binary: String
     private let directory: URL
+    /// Whether the server keeps its data in a file (so a restart keeps it) instead of memory.
+    private var persistent = false
     private var process: Process?
     private var stores: [MongoMessageStore] = []
 
@@ -36,7 +37,8 @@ final class MongoTestServer: OwnedTestServer, @unchecked Sendable {
     }
 
     /// Starts a server; nil only when none is available and this is not CI.
-    static func start() async throws -> MongoTestServer? {
+    /// With `persistent`, the data lives in a file of the test's own and survives ``restart()``.
+    public static func start(persistent: Bool = false) async throws -> MongoTestServer? {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("chatd-mongo-\(UUID().uuidString)")
         if let uri = ProcessInfo.processInfo.environment["MONGODB_URI"] {
             return MongoTestServer(uri: uri, isOwn: false, port: 0, binary: "", directory: directory)
@@ -49,13 +51,14 @@ final class MongoTestServer: OwnedTestServer, @unchecked Sendable {
         for _ in 0..<5 {
             let port = Int.random(in: 20_000...40_000)
             let server = MongoTestServer(uri: "mongodb://127.0.0.1:\(port)", isOwn: true, port: port, binary: binary, directory: directory)
+            server.persistent = persistent
             if try await server.launch() { return server }
         }
         throw TestServerError("nx-27017 did not start on any of five random ports")
     }
 
     /// A store on this server, in this test's database; closed when the test ends.
-    func makeStore(_ configure: (inout MongoStoreConfiguration) -> Void = { _ in }) throws -> MongoMessageStore {
+    public func makeStore(_ configure: (inout MongoStoreConfiguration) -> Void = { _ in }) throws -> MongoMessageStore {
         var configuration = MongoStoreConfiguration(uri: self.uri)
         configuration.database = self.database
         configuration.serverSelectionTimeout = .milliseconds(1500)
@@ -70,7 +73,7 @@ final class MongoTestServer: OwnedTestServer, @unchecked Sendable {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: self.binary)
         process.arguments = [
-            "--host", "127.0.0.1", "-p", "\(self.port)", "--db", "memory",
+            "--host", "127.0.0.1", "-p", "\(self.port)", "--db", self.persistent ? self.directory.appendingPathComponent("nx-\(self.port).db").path : "memory",
             "--log-file", self.directory.appendingPathComponent("nx-\(self.port).log").path,
             "--pid-file", self.directory.appendingPathComponent("nx-\(self.port).pid").path,
         ]
@@ -101,8 +104,8 @@ final class MongoTestServer: OwnedTestServer, @unchecked Sendable {
     }
 
 
-    /// Stops the server (it keeps nothing: it runs in memory) and waits until its port is closed.
-    func stop() async {
+    /// Stops the server (in memory it keeps nothing) and waits until its port is closed.
+    public func stop() async {
         guard let process else { return }
         let pid = process.processIdentifier
         kill(pid, SIGTERM)
@@ -113,12 +116,12 @@ final class MongoTestServer: OwnedTestServer, @unchecked Sendable {
     }
 
     /// Starts the server again on the same port.
-    func restart() async throws {
+    public func restart() async throws {
         await self.stop()
         guard try await self.launch() else { throw TestServerError("nx-27017 could not restart on port \(self.port)") }
     }
 
-    func shutDown() async {
+    public func shutDown() async {
         for store in self.stores { await store.close() }
         self.stores = []
         await self.stop()
@@ -127,7 +130,7 @@ final class MongoTestServer: OwnedTestServer, @unchecked Sendable {
 }
 
 /// Runs `body` with a MongoDB-compatible server, then closes the stores and stops the server, whatever happened.
-func withMongoServer(_ body: (MongoTestServer) async throws -> Void) async throws {
-    try await withTestServer({ try await MongoTestServer.start() }, body)
+public func withMongoServer(persistent: Bool = false, _ body: (MongoTestServer) async throws -> Void) async throws {
+    try await withTestServer({ try await MongoTestServer.start(persistent: persistent) }, body)
 }
 

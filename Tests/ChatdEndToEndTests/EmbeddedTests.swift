@@ -1,0 +1,165 @@
+import ChatDomain
+import ChatScenarioKit
+import Foundation
+import Testing
+
+/// chatd with nothing configured: the in-memory adapters, real python-socketio clients, the HTTP API.
+@Suite("chatd embedded")
+struct EmbeddedTests {
+    @Test("With no configuration chatd serves two clients end to end, and stops cleanly on SIGTERM")
+    func twoClients() async throws {
+        try await withDriver { clients in
+            try await withChatd { chatd in
+                #expect(chatd.log.contains("Embedded mode: no RabbitMQ, Redis or MongoDB configured"))
+                try await clients.connect("alice", to: chatd)
+                try await clients.connect("bob", to: chatd)
+                let created = try await chatd.http("POST", "/api/chats", token: try await chatd.token("alice"), body: ["participants": ["bob"]])
+                #expect(created.status == 201)
+                let chat = try #require(created.json?["_id"]?.string)
+
+                let first = try await clients.send("alice", chat: chat, "hello bob")
+                #expect(first["messageId"]?.string?.count == 24)
+                try await eventually("bob to receive it live") { try await clients.received("bob") == ["hello bob"] }
+
+                try await clients("disconnect", ["user": "bob"])
+                _ = try await clients.send("alice", chat: chat, "while you were away 1")
+                _ = try await clients.send("alice", chat: chat, "while you were away 2")
+                try await clients.connect("bob", to: chatd)
+                let answer = try await clients("reconnected", ["user": "bob"])
+                #expect(answer["delivered"] == .number(2))
+                let caughtUp = try await clients.events("bob", "message:received")
+                #expect(caughtUp.compactMap { $0["content"]?.string } == ["while you were away 1", "while you were away 2"])
+                #expect(caughtUp.allSatisfy { $0["isNew"] == .bool(false) })
+                // alice saw bob come back.
+                try await eventually("alice to get user:online for bob") {
+                    try await clients.events("alice", "user:online").contains { $0["userId"] == "bob" }
+                }
+                // readBy gained bob, as the history shows.
+                try await eventually("readBy to include bob") {
+                    let history = try await chatd.http("GET", "/api/chats/\(chat)/messages", token: try await chatd.token("alice"))
+                    let messages = history.json?["messages"]?.array ?? []
+                    return messages.count == 3 && messages.allSatisfy { message in
+                        message["readBy"]?.array?.contains { $0["userId"] == "bob" } == true
+                    }
+                }
+                // The product's log lines.
+                for line in ["User connected", "Message queued for offline user", "User reconnection event received", "Delivered 2 queued messages to bob"] {
+                    #expect(chatd.log.contains(line), "missing log line: \(line)")
+                }
+                // Metrics count what happened.
+                try await eventually("metrics to count three sends") {
+                    let metrics = try await Self.text(chatd.url + "/metrics")
+                    return metrics.contains("chatd_messages_sent_total 3") && metrics.contains("chatd_connected_sockets 2")
+                }
+                #expect(await chatd.stop() == 0)
+                #expect(chatd.log.contains("chatd stopped"))
+            }
+        }
+    }
+
+    @Test("The HTTP API: 401 without a token, 403 outside the chat, 400 for bad input, history pages, receipts")
+    func httpAPI() async throws {
+        try await withDriver { clients in
+            try await withChatd { chatd in
+                let alice = try await chatd.token("alice")
+                let carol = try await chatd.token("carol")
+                #expect(try await chatd.http("GET", "/api/chats").status == 401)
+                let forged = try await TokenMaker.forged("alice")
+                let refused = try await chatd.http("GET", "/api/chats", token: forged)
+                #expect(refused.status == 401 && refused.json?["error"]?["code"] == "unauthorized")
+
+                let badType = try await chatd.http("POST", "/api/chats", token: alice, body: ["participants": "bob"])
+                #expect(badType.status == 400)
+                #expect(badType.json?["error"]?["message"]?.string == "'participants' has the wrong type")
+                let alone = try await chatd.http("POST", "/api/chats", token: alice, body: ["participants": []])
+                #expect(alone.status == 400 && alone.json?["error"]?["code"] == "bad_request")
+
+                // bob has never connected: he exists from now on.
+                let created = try await chatd.http("POST", "/api/chats", token: alice, body: ["participants": ["bob"], "name": "ab"])
+                #expect(created.status == 201)
+                let chat = try #require(created.json?["_id"]?.string)
+                #expect(created.json?["participants"] == ["alice", "bob"])
+                #expect(try await chatd.http("GET", "/api/chats/\(chat)/messages", token: carol).status == 403)
+                #expect(try await chatd.http("GET", "/api/chats/nope/messages", token: alice).status == 404)
+                #expect(try await chatd.http("GET", "/api/chats/\(chat)/messages?limit=ten", token: alice).status == 400)
+                #expect(try await chatd.http("GET", "/api/chats/\(chat)/messages?before=zz", token: alice).status == 400)
+
+                try await clients.connect("alice", to: chatd)
+                try await clients.connect("bob", to: chatd)
+                var ids: [String] = []
+                for index in 0..<25 {
+                    ids.append(try #require(try await clients.send("alice", chat: chat, "m\(index)")["messageId"]?.string))
+                }
+                // Pages of 10, newest first, without gaps or overlaps.
+                var seen: [String] = []
+                var before: String?
+                for expected in [10, 10, 5] {
+                    let query = "?limit=10" + (before.map { "&before=\($0)" } ?? "")
+                    let page = try await chatd.http("GET", "/api/chats/\(chat)/messages\(query)", token: alice)
+                    let messages = page.json?["messages"]?.array ?? []
+                    #expect(messages.count == expected)
+                    seen += messages.compactMap { $0["_id"]?.string }
+                    before = page.json?["nextBefore"]?.string
+                }
+                #expect(seen == Array(ids.reversed()))
+                #expect(before == nil)
+                let capped = try await chatd.http("GET", "/api/chats/\(chat)/messages?limit=100000", token: alice)
+                #expect(capped.json?["messages"]?.array?.count == 25)
+
+                // Receipts: bob got the last message.
+                try await eventually("bob to receive all 25") { try await clients.received("bob").count == 25 }
+                let last = ids.last!
+                try await eventually("bob's receipt to say delivered") {
+                    let receipts = try await chatd.http("GET", "/api/messages/\(last)/receipts", token: alice)
+                    return receipts.json?["receipts"]?.array?.contains { $0["userId"] == "bob" && $0["status"] == "delivered" } == true
+                }
+                #expect(try await chatd.http("GET", "/api/messages/\(last)/receipts", token: carol).status == 403)
+                #expect(try await chatd.http("GET", "/api/messages/\(last)/receipts").status == 401)
+            }
+        }
+    }
+
+    @Test("A bad setting stops startup with a message naming the variable; secrets never reach the log")
+    func configuration() async throws {
+        for (variable, value) in [("PORT", "eighty"), ("LOG_LEVEL", "loud"), ("JWT_SECRET", "short"), ("REDIS_PORT", "-1")] {
+            var environment = ["PORT": "0", "PATH": "/usr/bin:/bin"]
+            environment[variable] = value
+            if variable == "REDIS_PORT" { environment["REDIS_HOST"] = "127.0.0.1" }
+            let child = try ChildProcess(ChatdProcess.binary, arguments: ["serve"], environment: environment, label: "chatd-config")
+            let status = await child.wait(timeout: .seconds(20))
+            #expect(status != nil && status != 0, "\(variable)=\(value) must stop startup")
+            #expect(child.stderr.contains(variable), "\(variable): \(child.stderr)")
+            await child.cleanUp()
+        }
+        // A store that cannot be reached: chatd starts, says where it looks (without the password), and is not ready.
+        let password = "s3cret-mongo-password"
+        try await withChatd(environment: ["MONGODB_URI": "mongodb://chat:\(password)@127.0.0.1:9/chatd?serverSelectionTimeoutMS=300"]) { chatd in
+            let ready = try await chatd.http("GET", "/readyz")
+            #expect(ready.status == 503)
+            #expect(ready.json?["components"]?["store"] == "down")
+            #expect(try await chatd.http("GET", "/healthz").status == 200)
+            #expect(chatd.log.contains("store: MongoDB at mongodb://chat:***@127.0.0.1:9/chatd"))
+            #expect(!chatd.log.contains(password))
+            #expect(!chatd.log.contains(ChatdProcess.secret))
+        }
+    }
+
+    static func text(_ url: String) async throws -> String {
+        let (data, _) = try await URLSession.shared.data(from: URL(string: url)!)
+        return String(decoding: data, as: UTF8.self)
+    }
+}
+
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+import ChatTransport
+
+enum TokenMaker {
+    /// A well-formed token signed with another secret.
+    static func forged(_ user: String) async throws -> String {
+        let other = try await TokenAuthenticator(secret: "not-the-server-secret-0123456789-abcdef")
+        return try await other.token(for: User(id: UserID(user), username: user), lifetime: .seconds(600))
+    }
+}

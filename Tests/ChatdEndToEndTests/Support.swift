@@ -1,0 +1,298 @@
+import ChatDomain
+import ChatScenarioKit
+import ChatTransport
+import Foundation
+import Testing
+
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+/// A child process with its output in files, its exit status, and signals.
+final class ChildProcess: @unchecked Sendable {
+    // `process` is set once in init; the rest is guarded by `state`.
+    let process = Process()
+    let directory: URL
+    private let state = Locked<(status: Int32?, waiter: CheckedContinuation<Int32, Never>?)>((nil, nil))
+
+    var stdoutURL: URL { self.directory.appendingPathComponent("stdout") }
+    var stderrURL: URL { self.directory.appendingPathComponent("stderr") }
+
+    init(_ executable: URL, arguments: [String], environment: [String: String], label: String) throws {
+        self.directory = FileManager.default.temporaryDirectory.appendingPathComponent("\(label)-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: self.directory, withIntermediateDirectories: true)
+        _ = FileManager.default.createFile(atPath: self.stdoutURL.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: self.stderrURL.path, contents: nil)
+        self.process.executableURL = executable
+        self.process.arguments = arguments
+        self.process.environment = environment
+        self.process.standardInput = FileHandle.nullDevice
+        self.process.standardOutput = try FileHandle(forWritingTo: self.stdoutURL)
+        self.process.standardError = try FileHandle(forWritingTo: self.stderrURL)
+        let state = self.state
+        self.process.terminationHandler = { process in
+            let status = process.terminationStatus
+            let waiter = state.withLock { value in
+                value.status = status
+                defer { value.waiter = nil }
+                return value.waiter
+            }
+            waiter?.resume(returning: status)
+        }
+        try self.process.run()
+    }
+
+    var stdout: String { (try? String(contentsOf: self.stdoutURL, encoding: .utf8)) ?? "" }
+    var stderr: String { (try? String(contentsOf: self.stderrURL, encoding: .utf8)) ?? "" }
+    var exitStatus: Int32? { self.state.value.status }
+
+    func signal(_ signal: Int32) { kill(self.process.processIdentifier, signal) }
+
+    /// Waits for the process to exit, at most `timeout`; nil if it is still running.
+    func wait(timeout: Duration) async -> Int32? {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if let status = self.exitStatus { return status }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return self.exitStatus
+    }
+
+    /// Kills the process if it still runs and removes its files.
+    func cleanUp() async {
+        if self.exitStatus == nil {
+            self.signal(SIGKILL)
+            _ = await self.wait(timeout: .seconds(5))
+        }
+        try? FileManager.default.removeItem(at: self.directory)
+    }
+}
+
+/// A chatd process built from this package.
+final class ChatdProcess: @unchecked Sendable {
+    static let secret = "end-to-end-secret-0123456789-abcdefghij"
+    static var binary: URL {
+        let beside = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("chatd")
+        if FileManager.default.isExecutableFile(atPath: beside.path) { return beside }
+        return repository.appendingPathComponent(".build/debug/chatd")
+    }
+
+    let environment: [String: String]
+    private(set) var child: ChildProcess
+    private(set) var port = 0
+    /// Logs of earlier runs (restarts), oldest first.
+    private(set) var previousLogs = ""
+
+    var url: String { "http://127.0.0.1:\(self.port)" }
+    var log: String { self.previousLogs + self.child.stderr }
+
+    /// Starts chatd with `environment` (over a clean one: PORT 0, the test secret, LOG_LEVEL info).
+    init(environment: [String: String] = [:]) async throws {
+        var base = ["PORT": "0", "HOST": "127.0.0.1", "JWT_SECRET": Self.secret, "LOG_LEVEL": "info", "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"]
+        base.merge(environment) { $1 }
+        self.environment = base
+        self.child = try ChildProcess(Self.binary, arguments: ["serve"], environment: base, label: "chatd")
+        try await self.waitUntilListening()
+    }
+
+    private func waitUntilListening() async throws {
+        let deadline = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < deadline {
+            if let line = self.child.stderr.split(separator: "\n").first(where: { $0.contains("chatd listening on") }),
+                let range = line.range(of: #"127\.0\.0\.1:(\d+)"#, options: .regularExpression),
+                let port = Int(line[range].split(separator: ":").last ?? "")
+            {
+                self.port = port
+                return
+            }
+            if let status = self.child.exitStatus {
+                throw TestServerError("chatd exited with status \(status) before listening:\n\(self.child.stderr)")
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw TestServerError("chatd did not listen within 30 s:\n\(self.child.stderr)")
+    }
+
+    /// `kill -9`, as a crash.
+    func crash() async {
+        self.child.signal(SIGKILL)
+        _ = await self.child.wait(timeout: .seconds(10))
+    }
+
+    /// SIGTERM; returns the exit status (nil when it did not stop within `timeout`).
+    func stop(timeout: Duration = .seconds(20)) async -> Int32? {
+        self.child.signal(SIGTERM)
+        return await self.child.wait(timeout: timeout)
+    }
+
+    /// Starts chatd again with the same environment (on a new port).
+    func restart() async throws {
+        if self.child.exitStatus == nil { await self.crash() }
+        self.previousLogs += self.child.stderr
+        await self.child.cleanUp()
+        self.child = try ChildProcess(Self.binary, arguments: ["serve"], environment: self.environment, label: "chatd")
+        try await self.waitUntilListening()
+    }
+
+    func token(_ user: String, username: String? = nil) async throws -> String {
+        let authenticator = try await TokenAuthenticator(secret: Self.secret)
+        return try await authenticator.token(for: User(id: UserID(user), username: username ?? user.capitalized), lifetime: .seconds(3600))
+    }
+
+    /// An HTTP request to chatd: the status and the decoded JSON body.
+    func http(_ method: String, _ path: String, token: String? = nil, body: JSONValue? = nil) async throws -> (status: Int, json: JSONValue?) {
+        var request = URLRequest(url: URL(string: self.url + path)!)
+        request.httpMethod = method
+        request.timeoutInterval = 15
+        if let token { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
+        if let body {
+            request.httpBody = try JSONEncoder().encode(body)
+            request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        }
+        let (data, response) = try await URLSession.shared.data(for: request)
+        return ((response as? HTTPURLResponse)?.statusCode ?? 0, try? JSONDecoder().decode(JSONValue.self, from: data))
+    }
+
+    func cleanUp() async { await self.child.cleanUp() }
+}
+
+/// Runs `body` with chatd, then stops it whatever happened.
+func withChatd(environment: [String: String] = [:], _ body: (ChatdProcess) async throws -> Void) async throws {
+    let chatd = try await ChatdProcess(environment: environment)
+    do {
+        try await body(chatd)
+    } catch {
+        Issue.record("chatd's log:\n\(chatd.log.suffix(6000))")
+        await chatd.cleanUp()
+        throw error
+    }
+    await chatd.cleanUp()
+}
+
+/// The python-socketio remote control (`Clients/driver.py`).
+final class ClientDriver: @unchecked Sendable {
+    let child: ChildProcess
+    let port: Int
+
+    static var python: URL { repository.appendingPathComponent(".venv/bin/python") }
+
+    /// Starts the driver; nil when python-socketio is missing and this is not CI.
+    static func start() async throws -> ClientDriver? {
+        guard FileManager.default.isExecutableFile(atPath: self.python.path) else {
+            _ = try TestServers.missing("python-socketio is not installed in .venv; run ./scripts/test.sh once")
+            return nil
+        }
+        let child = try ChildProcess(
+            self.python,
+            arguments: [repository.appendingPathComponent("Tests/ChatdEndToEndTests/Clients/driver.py").path],
+            environment: ProcessInfo.processInfo.environment.merging(["PYTHONUNBUFFERED": "1"]) { $1 },
+            label: "driver"
+        )
+        let deadline = ContinuousClock.now + .seconds(20)
+        while ContinuousClock.now < deadline {
+            if let line = child.stdout.split(separator: "\n").first, let port = Int(line) {
+                return ClientDriver(child: child, port: port)
+            }
+            if child.exitStatus != nil {
+                if try TestServers.missing("the client driver did not start: \(child.stderr)") == nil { return nil }
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw TestServerError("the client driver did not start within 20 s: \(child.stderr)")
+    }
+
+    private init(child: ChildProcess, port: Int) {
+        self.child = child
+        self.port = port
+    }
+
+    /// Runs `command` for a user; throws what the client raised.
+    @discardableResult
+    func callAsFunction(_ command: String, _ body: [String: JSONValue]) async throws -> JSONValue {
+        var request = URLRequest(url: URL(string: "http://127.0.0.1:\(self.port)/\(command)")!)
+        request.httpMethod = "POST"
+        request.timeoutInterval = 120
+        request.httpBody = try JSONEncoder().encode(JSONValue.object(body))
+        let (data, _) = try await URLSession.shared.data(for: request)
+        guard case .object(let reply) = try JSONDecoder().decode(JSONValue.self, from: data) else {
+            throw TestServerError("driver answered \(String(decoding: data, as: UTF8.self))")
+        }
+        guard reply["ok"] == .bool(true) else {
+            throw TestServerError("client \(body["user"] ?? .null) failed to \(command): \(reply["error"] ?? .null)")
+        }
+        return reply["result"] ?? .null
+    }
+
+    /// Connects `user` to `chatd`.
+    func connect(_ user: String, to chatd: ChatdProcess, ackDelayMs: Int = 0) async throws {
+        try await self("connect", [
+            "user": .string(user), "url": .string(chatd.url), "token": .string(try await chatd.token(user)),
+            "ackDelayMs": .number(Double(ackDelayMs)),
+        ])
+    }
+
+    /// Sends as `user`; returns the ack.
+    func send(_ user: String, chat: String, _ content: String) async throws -> [String: JSONValue] {
+        let ack = try await self("send", ["user": .string(user), "chatId": .string(chat), "content": .string(content)])
+        guard case .object(let object) = ack else { throw TestServerError("no ack object: \(ack)") }
+        return object
+    }
+
+    /// The payloads of events called `name` that `user` received.
+    func events(_ user: String, _ name: String) async throws -> [JSONValue] {
+        guard case .array(let events) = try await self("events", ["user": .string(user), "name": .string(name)]) else { return [] }
+        return events.compactMap { event in
+            if case .array(let pair) = event, pair.count == 2 { return pair[1] }
+            return nil
+        }
+    }
+
+    /// The contents of the messages `user` received, in order.
+    func received(_ user: String) async throws -> [String] {
+        try await self.events(user, "message:received").compactMap { if case .object(let m) = $0, case .string(let c)? = m["content"] { c } else { nil } }
+    }
+
+    func cleanUp() async { await self.child.cleanUp() }
+}
+
+/// Runs `body` with the client driver; returns at once when it is not available by hand.
+func withDriver(_ body: (ClientDriver) async throws -> Void) async throws {
+    guard let driver = try await ClientDriver.start() else { return }
+    do {
+        try await body(driver)
+    } catch {
+        await driver.cleanUp()
+        throw error
+    }
+    await driver.cleanUp()
+}
+
+extension JSONValue {
+    subscript(key: String) -> JSONValue? {
+        if case .object(let object) = self { return object[key] }
+        return nil
+    }
+
+    var string: String? {
+        if case .string(let value) = self { return value }
+        return nil
+    }
+
+    var array: [JSONValue]? {
+        if case .array(let value) = self { return value }
+        return nil
+    }
+}
+
+// Literals for the tests' JSON bodies and expectations.
+extension JSONValue: ExpressibleByStringLiteral, ExpressibleByArrayLiteral,
+    ExpressibleByDictionaryLiteral, ExpressibleByIntegerLiteral, ExpressibleByBooleanLiteral
+{
+    init(stringLiteral value: String) { self = .string(value) }
+    init(arrayLiteral elements: JSONValue...) { self = .array(elements) }
+    init(dictionaryLiteral elements: (String, JSONValue)...) { self = .object(Dictionary(uniqueKeysWithValues: elements)) }
+    init(integerLiteral value: Int) { self = .number(Double(value)) }
+    init(booleanLiteral value: Bool) { self = .bool(value) }
+}
