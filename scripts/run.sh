@@ -1,10 +1,27 @@
 #!/usr/bin/env bash
-# Runs chatd's demo on a fresh Debian/Ubuntu machine with the Swift toolchain.
+# Runs chatd on a fresh Debian/Ubuntu machine with the Swift toolchain.
 #
-# The chatd server (Socket.IO on HTTP) is not built yet; until it is, this plays the product guide's manual
-# test scenarios against the delivery engine on its in-memory adapters and prints the engine's log lines.
+# With nothing configured chatd runs on its in-memory adapters (one process, nothing else to start). Configure
+# RabbitMQ, Redis and MongoDB with RABBITMQ_HOST, REDIS_HOST and MONGODB_URI (see Docs/OPERATIONS.md); any
+# argument is passed to chatd (try `./scripts/run.sh --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v swift >/dev/null || { echo "swift is not on PATH: install the Swift toolchain (6.1 or later) first" >&2; exit 1; }
-echo "==> chatd demo: the product guide's test scenarios on the in-memory adapters (the server arrives with the chatd issue)"
-CHATD_TEST_LOG=1 swift test --filter 'ProductScenarioTests' 2>&1 | grep -E '^---|^\[(trace|debug|info|notice|warning|error|critical)\]|✔|✘'
+
+# The C client libraries chatd links (installed once; later runs find them and skip this).
+apt_packages=(libhiredis-dev libmongoc-dev librabbitmq-dev pkg-config)
+missing=()
+for package in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "==> Installing ${missing[*]}" >&2
+    sudo_cmd=""
+    [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+echo "==> Building chatd (release; the first build takes several minutes)" >&2
+swift build -c release --product chatd >&2
+exec "$(swift build -c release --show-bin-path)/chatd" "$@"

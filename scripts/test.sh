@@ -10,7 +10,7 @@ command -v swift >/dev/null || { echo "swift is not on PATH: install the Swift t
 
 # System packages: the C client libraries the adapters link, and the servers the integration tests start
 # themselves on loopback ports of their own (each test starts and stops its own server).
-apt_packages=(libhiredis-dev redis-server redis-tools libmongoc-dev python3-venv librabbitmq-dev rabbitmq-server)
+apt_packages=(pkg-config libhiredis-dev redis-server redis-tools libmongoc-dev python3-venv librabbitmq-dev rabbitmq-server)
 missing=()
 for package in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
