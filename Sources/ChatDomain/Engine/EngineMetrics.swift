@@ -4,9 +4,9 @@ import Metrics
 /// The counters are in ``DeliveryStatistics``.
 enum EngineMetrics {
     /// From acceptance of a message to the recipient's confirmation, for live deliveries.
-    static let deliveryLatency = Metrics.Timer(label: "chatd_delivery_latency")
+    static let deliveryLatency = Metrics.Timer(label: "chatd_delivery_latency_seconds")
     /// How long a `user:reconnected` drain took, from the event to the last confirmation.
-    static let drainDuration = Metrics.Timer(label: "chatd_drain_duration")
+    static let drainDuration = Metrics.Timer(label: "chatd_drain_duration_seconds")
 }
 
 extension Duration {
