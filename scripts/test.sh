@@ -61,4 +61,10 @@ if pgrep -x epmd >/dev/null; then
 else
     trap 'rm -f "$build_log"; pkill -x epmd 2>/dev/null || true' EXIT
 fi
-swift test --skip-build
+# Two phases on two cores: everything light in parallel, then the suites that start RabbitMQ nodes (each takes
+# a core for ~15 s to boot) or a whole chatd stack, one test at a time, so no broker boots while another test
+# measures timeouts.
+heavy='RabbitMQMessageQueueTests|RabbitMQScenarioTests|FullStackTests'
+swift test --skip-build --skip "$heavy"
+log "Running the broker and end-to-end suites, one test at a time"
+swift test --skip-build --filter "$heavy" --no-parallel

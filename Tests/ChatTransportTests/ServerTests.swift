@@ -202,6 +202,23 @@ struct ServerTests {
         }
     }
 
+    @Test("Once a client has its CONNECT reply it is live: a message sent right then arrives at once, isNew true")
+    func connectedMeansLive() async throws {
+        try await withLiveServer { live in
+            var alice = PollingClient(live)
+            _ = try await alice.connect(token: try await live.token(Harness.alice))
+            for round in 0..<10 {
+                var bob = PollingClient(live)
+                _ = try await bob.connect(token: try await live.token(Harness.bob))
+                try await alice.post(["42[\"message:send\",{\"chatId\":\"chat-ab\",\"content\":\"round \(round)\"}]"])
+                let received = try await bob.next { $0.contains("\"message:received\"") }
+                #expect(received.contains("\"content\":\"round \(round)\"") && received.contains("\"isNew\":true"), "\(received)")
+                let ackID = String(received.dropFirst(2).prefix { $0.isNumber })
+                try await bob.post(["43\(ackID)[]", "1"])
+            }
+        }
+    }
+
     @Test("Sessions that never CONNECT are closed after connectTimeout")
     func connectTimeout() async throws {
         var socketIO = SocketIOConfiguration()

@@ -152,6 +152,8 @@ struct FullStackTests {
                     #expect(try await clients.send("alice", chat: ab, "after")["messageId"] != nil)
                     // Nothing that was refused is ever delivered.
                     try await eventually("bob to get before and after") { try await clients.received("bob") == ["before", "after"] }
+                    let received = try await clients.received("bob")
+                    #expect(received == ["before", "after"], "bob received \(received); chatd's log:\n\(chatd.log.suffix(4000))")
                 }
             }
         }

@@ -20,6 +20,10 @@ final class EngineSession: Sendable {
         var nextAckID: UInt64 = 0
         /// Whether `ChatService.connect` has returned for this socket, so a close must be told to the engine.
         var engineKnows = false
+        /// Events emitted before the CONNECT reply went out, held so the client sees the reply first.
+        var held: [String] = []
+        var heldBytes = 0
+        var announced = false
     }
 
     /// What the ping timer should do for this session now.
@@ -99,7 +103,38 @@ final class EngineSession: Sendable {
                 packet += String(id)
             }
             packet += nameAndPayload
-            try Self.enqueue(packet, into: &state, limit: self.maxBufferedBytes)
+            if state.socket!.announced {
+                try Self.enqueue(packet, into: &state, limit: self.maxBufferedBytes)
+            } else {
+                guard state.outboundBytes + state.socket!.heldBytes + packet.utf8.count <= self.maxBufferedBytes else {
+                    throw ChatError(.connectionClosed, "the client is not reading: its buffer is full")
+                }
+                state.socket!.held.append(packet)
+                state.socket!.heldBytes += packet.utf8.count
+            }
+        }
+    }
+
+    /// Sends the CONNECT reply, then whatever was emitted to the socket while the engine registered it; from now
+    /// on events go out directly. Returns false when the session closed meanwhile.
+    func announce(_ reply: String) -> Bool {
+        self.state.withLock { state in
+            guard state.closeReason == nil, state.socket != nil else { return false }
+            let held = state.socket!.held
+            state.socket!.held = []
+            state.socket!.heldBytes = 0
+            state.socket!.announced = true
+            for packet in [reply] + held {
+                // The bound was checked when each was held.
+                if let waiter = state.waiter {
+                    state.waiter = nil
+                    waiter.resume(returning: [packet])
+                } else {
+                    state.outbound.append(packet)
+                    state.outboundBytes += packet.utf8.count
+                }
+            }
+            return true
         }
     }
 

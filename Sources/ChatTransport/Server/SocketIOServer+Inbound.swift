@@ -93,10 +93,11 @@ extension SocketIOServer {
         let socket = EngineSession.Socket(connection: ConnectionID(Self.randomID()), user: user)
         guard session.attach(socket) else { return }
         self.register(socket, session: session)
-        let reply = SocketIOPacket(.connect, data: .object(["sid": .string(socket.connection.rawValue)]))
-        try? session.enqueue(EngineIOPacket(.message, reply.encoded).encoded)
+        // The CONNECT reply goes out once the engine has registered the connection, so a client that sees it is
+        // reachable at once; events emitted to it meanwhile are held and follow the reply.
         await service.connect(socket.connection, user: user)
-        guard session.markEngineKnows(socket.connection) else {
+        let reply = SocketIOPacket(.connect, data: .object(["sid": .string(socket.connection.rawValue)]))
+        guard session.markEngineKnows(socket.connection), session.announce(EngineIOPacket(.message, reply.encoded).encoded) else {
             // Closed while the engine was registering it: the close did not tell the engine, so tell it now.
             await service.disconnect(socket.connection)
             return

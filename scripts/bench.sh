@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# chatd's performance suite: the native load generator (Benchmarks/Suite, chatd-load) against a release chatd,
+# embedded and full stack (RabbitMQ, Redis and nx-27017 on loopback), three repetitions each; prints one table
+# (median and min–max) and writes it into Docs/PERFORMANCE.md between the suite markers.
+#
+#   ./scripts/bench.sh            # the whole suite (about 15 minutes after the builds)
+#   ./scripts/bench.sh quick      # one repetition, embedded only, smaller counts (a smoke run; writes nothing)
+#   ./scripts/bench.sh micro      # the micro-benchmarks (ordo-one/benchmark): codec, JSON, engine
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+mode=${1:-full}
+log() { printf '==> %s\n' "$*" >&2; }
+
+if [ "$mode" = micro ]; then
+    cd Benchmarks/Suite
+    exec swift package --disable-sandbox benchmark --target ChatMicro
+fi
+
+if [ "$mode" != quick ]; then
+    for package in redis-server rabbitmq-server python3-venv; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing="${missing:-} $package"
+    done
+    if [ -n "${missing:-}" ]; then
+        log "Installing$missing"
+        sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+        $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    fi
+    [ -x .venv/bin/python ] || python3 -m venv .venv
+    [ -x .venv/bin/nx-27017 ] || .venv/bin/pip install --quiet nx-27017
+fi
+log "Building chatd and chatd-load (release)"
+swift build -c release --product chatd >&2
+chatd="$root/.build/release/chatd"
+(cd Benchmarks/Suite && swift build -c release --product chatd-load >&2)
+load="$root/Benchmarks/Suite/.build/release/chatd-load"
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]:-}"; do [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true; done
+    pkill -9 -f "$work" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+results="$work/results.jsonl"
+: > "$results"
+
+wait_port() { for _ in $(seq 1 600); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
+
+start_services() {
+    redis_port=$((21000 + RANDOM % 5000)); mongo_port=$((26000 + RANDOM % 3000)); rabbit_port=$((30000 + RANDOM % 2000))
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" --logfile "$work/redis.log" --daemonize no >/dev/null 2>&1 &
+    pids+=($!)
+    .venv/bin/nx-27017 --host 127.0.0.1 -p "$mongo_port" --db memory --log-file "$work/nx.log" --pid-file "$work/nx.pid" >/dev/null 2>&1 &
+    pids+=($!)
+    (
+        export HOME="$work/rabbit" RABBITMQ_NODENAME="chatd-bench-$rabbit_port@localhost" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+            RABBITMQ_NODE_PORT="$rabbit_port" RABBITMQ_DIST_PORT=$((rabbit_port + 10000)) RABBITMQ_MNESIA_BASE="$work/rabbit/mnesia" \
+            RABBITMQ_LOG_BASE="$work/rabbit/log" RABBITMQ_PID_FILE="$work/rabbit/rabbit.pid" \
+            RABBITMQ_ENABLED_PLUGINS_FILE="$work/rabbit/plugins" RABBITMQ_CONFIG_FILE="$work/rabbit/rabbitmq"
+        mkdir -p "$HOME"
+        exec /usr/lib/rabbitmq/bin/rabbitmq-server >/dev/null 2>&1
+    ) &
+    pids+=($!)
+    wait_port "$redis_port"; wait_port "$mongo_port"; wait_port "$rabbit_port"
+    HOME="$work/rabbit" /usr/lib/rabbitmq/bin/rabbitmqctl -n "chatd-bench-$rabbit_port@localhost" await_startup >/dev/null 2>&1 || sleep 5
+}
+
+# run <mode> <rep>: one chatd, every scenario.
+run() {
+    local stack=$1 rep=$2 port=$((40000 + RANDOM % 5000))
+    local env=(PORT="$port" HOST=127.0.0.1 LOG_LEVEL=warning NODE_ID="bench-$rep")
+    if [ "$stack" = full ]; then
+        env+=(MONGODB_URI="mongodb://127.0.0.1:$mongo_port/bench$rep" RABBITMQ_HOST=127.0.0.1 RABBITMQ_PORT="$rabbit_port"
+              REDIS_HOST=127.0.0.1 REDIS_PORT="$redis_port")
+    fi
+    env "${env[@]}" "$chatd" serve 2>"$work/chatd-$stack-$rep.log" &
+    local pid=$!
+    pids+=($pid)
+    wait_port "$port"
+    local common=(--url "http://127.0.0.1:$port" --server-pid "$pid")
+    scenario() {
+        local name=$1; shift
+        log "$stack #$rep: $name $*"
+        if out=$("$load" "${common[@]}" "$@" 2>"$work/load.err"); then
+            echo "$out" | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); d.update(mode='$stack', rep=$rep, name='$name'); print(json.dumps(d))" >> "$results"
+        else
+            log "scenario $name failed: $(tail -3 "$work/load.err")"
+        fi
+    }
+    if [ "$mode" = quick ]; then
+        scenario latency --scenario latency --messages 2000 --rate 1000
+        scenario throughput --scenario throughput --messages 10000 --pairs 4 --window 64
+        scenario drain-1000 --scenario drain --messages 1000
+        scenario connections-1000 --scenario connections --connections 1000
+    else
+        scenario latency --scenario latency --messages 5000 --rate 1000
+        scenario throughput --scenario throughput --messages 40000 --pairs 8 --window 64
+        scenario drain-50 --scenario drain --messages 50
+        scenario drain-1000 --scenario drain --messages 1000
+        scenario drain-10000 --scenario drain --messages 10000 --timeout 300
+        scenario connections-10000 --scenario connections --connections 10000
+    fi
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+reps=3
+[ "$mode" = quick ] && reps=1
+for rep in $(seq 1 "$reps"); do run embedded "$rep"; done
+if [ "$mode" != quick ]; then
+    log "Starting RabbitMQ, Redis and nx-27017 on loopback"
+    start_services
+    for rep in $(seq 1 "$reps"); do run full "$rep"; done
+fi
+
+machine="$(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr)"
+table=$(python3 "$root/scripts/bench-table.py" "$results" "$machine" "$(date -u +%Y-%m-%d)" "./scripts/bench.sh")
+echo "$table"
+if [ "$mode" != quick ]; then
+    python3 - "$root/Docs/PERFORMANCE.md" "$table" <<'PY'
+import re, sys
+path, table = sys.argv[1], sys.argv[2]
+text = open(path).read()
+block = "<!-- suite:begin -->\n" + table + "\n<!-- suite:end -->"
+if "<!-- suite:begin -->" in text:
+    text = re.sub(r"<!-- suite:begin -->.*?<!-- suite:end -->", lambda m: block, text, flags=re.S)
+else:
+    text = text.rstrip() + "\n\n" + block + "\n"
+open(path, "w").write(text)
+PY
+    log "Docs/PERFORMANCE.md updated"
+fi
