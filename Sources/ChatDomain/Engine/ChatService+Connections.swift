@@ -57,6 +57,9 @@ extension ChatService {
     /// Whether the store holds nothing pending for `user`. Every undelivered message is pending in the store
     /// until confirmed, whether it is also queued or not, so this one query covers the queue too.
     func hasNoBacklog(_ user: UserID) async -> Bool {
+        // Deliveries confirmed moments ago may still be on their way to the store (group commit); without this a
+        // client that reconnects right after acknowledging would find its own delivered messages as backlog.
+        await self.markWriter.flush()
         let since = self.wallClock.now().addingTimeInterval(-self.configuration.retention)
         do {
             let pending = try await self.store.pendingMessages(for: user, createdSince: since, afterID: nil, limit: 1)

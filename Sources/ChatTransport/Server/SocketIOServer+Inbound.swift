@@ -26,6 +26,12 @@ extension SocketIOServer {
     }
 
     private func receiveSocketIO(_ text: String, on session: EngineSession) async {
+        // The hot path: a well-formed `message:send` is decoded in one pass; anything else (including every
+        // malformed variant) takes the general path below, which says what is wrong.
+        if let (ackID, request) = Self.fastSend(text), let socket = session.socket, let service = self.service {
+            await self.send(request, ackID: ackID, socket: socket, session: session, service: service)
+            return
+        }
         let packet: SocketIOPacket
         do {
             packet = try SocketIOPacket.decode(text)
@@ -146,19 +152,7 @@ extension SocketIOServer {
                 self.answer(packet, on: session, socket: socket, with: error, chatID: Self.chatIDHint(arguments))
                 return
             }
-            let result = await service.send(request, from: socket.connection)
-            if let ackID = packet.ackID {
-                switch result {
-                case .success(let sent):
-                    self.acknowledge(ackID, on: session, payload: sent)
-                case .failure(let error):
-                    self.acknowledge(
-                        ackID,
-                        on: session,
-                        payload: MessageErrorPayload(error, chatID: request.chatID, clientMessageID: request.clientMessageID)
-                    )
-                }
-            }
+            await self.send(request, ackID: packet.ackID, socket: socket, session: session, service: service)
         case "user:reconnected":
             let connection = socket.connection
             let started = session.startReconnect {
@@ -177,6 +171,37 @@ extension SocketIOServer {
             )
             self.answer(packet, on: session, socket: socket, with: error, chatID: nil)
         }
+    }
+
+    private func send(_ request: SendMessageRequest, ackID: UInt64?, socket: EngineSession.Socket, session: EngineSession, service: ChatService) async {
+        let result = await service.send(request, from: socket.connection)
+        guard let ackID else { return }
+        switch result {
+        case .success(let sent):
+            self.acknowledge(ackID, on: session, payload: sent)
+        case .failure(let error):
+            self.acknowledge(ackID, on: session, payload: MessageErrorPayload(error, chatID: request.chatID, clientMessageID: request.clientMessageID))
+        }
+    }
+
+    /// `42[<ackId>]["message:send",{...}]` on the default namespace, decoded in one pass; nil for anything else.
+    static func fastSend(_ text: String) -> (ackID: UInt64?, request: SendMessageRequest)? {
+        let utf8 = text.utf8
+        guard utf8.count > 2, utf8.starts(with: "42".utf8) else { return nil }
+        let afterType = utf8.index(utf8.startIndex, offsetBy: 2)
+        let digits = utf8[afterType...].prefix { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
+        guard digits.count <= SocketIOPacket.maxAckIDDigits else { return nil }
+        let json = utf8[digits.endIndex...]
+        guard json.first == UInt8(ascii: "[") else { return nil }
+        var ackID: UInt64?
+        if !digits.isEmpty {
+            guard let value = UInt64(Substring(digits)) else { return nil }
+            ackID = value
+        }
+        guard let envelope = try? JSONDecoder().decode(SendEnvelope.self, from: Data(json)), let request = envelope.request else {
+            return nil
+        }
+        return (ackID, request)
     }
 
     /// Tells the client its event was refused: `message:error`, and the same payload as the ack when asked for.
@@ -265,6 +290,20 @@ extension SocketIOServer {
     private static func chatIDHint(_ arguments: [JSONValue]) -> ChatID? {
         if case .object(let object)? = arguments.first, case .string(let id)? = object["chatId"] { return ChatID(id) }
         return nil
+    }
+}
+
+/// `["message:send", {...}]` decoded directly; `request` is nil for any other event.
+private struct SendEnvelope: Decodable {
+    var request: SendMessageRequest?
+
+    init(from decoder: any Decoder) throws {
+        var container = try decoder.unkeyedContainer()
+        guard try container.decode(String.self) == "message:send", !container.isAtEnd else {
+            self.request = nil
+            return
+        }
+        self.request = try container.decode(SendMessageRequest.self)
     }
 }
 
