@@ -9,7 +9,9 @@ let package = Package(
     name: "chatd-benchmarks",
     platforms: [.macOS(.v15)],
     dependencies: [
-        .package(path: "../.."),
+        // The repository itself, through a link that scripts/bench.sh makes (a path package is named after its
+        // directory, and a clone may have any name).
+        .package(path: ".deps/chatd"),
         .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.0", traits: ["MallocInterposer"]),
         .package(url: "https://github.com/hummingbird-project/swift-websocket.git", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),

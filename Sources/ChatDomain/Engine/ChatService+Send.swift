@@ -142,7 +142,10 @@ extension ChatService {
             do {
                 try self.transport.emit(event, to: connection, acknowledgement: acknowledgement)
                 written += 1
-                if let acknowledgement { acknowledgements.append(acknowledgement) }
+                if let acknowledgement {
+                    acknowledgements.append(acknowledgement)
+                    self.acknowledgementDeadlines?.register(acknowledgement)
+                }
             } catch {
                 self.logger.debug(
                     "Emit to connection failed",

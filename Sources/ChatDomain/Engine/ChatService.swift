@@ -53,6 +53,8 @@ public actor ChatService: Service {
     let logger: Logger
     let validator: MessageValidator
     let markWriter: BatchWriter<DeliveryMark>
+    /// The one timer behind every client acknowledgement's timeout.
+    let acknowledgementDeadlines: AcknowledgementDeadlines?
     let eventWriter: BatchWriter<DeliveryEvent>
     private let jobs: AsyncStream<Job>
     private let jobsContinuation: AsyncStream<Job>.Continuation
@@ -88,6 +90,11 @@ public actor ChatService: Service {
             maxContentBytes: configuration.maxContentBytes,
             allowedMessageTypes: configuration.allowedMessageTypes
         )
+        if case .clientAcknowledgement(let timeout) = configuration.deliveryConfirmation {
+            self.acknowledgementDeadlines = AcknowledgementDeadlines(timeout: timeout)
+        } else {
+            self.acknowledgementDeadlines = nil
+        }
         let store = dependencies.store
         self.markWriter = BatchWriter(
             maxBatch: configuration.maxDeliveryMarkBatch,
@@ -114,6 +121,9 @@ public actor ChatService: Service {
     public func run() async {
         await withDiscardingTaskGroup { group in
             group.addTask { await self.markWriter.run() }
+            if let deadlines = self.acknowledgementDeadlines {
+                group.addTask { await deadlines.run() }
+            }
             group.addTask { await self.eventWriter.run() }
             group.addTask { await self.consumeDeadLetters() }
             group.addTask { await self.heartbeatLoop() }

@@ -24,13 +24,14 @@ struct DeliveryAttempt: Sendable {
         switch self.confirmation {
         case .socketWrite:
             return self.written > 0
-        case .clientAcknowledgement(let timeout):
+        case .clientAcknowledgement:
+            // The engine's AcknowledgementDeadlines fails an acknowledgement that is not given in time.
             if self.acknowledgements.count == 1 {
-                return (try? await self.acknowledgements[0].wait(timeout: timeout, clock: ContinuousClock())) != nil
+                return (try? await self.acknowledgements[0].waitFailingOnCancellation()) != nil
             }
             return await withTaskGroup(of: Bool.self) { group in
                 for acknowledgement in self.acknowledgements {
-                    group.addTask { (try? await acknowledgement.wait(timeout: timeout, clock: ContinuousClock())) != nil }
+                    group.addTask { (try? await acknowledgement.waitFailingOnCancellation()) != nil }
                 }
                 for await confirmed in group where confirmed {
                     group.cancelAll()

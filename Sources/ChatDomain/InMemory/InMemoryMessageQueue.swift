@@ -47,7 +47,8 @@ public final class InMemoryMessageQueue: MessageQueue {
         var nextTag: UInt64 = 1
         var nextConsumer: UInt64 = 1
         var deadLettered: [DeadLetter] = []
-        var deliveryEvents: [DeliveryEvent] = []
+        /// The newest 50,000 events, as RabbitMQ's `message_delivery` queue keeps them (a ring: O(1) per event).
+        var deliveryEvents: Deque<DeliveryEvent> = []
     }
 
     let configuration: Configuration
@@ -134,7 +135,7 @@ public final class InMemoryMessageQueue: MessageQueue {
 
     /// The delivery events published so far (the last 50,000, like RabbitMQ's `message_delivery` queue).
     public var deliveryEvents: [DeliveryEvent] {
-        self.state.withLock { $0.deliveryEvents }
+        self.state.withLock { Array($0.deliveryEvents) }
     }
 
     public func publishDeliveryEvents(_ events: [DeliveryEvent]) async throws {

@@ -56,6 +56,16 @@ public final class Acknowledgement: Sendable {
         }
     }
 
+    /// Waits for completion; when the waiting task is cancelled, fails the acknowledgement (as timed out) so the
+    /// waiter returns at once.
+    public func waitFailingOnCancellation() async throws {
+        try await withTaskCancellationHandler {
+            try await self.wait()
+        } onCancel: {
+            self.fail(ChatError(.timeout, "the wait for the acknowledgement was cancelled"))
+        }
+    }
+
     /// Waits for completion for at most `timeout`; fails with ``ChatError/Code/timeout`` after that, or when the
     /// waiting task is cancelled.
     public func wait<C: Clock>(timeout: C.Duration, clock: C) async throws {

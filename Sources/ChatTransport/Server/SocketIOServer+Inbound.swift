@@ -26,6 +26,11 @@ extension SocketIOServer {
     }
 
     private func receiveSocketIO(_ text: String, on session: EngineSession) async {
+        // The hottest path: a client's ACK of `message:received` (`43<id>[...]`); its data is not used.
+        if let ackID = Self.fastAck(text) {
+            session.takeAcknowledgement(ackID)?.succeed()
+            return
+        }
         // The hot path: a well-formed `message:send` is decoded in one pass; anything else (including every
         // malformed variant) takes the general path below, which says what is wrong.
         if let (ackID, request) = Self.fastSend(text), let socket = session.socket, let service = self.service {
@@ -182,6 +187,17 @@ extension SocketIOServer {
         case .failure(let error):
             self.acknowledge(ackID, on: session, payload: MessageErrorPayload(error, chatID: request.chatID, clientMessageID: request.clientMessageID))
         }
+    }
+
+    /// The id of `43<id>[...]` on the default namespace; nil for anything else.
+    static func fastAck(_ text: String) -> UInt64? {
+        let utf8 = text.utf8
+        guard utf8.count > 3, utf8.starts(with: "43".utf8) else { return nil }
+        let digits = utf8.dropFirst(2).prefix { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
+        guard !digits.isEmpty, digits.count <= SocketIOPacket.maxAckIDDigits, utf8[digits.endIndex...].first == UInt8(ascii: "[") else {
+            return nil
+        }
+        return UInt64(Substring(digits))
     }
 
     /// `42[<ackId>]["message:send",{...}]` on the default namespace, decoded in one pass; nil for anything else.

@@ -228,8 +228,17 @@ struct ChatLoad: AsyncParsableCommand {
 
     /// The `_id` of a `message:received` packet.
     static func messageID(_ packet: String) -> String? {
-        guard packet.contains("message:received"), let range = packet.range(of: "\"_id\":\"") else { return nil }
-        return String(packet[range.upperBound...].prefix(24))
+        guard packet.contains("message:received") else { return nil }
+        // Keys come in any order, and the sender object has an `_id` too: take the one that is a message id.
+        var rest = packet[...]
+        while let range = rest.range(of: "\"_id\":\"") {
+            let candidate = rest[range.upperBound...].prefix(25)
+            if candidate.count == 25, candidate.last == "\"", candidate.dropLast().allSatisfy(\.isHexDigit) {
+                return String(candidate.dropLast())
+            }
+            rest = rest[range.upperBound...]
+        }
+        return nil
     }
 
     static func percentile(_ sorted: [Int64], _ p: Double) -> Double {

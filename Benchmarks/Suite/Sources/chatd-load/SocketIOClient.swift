@@ -33,8 +33,11 @@ final class SocketIOClient: Sendable {
     ) async throws -> SocketIOClient {
         let client = SocketIOClient(user: user, onPacket: onPacket)
         let url = base.replacingOccurrences(of: "http://", with: "ws://") + "/socket.io/?EIO=4&transport=websocket"
-        var logger = Logger(label: "chatd-load")
-        logger.logLevel = .critical
+        let logger = {
+            var logger = Logger(label: "chatd-load")
+            logger.logLevel = .critical
+            return logger
+        }()
         try await withCheckedThrowingContinuation { (ready: CheckedContinuation<Void, any Error>) in
             client.state.withLock { $0.ready = ready }
             Task {
