@@ -35,6 +35,7 @@ let package = Package(
                 .product(name: "Benchmark", package: "benchmark"),
                 .product(name: "ChatDomain", package: "chatd"),
                 .product(name: "ChatTransport", package: "chatd"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             path: "Benchmarks/ChatMicro",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
