@@ -231,7 +231,10 @@ public final class MongoMessageStore: MessageStore, Service {
     func command(_ command: BSONDocument, serialized: Bool = false) async throws -> BSONDocument {
         let ready = self.indexesReady.withLock { $0 }
         return try await self.run { pool in
-            if !ready { try Self.createIndexes(pool) }
+            if !ready {
+                try Self.createIndexes(pool)
+                self.indexesReady.withLock { $0 = true }
+            }
             guard serialized else { return try pool.command(command) }
             // Blocking here is fine: this is one of the store's own threads, never the cooperative pool.
             return try self.readByWrites.withLock { _ in try pool.command(command) }
