@@ -71,7 +71,7 @@ struct Serve: AsyncParsableCommand {
         let socketIO = try SocketIOServer(configuration: settings.socketIO, authenticator: authenticator, logger: Logger(label: "chatd.socketio"))
         let chat = try ChatService(
             configuration: settings.chatService,
-            dependencies: .init(store: store, queue: queue, presence: presence, transport: socketIO),
+            dependencies: .init(store: store, queue: queue, presence: presence, transport: socketIO, observer: MetricsObserver()),
             logger: Logger(label: "chatd.engine")
         )
         socketIO.serve(chat)
@@ -112,6 +112,23 @@ struct Serve: AsyncParsableCommand {
         )
         try await group.run()
         logger.notice("chatd stopped")
+    }
+}
+
+/// The engine's timings as Prometheus histograms (through swift-metrics).
+struct MetricsObserver: DeliveryObserver {
+    let latency = Metrics.Timer(label: "chatd_delivery_latency_seconds")
+    let drain = Metrics.Timer(label: "chatd_drain_duration_seconds")
+
+    func delivered(latency: Duration) { self.latency.recordNanoseconds(latency.nanoseconds) }
+    func drained(messages: Int, duration: Duration) { self.drain.recordNanoseconds(duration.nanoseconds) }
+}
+
+extension Duration {
+    /// The duration in whole nanoseconds.
+    var nanoseconds: Int64 {
+        let (seconds, attoseconds) = self.components
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
     }
 }
 

@@ -49,7 +49,10 @@ struct EmbeddedTests {
                 // Metrics count what happened.
                 try await eventually("metrics to count three sends") {
                     let metrics = try await Self.text(chatd.url + "/metrics")
+                    // One live delivery and one drain went through the engine's observer into the histograms.
                     return metrics.contains("chatd_messages_sent_total 3") && metrics.contains("chatd_connected_sockets 2")
+                        && metrics.contains("chatd_drain_duration_seconds_count 1")
+                        && metrics.contains("chatd_delivery_latency_seconds_count 1")
                 }
                 #expect(await chatd.stop() == 0)
                 #expect(chatd.log.contains("chatd stopped"))

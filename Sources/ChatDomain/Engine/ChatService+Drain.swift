@@ -70,7 +70,7 @@ extension ChatService {
                 "chat.drain.duration_ms": "\((ContinuousClock.now - start) / .milliseconds(1))",
             ]
         )
-        EngineMetrics.drainDuration.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
+        self.observer?.drained(messages: delivered, duration: ContinuousClock.now - start)
         await self.broadcast(.userOnline(PresenceChange(userID: user, timestamp: self.wallClock.now())), about: user)
         self.removeLaneIfIdle(user)
         return delivered

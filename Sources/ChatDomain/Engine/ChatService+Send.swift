@@ -164,8 +164,10 @@ extension ChatService {
         self.lanes[recipient] = lane
         if !resolution.delivered.isEmpty {
             self.statistics.deliveredLive += resolution.delivered.count
-            for message in resolution.delivered {
-                EngineMetrics.deliveryLatency.recordNanoseconds(Int64(now.timeIntervalSince(message.createdAt) * 1e9))
+            if let observer = self.observer {
+                for message in resolution.delivered {
+                    observer.delivered(latency: .nanoseconds(Int64(now.timeIntervalSince(message.createdAt) * 1e9)))
+                }
             }
             self.recordDelivered(resolution.delivered.map(\.id), to: recipient)
         }

@@ -22,6 +22,8 @@ public actor ChatService: Service {
         public var transport: any Transport
         public var wallClock: any WallClock
         public var idGenerator: MessageIDGenerator
+        /// Receives delivery latencies and drain durations (for metrics); none by default.
+        public var observer: (any DeliveryObserver)?
 
         /// Bundles the ports; time and ids default to the system's.
         public init(
@@ -30,7 +32,8 @@ public actor ChatService: Service {
             presence: any PresenceStore,
             transport: any Transport,
             wallClock: any WallClock = SystemWallClock(),
-            idGenerator: MessageIDGenerator? = nil
+            idGenerator: MessageIDGenerator? = nil,
+            observer: (any DeliveryObserver)? = nil
         ) {
             self.store = store
             self.queue = queue
@@ -38,6 +41,7 @@ public actor ChatService: Service {
             self.transport = transport
             self.wallClock = wallClock
             self.idGenerator = idGenerator ?? MessageIDGenerator(clock: wallClock)
+            self.observer = observer
         }
     }
 
@@ -53,6 +57,7 @@ public actor ChatService: Service {
     let logger: Logger
     let validator: MessageValidator
     let markWriter: BatchWriter<DeliveryMark>
+    let observer: (any DeliveryObserver)?
     /// The one timer behind every client acknowledgement's timeout.
     let acknowledgementDeadlines: AcknowledgementDeadlines?
     let eventWriter: BatchWriter<DeliveryEvent>
@@ -85,6 +90,7 @@ public actor ChatService: Service {
         self.transport = dependencies.transport
         self.wallClock = dependencies.wallClock
         self.idGenerator = dependencies.idGenerator
+        self.observer = dependencies.observer
         self.logger = logger
         self.validator = MessageValidator(
             maxContentBytes: configuration.maxContentBytes,

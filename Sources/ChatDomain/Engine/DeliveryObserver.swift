@@ -1,0 +1,9 @@
+/// Receives the engine's timings, for metrics; the engine calls it inline, so keep it cheap and non-blocking.
+///
+/// The counters are in ``DeliveryStatistics``; this carries what a counter cannot: distributions.
+public protocol DeliveryObserver: Sendable {
+    /// A live delivery was confirmed `latency` after the message was accepted.
+    func delivered(latency: Duration)
+    /// A `user:reconnected` drain delivered `messages` in `duration`.
+    func drained(messages: Int, duration: Duration)
+}
