@@ -138,49 +138,17 @@ enum PythonClient {
 
     /// Runs one scenario of `interop.py` with `config` and waits for it (at most `timeout`).
     static func run(_ scenario: String, config: [String: JSONValue], timeout: Duration = .seconds(60)) async throws -> Outcome {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("interop-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let out = directory.appendingPathComponent("stdout")
-        let err = directory.appendingPathComponent("stderr")
-        _ = FileManager.default.createFile(atPath: out.path, contents: nil)
-        _ = FileManager.default.createFile(atPath: err.path, contents: nil)
-        let process = Process()
-        process.executableURL = self.python
-        process.arguments = [self.script.path, scenario]
         var environment = ProcessInfo.processInfo.environment
         environment["INTEROP"] = String(decoding: try JSONEncoder().encode(JSONValue.object(config)), as: UTF8.self)
         environment["PYTHONUNBUFFERED"] = "1"
-        process.environment = environment
-        process.standardOutput = try FileHandle(forWritingTo: out)
-        process.standardError = try FileHandle(forWritingTo: err)
-        process.standardInput = FileHandle.nullDevice
-        let exited = Locked<CheckedContinuation<Int32, Never>?>(nil)
-        let status: Int32 = await withCheckedContinuation { continuation in
-            exited.withLock { $0 = continuation }
-            process.terminationHandler = { process in
-                exited.withLock { $0.take() }?.resume(returning: process.terminationStatus)
-            }
-            do {
-                try process.run()
-            } catch {
-                exited.withLock { $0.take() }?.resume(returning: -1)
-                return
-            }
-            let pid = process.processIdentifier
-            Task {
-                try? await Task.sleep(for: timeout)
-                if let continuation = exited.withLock({ $0.take() }) {
-                    kill(pid, SIGKILL)
-                    continuation.resume(returning: -2)
-                }
-            }
+        let child = try ChildProcess(self.python, arguments: [self.script.path, scenario], environment: environment, label: "interop")
+        var status = await child.wait(timeout: timeout)
+        if status == nil {
+            child.signal(SIGKILL)
+            status = -2
         }
-        if status == -1 { throw TestServerError("could not start \(self.python.path)") }
-        return Outcome(
-            status: status,
-            stdout: (try? String(contentsOf: out, encoding: .utf8)) ?? "",
-            stderr: (try? String(contentsOf: err, encoding: .utf8)) ?? ""
-        )
+        let outcome = Outcome(status: status ?? -2, stdout: child.stdout, stderr: child.stderr)
+        await child.cleanUp()
+        return outcome
     }
 }

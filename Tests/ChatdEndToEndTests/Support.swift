@@ -10,66 +10,6 @@ import FoundationNetworking
 
 let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
-/// A child process with its output in files, its exit status, and signals.
-final class ChildProcess: @unchecked Sendable {
-    // `process` is set once in init; the rest is guarded by `state`.
-    let process = Process()
-    let directory: URL
-    private let state = Locked<(status: Int32?, waiter: CheckedContinuation<Int32, Never>?)>((nil, nil))
-
-    var stdoutURL: URL { self.directory.appendingPathComponent("stdout") }
-    var stderrURL: URL { self.directory.appendingPathComponent("stderr") }
-
-    init(_ executable: URL, arguments: [String], environment: [String: String], label: String) throws {
-        self.directory = FileManager.default.temporaryDirectory.appendingPathComponent("\(label)-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: self.directory, withIntermediateDirectories: true)
-        _ = FileManager.default.createFile(atPath: self.stdoutURL.path, contents: nil)
-        _ = FileManager.default.createFile(atPath: self.stderrURL.path, contents: nil)
-        self.process.executableURL = executable
-        self.process.arguments = arguments
-        self.process.environment = environment
-        self.process.standardInput = FileHandle.nullDevice
-        self.process.standardOutput = try FileHandle(forWritingTo: self.stdoutURL)
-        self.process.standardError = try FileHandle(forWritingTo: self.stderrURL)
-        let state = self.state
-        self.process.terminationHandler = { process in
-            let status = process.terminationStatus
-            let waiter = state.withLock { value in
-                value.status = status
-                defer { value.waiter = nil }
-                return value.waiter
-            }
-            waiter?.resume(returning: status)
-        }
-        try self.process.run()
-    }
-
-    var stdout: String { (try? String(contentsOf: self.stdoutURL, encoding: .utf8)) ?? "" }
-    var stderr: String { (try? String(contentsOf: self.stderrURL, encoding: .utf8)) ?? "" }
-    var exitStatus: Int32? { self.state.value.status }
-
-    func signal(_ signal: Int32) { kill(self.process.processIdentifier, signal) }
-
-    /// Waits for the process to exit, at most `timeout`; nil if it is still running.
-    func wait(timeout: Duration) async -> Int32? {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if let status = self.exitStatus { return status }
-            try? await Task.sleep(for: .milliseconds(20))
-        }
-        return self.exitStatus
-    }
-
-    /// Kills the process if it still runs and removes its files.
-    func cleanUp() async {
-        if self.exitStatus == nil {
-            self.signal(SIGKILL)
-            _ = await self.wait(timeout: .seconds(5))
-        }
-        try? FileManager.default.removeItem(at: self.directory)
-    }
-}
-
 /// A chatd process built from this package.
 final class ChatdProcess: @unchecked Sendable {
     static let secret = "end-to-end-secret-0123456789-abcdefghij"
@@ -172,7 +112,7 @@ func withChatd(environment: [String: String] = [:], _ body: (ChatdProcess) async
 }
 
 /// The python-socketio remote control (`Clients/driver.py`).
-final class ClientDriver: @unchecked Sendable {
+final class ClientDriver: OwnedTestServer, @unchecked Sendable {
     let child: ChildProcess
     let port: Int
 
@@ -254,19 +194,12 @@ final class ClientDriver: @unchecked Sendable {
         try await self.events(user, "message:received").compactMap { if case .object(let m) = $0, case .string(let c)? = m["content"] { c } else { nil } }
     }
 
-    func cleanUp() async { await self.child.cleanUp() }
+    func shutDown() async { await self.child.cleanUp() }
 }
 
 /// Runs `body` with the client driver; returns at once when it is not available by hand.
 func withDriver(_ body: (ClientDriver) async throws -> Void) async throws {
-    guard let driver = try await ClientDriver.start() else { return }
-    do {
-        try await body(driver)
-    } catch {
-        await driver.cleanUp()
-        throw error
-    }
-    await driver.cleanUp()
+    try await withTestServer({ try await ClientDriver.start() }, body)
 }
 
 extension JSONValue {

@@ -167,14 +167,10 @@ public struct ChatHTTPAPI: Sendable {
     }
 
     private func authenticate(_ request: Request) async throws(APIError) -> User {
-        guard let header = request.headers[.authorization] else {
+        guard let token = SocketIOServer.bearerToken(request) else {
             throw APIError(.unauthorized, .unauthorized, "send Authorization: Bearer <token>")
         }
-        let parts = header.split(separator: " ", maxSplits: 1)
-        guard parts.count == 2, parts[0].lowercased() == "bearer" else {
-            throw APIError(.unauthorized, .unauthorized, "send Authorization: Bearer <token>")
-        }
-        switch await self.authenticator.authenticate(String(parts[1])) {
+        switch await self.authenticator.authenticate(token) {
         case .success(let user): return user
         case .failure(let failure): throw APIError(.unauthorized, .unauthorized, failure.description)
         }

@@ -154,7 +154,8 @@ extension SocketIOServer {
         return self.textResponse("ok", contentType: "text/html")
     }
 
-    private static func bearerToken(_ request: Request) -> String? {
+    /// The token of an `Authorization: Bearer <token>` header.
+    static func bearerToken(_ request: Request) -> String? {
         guard let header = request.headers[.authorization] else { return nil }
         let parts = header.split(separator: " ", maxSplits: 1)
         guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
