@@ -126,7 +126,9 @@ struct DeliveryReliabilityTests {
     @Test("A ghost connection that never acknowledges loses nothing: the message goes to the offline path")
     func ghostConnectionHandsToOfflinePath() async throws {
         var configuration = ChatServiceConfiguration()
-        configuration.deliveryConfirmation = .clientAcknowledgement(timeout: .milliseconds(50))
+        // Long enough that both sends happen before the first times out on a loaded two-core machine (the
+        // timeout runs from the emit).
+        configuration.deliveryConfirmation = .clientAcknowledgement(timeout: .milliseconds(400))
         try await withHarness(configuration: configuration) { h in
             let alice = await h.connect(Harness.alice)
             let ghost = await h.connect(Harness.bob) { _ in .ignore }
