@@ -82,12 +82,17 @@ final class EngineSession: Sendable {
         guard state.outboundBytes + size <= limit else {
             throw ChatError(.connectionClosed, "the client is not reading: \(state.outboundBytes) bytes are waiting for it")
         }
+        Self.push(packet, into: &state)
+    }
+
+    /// Hands `packet` to the reader waiting for it, or buffers it (bounds are the caller's).
+    private static func push(_ packet: String, into state: inout State) {
         if let waiter = state.waiter {
             state.waiter = nil
             waiter.resume(returning: [packet])
         } else {
             state.outbound.append(packet)
-            state.outboundBytes += size
+            state.outboundBytes += packet.utf8.count
         }
     }
 
@@ -124,16 +129,8 @@ final class EngineSession: Sendable {
             state.socket!.held = []
             state.socket!.heldBytes = 0
             state.socket!.announced = true
-            for packet in [reply] + held {
-                // The bound was checked when each was held.
-                if let waiter = state.waiter {
-                    state.waiter = nil
-                    waiter.resume(returning: [packet])
-                } else {
-                    state.outbound.append(packet)
-                    state.outboundBytes += packet.utf8.count
-                }
-            }
+            // The bound was checked when each was held.
+            for packet in [reply] + held { Self.push(packet, into: &state) }
             return true
         }
     }
