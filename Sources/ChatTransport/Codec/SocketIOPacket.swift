@@ -120,9 +120,7 @@ public struct SocketIOPacket: Hashable, Sendable {
     }
 
     private static func json(_ value: JSONValue) -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.withoutEscapingSlashes]
-        return (try? String(decoding: encoder.encode(value), as: UTF8.self)) ?? "null"
+        (try? String(decoding: WireJSON.encode(value), as: UTF8.self)) ?? "null"
     }
 }
 

@@ -236,9 +236,7 @@ extension SocketIOServer {
     }
 
     private func acknowledge(_ ackID: UInt64, on session: EngineSession, payload: some Encodable) {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.withoutEscapingSlashes]
-        guard let data = try? encoder.encode(payload) else { return }
+        guard let data = try? WireJSON.encode(payload) else { return }
         try? session.enqueue("43\(ackID)[" + String(decoding: data, as: UTF8.self) + "]")
     }
 

@@ -117,7 +117,11 @@ public final class SocketIOServer: Transport, Service, Sendable {
         guard let session = self.registry.withLock({ $0.connections[connection] }) else {
             throw ChatError(.connectionClosed, "connection \(connection) is not open")
         }
-        let text = try Self.encodeEvent(event)
+        try self.enqueue(Self.encodeEvent(event), on: session, acknowledgement: acknowledgement)
+    }
+
+    /// Queues an encoded event on `session`; a session whose buffer is full is closed.
+    private func enqueue(_ text: String, on session: EngineSession, acknowledgement: Acknowledgement?) throws(ChatError) {
         do {
             try session.enqueueEvent(text, acknowledgement: acknowledgement)
         } catch {
@@ -150,8 +154,11 @@ public final class SocketIOServer: Transport, Service, Sendable {
     }
 
     private func emit(_ event: OutboundEvent, toEach connections: Set<ConnectionID>) -> Int {
+        // Encoded once for all of them.
+        guard !connections.isEmpty, let text = try? Self.encodeEvent(event) else { return 0 }
+        let sessions = self.registry.withLock { registry in connections.compactMap { registry.connections[$0] } }
         var count = 0
-        for connection in connections where (try? self.emit(event, to: connection, acknowledgement: nil)) != nil {
+        for session in sessions where (try? self.enqueue(text, on: session, acknowledgement: nil)) != nil {
             count += 1
         }
         return count
@@ -190,11 +197,9 @@ public final class SocketIOServer: Transport, Service, Sendable {
     }
 
     static func encodeEvent(_ event: OutboundEvent) throws(ChatError) -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.withoutEscapingSlashes]
         let payload: Data
         do {
-            payload = try encoder.encode(event.payload)
+            payload = try WireJSON.encode(event.payload)
         } catch {
             throw ChatError(.badRequest, "could not encode \(event.name): \(error)")
         }
