@@ -185,7 +185,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
-            exclude: ["Interop"],
+            exclude: ["Interop", "FuzzCorpus"],
             swiftSettings: strictSettings
         ),
         .testTarget(

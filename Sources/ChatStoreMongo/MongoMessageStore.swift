@@ -71,7 +71,10 @@ public final class MongoMessageStore: MessageStore, Service {
         if let writeError = reply["writeErrors"]?.array?.first?.document {
             if writeError["code"]?.int == 11000, let clientMessageID = message.clientMessageID,
                 let first = try await self.findMessages(
-                    ["senderId": .string(message.senderID.rawValue), "clientMessageId": .string(clientMessageID)],
+                    [
+                        "senderId": .string(message.senderID.rawValue), "chatId": .string(message.chatID.rawValue),
+                        "clientMessageId": .string(clientMessageID),
+                    ],
                     sort: nil,
                     limit: 1
                 ).first
@@ -277,14 +280,19 @@ public final class MongoMessageStore: MessageStore, Service {
             "indexes": .array([
                 index("chat_history", ["chatId": .int(1), "createdAt": .int(-1)]),
                 index("pending_catch_up", ["pendingFor": .int(1), "createdAt": .int(1)]),
+                // Per sender and chat: the same client id in another chat is another message. (Stores made before
+                // this had `idempotent_send` on sender and client id only; it is dropped below.)
                 index(
-                    "idempotent_send",
-                    ["senderId": .int(1), "clientMessageId": .int(1)],
+                    "idempotent_send_per_chat",
+                    ["senderId": .int(1), "chatId": .int(1), "clientMessageId": .int(1)],
                     unique: true,
                     partial: ["clientMessageId": .document(["$exists": .bool(true)])]
                 ),
             ]),
         ])
+        // The old per-sender key would still refuse a reused client id in another chat. Dropping an index that
+        // does not exist is an error the server reports (IndexNotFound); that is the usual case, and fine.
+        _ = try? pool.command(["dropIndexes": .string("messages"), "index": .string("idempotent_send")])
         _ = try pool.command(["createIndexes": .string("chats"), "indexes": .array([index("participants", ["participants": .int(1)])])])
     }
 

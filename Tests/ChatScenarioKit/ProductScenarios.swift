@@ -51,7 +51,39 @@ public struct ProductScenario: Sendable, CustomTestStringConvertible {
         ProductScenario(name: "Entries older than 24 hours are not delivered, and count as expired", needsControllableQueue: true, body: expiredEntriesAreNotDelivered),
         ProductScenario(name: "Several offline recipients in a group each get their own entry", body: groupRecipientsGetOwnEntries),
         ProductScenario(name: "The guide's manual scenario, steps 1 to 10", needsControllableQueue: true, body: manualScenario),
+        ProductScenario(name: "A clientMessageId is per sender and chat; reused for other content it is refused", body: idempotencyKeyPerChat),
     ]
+
+    @Sendable
+    private static func idempotencyKeyPerChat(_ h: Harness) async throws {
+        let alice = await h.connect(Harness.alice)
+        let bob = await h.connect(Harness.bob)
+        let carol = await h.connect(Harness.carol)
+        let inDirect = try await h.send("for bob only", from: alice, clientMessageID: "c-1")
+        // The same key in another chat is another message: stored, delivered, with its own id.
+        let inGroup = try await h.send("for the group", in: Harness.groupChat, from: alice, clientMessageID: "c-1")
+        #expect(inGroup.messageID != inDirect.messageID)
+        #expect(inGroup.chatID == Harness.groupChat)
+        #expect(try await h.store.message(inGroup.messageID)?.content == "for the group")
+        #expect(h.contents(of: carol) == ["for the group"])
+        // A true repeat answers with the first message and delivers nothing new.
+        let repeated = try await h.send("for bob only", from: alice, clientMessageID: "c-1")
+        #expect(repeated.messageID == inDirect.messageID)
+        #expect(h.contents(of: bob) == ["for bob only", "for the group"])
+        // The same key in the same chat with other content is refused, naming the field; nothing is delivered.
+        let reused = await h.service.send(
+            SendMessageRequest(chatID: Harness.directChat, content: "something else", clientMessageID: "c-1"),
+            from: alice
+        )
+        guard case .failure(let error) = reused else {
+            Issue.record("a reused clientMessageId with other content was accepted: \(reused)")
+            return
+        }
+        #expect(error.code == .badRequest)
+        #expect(error.message.contains("clientMessageId"))
+        #expect(h.contents(of: bob) == ["for bob only", "for the group"])
+        #expect(try await h.store.history(of: Harness.directChat, before: nil, limit: 10).map(\.content) == ["for bob only"])
+    }
 
     @Sendable
     private static func offlineUserGetsQueueEntry(_ h: Harness) async throws {

@@ -55,6 +55,8 @@ public final class RabbitTestServer: OwnedTestServer, @unchecked Sendable {
         environment["RABBITMQ_MNESIA_BASE"] = self.directory.appendingPathComponent("mnesia").path
         environment["RABBITMQ_LOG_BASE"] = self.directory.appendingPathComponent("log").path
         environment["RABBITMQ_PID_FILE"] = self.directory.appendingPathComponent("rabbit.pid").path
+        // A crashing node writes its dump here, inside its own temporary directory, never into the work tree.
+        environment["ERL_CRASH_DUMP"] = self.directory.appendingPathComponent("erl_crash.dump").path
         environment["RABBITMQ_ENABLED_PLUGINS_FILE"] = self.directory.appendingPathComponent("plugins").path
         environment["RABBITMQ_CONFIG_FILE"] = self.directory.appendingPathComponent("rabbitmq").path
         return environment

@@ -15,11 +15,13 @@ extension ChatService {
             try? self.transport.emit(.messageSent(sent), to: connection)
         case .failure(let error):
             self.statistics.rejectedSends += 1
-            self.logger.info(
+            // A flooding client is counted (rateLimitedSends), not logged line by line.
+            self.logger.log(
+                level: error.code == .rateLimited ? .debug : .info,
                 "Message rejected",
                 metadata: [
-                    "chat.connection.id": "\(connection)", "chat.id": "\(request.chatID)", "error.code": "\(error.code)",
-                    "error": "\(error.message)",
+                    "chat.connection.id": "\(connection)", "chat.id": "\(LogSafe.value(request.chatID.rawValue))",
+                    "error.code": "\(error.code)", "error": "\(error.message)",
                 ]
             )
             let payload = MessageErrorPayload(error, chatID: request.chatID, clientMessageID: request.clientMessageID)
@@ -31,6 +33,10 @@ extension ChatService {
     private func accept(_ request: SendMessageRequest, from connection: ConnectionID) async -> Result<MessageSent, ChatError> {
         guard let sender = self.connectionUsers[connection] else {
             return .failure(ChatError(.unauthorized, "this connection is not authenticated; reconnect with a valid token"))
+        }
+        // No store has such a chat; refusing here keeps a megabyte-long id away from the store and the log.
+        guard request.chatID.rawValue.utf8.count <= Chat.maxIDBytes else {
+            return .failure(ChatError(.chatNotFound, "chat \(LogSafe.quoted(request.chatID.rawValue)) does not exist"))
         }
         let chat: Chat?
         do {
@@ -45,6 +51,10 @@ extension ChatService {
             messageType = try self.validator.validate(request, chat: chat, sender: sender.id)
         } catch {
             return .failure(error)
+        }
+        let recipients = Self.recipients(of: chat, excluding: sender.id)
+        if let limited = self.rateLimit(sender.id, recipients: recipients.count) {
+            return .failure(limited)
         }
         let now = self.wallClock.now()
         let message = Message(
@@ -62,7 +72,6 @@ extension ChatService {
         // Issued in the same actor turn as the id, so tickets follow id order.
         let ticket = self.sequencer.issue()
         self.unrouted.insert(message.id)
-        let recipients = Self.recipients(of: chat, excluding: sender.id)
         async let presence = self.lookupPresence(recipients)
         let outcome: InsertOutcome
         do {
@@ -77,6 +86,14 @@ extension ChatService {
         if case .duplicate(let first) = outcome {
             self.finishTicket(ticket, message: message.id)
             _ = await presence
+            guard first.isSameSend(as: message) else {
+                // A reused key with other content is a client bug; answering with the first message would drop
+                // this one silently.
+                return .failure(ChatError(
+                    .badRequest,
+                    "clientMessageId \(LogSafe.quoted(request.clientMessageID ?? "")) was already used in this chat for a different message; use a new clientMessageId for a new message"
+                ))
+            }
             self.logger.debug(
                 "Repeated send; answering with the first message",
                 metadata: ["chat.message.id": "\(first.id)", "chat.client_message.id": "\(request.clientMessageID ?? "")"]
@@ -93,6 +110,21 @@ extension ChatService {
             await self.runEnqueueFlusher(for: recipient)
         }
         return .success(MessageSent(messageID: message.id, chatID: message.chatID, timestamp: message.createdAt, clientMessageID: message.clientMessageID))
+    }
+
+    /// Charges one message and its fan-out to `sender`; the error when either limit is exhausted.
+    private func rateLimit(_ sender: UserID, recipients: Int) -> ChatError? {
+        let now = self.wallClock.now().timeIntervalSince1970
+        if let wait = self.sendLimiter?.take(sender, now: now) ?? self.fanOutLimiter?.take(sender, cost: Double(recipients), now: now) {
+            self.statistics.rateLimitedSends += 1
+            let retryAfter = Duration.milliseconds(Int((wait * 1000).rounded(.up)))
+            return ChatError(
+                .rateLimited,
+                "you are sending too fast; retry in \(retryAfter.wholeMilliseconds) ms",
+                retryAfter: retryAfter
+            )
+        }
+        return nil
     }
 
     /// Decides and starts delivery for each recipient; returns the recipients whose enqueue flusher the caller

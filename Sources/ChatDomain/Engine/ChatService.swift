@@ -74,6 +74,8 @@ public actor ChatService: Service {
     var presenceOutage = OutageTracker()
     var storeOutage = OutageTracker()
     var statistics = DeliveryStatistics()
+    var sendLimiter: KeyedRateLimiter<UserID>?
+    var fanOutLimiter: KeyedRateLimiter<UserID>?
 
     /// Creates the engine.
     /// - Throws: ``ChatError`` with code ``ChatError/Code/badRequest`` naming a setting that is out of range.
@@ -120,6 +122,8 @@ public actor ChatService: Service {
             write: { try await queue.publishDeliveryEvents($0) }
         )
         (self.jobs, self.jobsContinuation) = AsyncStream.makeStream()
+        self.sendLimiter = configuration.sendRateLimit.map { KeyedRateLimiter(limit: $0) }
+        self.fanOutLimiter = configuration.fanOutRateLimit.map { KeyedRateLimiter(limit: $0) }
     }
 
     /// Runs the engine's background work until graceful shutdown or cancellation; then confirmations still

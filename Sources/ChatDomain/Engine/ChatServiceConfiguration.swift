@@ -30,6 +30,12 @@ public struct ChatServiceConfiguration: Sendable {
     public var presenceHeartbeatInterval: Duration = .seconds(10)
     /// The most `readBy` updates written in one batch. Default 1,000.
     public var maxDeliveryMarkBatch: Int = 1000
+    /// How fast one user may send messages; a send over it gets `rate_limited` with the time to wait. Nil (the
+    /// library's default) for no limit; `chatd` sets one.
+    public var sendRateLimit: RateLimit?
+    /// How many recipient deliveries one user's messages may cause per second (a message to a chat of 1,000
+    /// costs 999), so a user cannot fill the queues through one huge chat. Nil for no limit; `chatd` sets one.
+    public var fanOutRateLimit: RateLimit?
 
     /// The defaults.
     public init() {}
@@ -51,6 +57,8 @@ public struct ChatServiceConfiguration: Sendable {
         if self.retention <= 0 {
             throw ChatError(.badRequest, "retention must be positive (got \(self.retention) s)")
         }
+        try self.sendRateLimit?.validate("sendRateLimit")
+        try self.fanOutRateLimit?.validate("fanOutRateLimit")
         if self.allowedMessageTypes.isEmpty {
             throw ChatError(.badRequest, "allowedMessageTypes must not be empty")
         }

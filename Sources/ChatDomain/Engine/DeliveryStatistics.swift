@@ -22,6 +22,8 @@ public struct DeliveryStatistics: Sendable, Hashable {
     public var returnedToQueue = 0
     /// Sends rejected with an error.
     public var rejectedSends = 0
+    /// Sends rejected because the sender went over a rate limit (also counted in ``rejectedSends``).
+    public var rateLimitedSends = 0
 
     /// All counters at zero.
     public init() {}

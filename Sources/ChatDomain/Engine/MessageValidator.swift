@@ -6,10 +6,10 @@ struct MessageValidator {
     /// Returns the message type to store, or throws the error the client gets.
     func validate(_ request: SendMessageRequest, chat: Chat?, sender: UserID) throws(ChatError) -> MessageType {
         guard let chat else {
-            throw ChatError(.chatNotFound, "chat \(request.chatID) does not exist")
+            throw ChatError(.chatNotFound, "chat \(LogSafe.quoted(request.chatID.rawValue)) does not exist")
         }
         guard chat.hasParticipant(sender) else {
-            throw ChatError(.notAParticipant, "you are not a participant of chat \(chat.id)")
+            throw ChatError(.notAParticipant, "you are not a participant of chat \(LogSafe.quoted(chat.id.rawValue))")
         }
         if request.content.allSatisfy(\.isWhitespace) {
             throw ChatError(.emptyContent, "content must contain at least one non-space character")
@@ -24,7 +24,7 @@ struct MessageValidator {
         let type = request.messageType ?? .text
         guard self.allowedMessageTypes.contains(type) else {
             let allowed = self.allowedMessageTypes.map(\.rawValue).sorted().joined(separator: ", ")
-            throw ChatError(.invalidMessageType, "messageType '\(type)' is not one of: \(allowed)")
+            throw ChatError(.invalidMessageType, "messageType \(LogSafe.quoted(type.rawValue)) is not one of: \(allowed)")
         }
         if let clientMessageID = request.clientMessageID, clientMessageID.isEmpty || clientMessageID.utf8.count > 128 {
             throw ChatError(.badRequest, "clientMessageId must be 1 to 128 bytes")

@@ -120,22 +120,32 @@ public struct MessageErrorPayload: Sendable, Hashable, Codable {
     public var chatID: ChatID?
     /// The client's own id of the rejected message, when it gave one.
     public var clientMessageID: String?
+    /// For `rate_limited`: how long to wait before sending again, in milliseconds.
+    public var retryAfterMs: Int?
 
-    /// Creates the payload.
-    public init(code: String, message: String, chatID: ChatID? = nil, clientMessageID: String? = nil) {
+    /// Creates the payload. Ids longer than ``LogSafe/defaultLimit`` bytes are not echoed back (a client could
+    /// otherwise make the server send its megabyte-long id back with every refusal).
+    public init(code: String, message: String, chatID: ChatID? = nil, clientMessageID: String? = nil, retryAfterMs: Int? = nil) {
         self.code = code
         self.message = message
-        self.chatID = chatID
-        self.clientMessageID = clientMessageID
+        self.chatID = chatID.flatMap { $0.rawValue.utf8.count <= LogSafe.defaultLimit ? $0 : nil }
+        self.clientMessageID = clientMessageID.flatMap { $0.utf8.count <= LogSafe.defaultLimit ? $0 : nil }
+        self.retryAfterMs = retryAfterMs
     }
 
     /// The payload that reports `error`.
     public init(_ error: ChatError, chatID: ChatID? = nil, clientMessageID: String? = nil) {
-        self.init(code: error.code.rawValue, message: error.message, chatID: chatID, clientMessageID: clientMessageID)
+        self.init(
+            code: error.code.rawValue,
+            message: error.message,
+            chatID: chatID,
+            clientMessageID: clientMessageID,
+            retryAfterMs: error.retryAfter.map { Int($0.wholeMilliseconds) }
+        )
     }
 
     enum CodingKeys: String, CodingKey {
-        case code, message
+        case code, message, retryAfterMs
         case chatID = "chatId"
         case clientMessageID = "clientMessageId"
     }

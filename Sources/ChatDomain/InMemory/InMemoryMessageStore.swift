@@ -50,7 +50,8 @@ public final class InMemoryMessageStore: MessageStore {
 
     public func insert(_ message: Message, pendingFor recipients: [UserID]) async throws -> InsertOutcome {
         try self.withAvailableState { state in
-            let clientKey = message.clientMessageID.map { "\(message.senderID.rawValue)\u{0}\($0)" }
+            // Idempotency is per sender and chat: the same client id in another chat is another message.
+            let clientKey = message.clientMessageID.map { "\(message.senderID.rawValue)\u{0}\(message.chatID.rawValue)\u{0}\($0)" }
             if let clientKey, let firstID = state.clientIDs[clientKey], let first = state.messages[firstID] {
                 return .duplicate(first.message)
             }

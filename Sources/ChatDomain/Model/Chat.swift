@@ -9,6 +9,9 @@ public struct Chat: Hashable, Sendable, Codable {
     /// The id of the newest message, if any.
     public var lastMessage: MessageID?
 
+    /// The longest chat id, in UTF-8 bytes, the engine looks up; a longer one cannot name a chat.
+    public static let maxIDBytes = 256
+
     /// Creates a chat.
     public init(id: ChatID, participants: [UserID], name: String? = nil, lastMessage: MessageID? = nil) {
         self.id = id

@@ -31,6 +31,10 @@ public struct ChatError: Error, Sendable, CustomStringConvertible {
         public static let connectionClosed = Code(rawValue: "connection_closed")
         /// The client did not acknowledge in time.
         public static let timeout = Code(rawValue: "timeout")
+        /// The user sends faster than the server allows; ``ChatError/retryAfter`` says when to try again.
+        public static let rateLimited = Code(rawValue: "rate_limited")
+        /// A recipient has blocked the sender.
+        public static let blocked = Code(rawValue: "blocked")
     }
 
     /// What went wrong, for machines.
@@ -39,17 +43,20 @@ public struct ChatError: Error, Sendable, CustomStringConvertible {
     public var message: String
     /// The cause, when another error led to this one.
     public var underlying: (any Error)?
+    /// For ``Code/rateLimited``: how long to wait before retrying.
+    public var retryAfter: Duration?
 
     /// Creates an error.
-    public init(_ code: Code, _ message: String, underlying: (any Error)? = nil) {
+    public init(_ code: Code, _ message: String, underlying: (any Error)? = nil, retryAfter: Duration? = nil) {
         self.code = code
         self.message = message
         self.underlying = underlying
+        self.retryAfter = retryAfter
     }
 
     /// Whether retrying the same operation later may succeed.
     public var isRetriable: Bool {
-        [.storeUnavailable, .unavailable, .timeout, .queueFull].contains(self.code)
+        [.storeUnavailable, .unavailable, .timeout, .queueFull, .rateLimited].contains(self.code)
     }
 
     public var description: String {

@@ -56,6 +56,14 @@ public struct Message: Hashable, Sendable, Codable {
         self.readBy.contains { $0.userID == user }
     }
 
+    /// Whether `other` is the same send repeated: same sender, chat, client id and content. A repeated send is
+    /// answered with the first message; a reused client id with other content is refused.
+    public func isSameSend(as other: Message) -> Bool {
+        self.senderID == other.senderID && self.chatID == other.chatID && self.clientMessageID == other.clientMessageID
+            && self.content == other.content && self.messageType == other.messageType
+            && self.attachments == other.attachments && self.replyTo == other.replyTo
+    }
+
     /// Adds `user` to ``readBy`` unless already there; returns whether it was added.
     @discardableResult
     public mutating func markRead(by user: UserID, at date: Date) -> Bool {

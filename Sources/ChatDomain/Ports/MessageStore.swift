@@ -8,8 +8,9 @@ public protocol MessageStore: Sendable {
     /// Stores `message` together with the recipients it is still pending for, and sets it as its chat's
     /// `lastMessage`, in one write.
     ///
-    /// If the sender already stored a message with the same `clientMessageID`, nothing is written and the
-    /// outcome is ``InsertOutcome/duplicate(_:)`` with the first message.
+    /// If the sender already stored a message with the same `clientMessageID` in the same chat, nothing is written
+    /// and the outcome is ``InsertOutcome/duplicate(_:)`` with the first message. The key is sender, chat and
+    /// client id: the same client id in another chat is another message.
     func insert(_ message: Message, pendingFor recipients: [UserID]) async throws -> InsertOutcome
 
     /// Records confirmed deliveries: each recipient still pending for the message is added to its `readBy` and
@@ -56,6 +57,6 @@ public protocol MessageStore: Sendable {
 public enum InsertOutcome: Sendable, Hashable {
     /// The message was stored.
     case inserted
-    /// The sender had already stored a message with this `clientMessageID`; this is that message.
+    /// The sender had already stored a message with this `clientMessageID` in this chat; this is that message.
     case duplicate(Message)
 }

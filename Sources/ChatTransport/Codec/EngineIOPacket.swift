@@ -1,3 +1,5 @@
+import ChatDomain
+
 /// One Engine.IO v4 packet.
 ///
 /// Text packets are `<type digit><data>`; over HTTP long-polling several are joined by the record separator
@@ -51,8 +53,10 @@ public struct EngineIOPacket: Hashable, Sendable {
             guard let bytes = Base64.decode(text.dropFirst()) else { throw CodecError("binary Engine.IO packet is not valid base64") }
             return EngineIOPacket(binary: bytes)
         }
-        guard let digit = first.wholeNumberValue, let kind = Kind(rawValue: UInt8(digit)) else {
-            throw CodecError("unknown Engine.IO packet type '\(first)'")
+        // Only an ASCII digit is a type: `Character.wholeNumberValue` also reads "万" as 10,000, and converting
+        // that to UInt8 traps, so the type is taken from the first UTF-8 byte and never converted unchecked.
+        guard let kind = asciiDigit(text.utf8.first).flatMap(Kind.init(rawValue:)) else {
+            throw CodecError("unknown Engine.IO packet type \(LogSafe.quoted(String(first)))")
         }
         return EngineIOPacket(kind, String(text.dropFirst()))
     }
@@ -70,6 +74,12 @@ public struct EngineIOPacket: Hashable, Sendable {
         }
         return packets
     }
+}
+
+/// The value of an ASCII digit byte; nil for any other byte (or none).
+func asciiDigit(_ byte: UInt8?) -> UInt8? {
+    guard let byte, byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
+    return byte - UInt8(ascii: "0")
 }
 
 /// A malformed packet: what was wrong, for the log line and the client's error.

@@ -58,8 +58,9 @@ public struct SocketIOPacket: Hashable, Sendable {
     public static func decode(_ text: String) throws(CodecError) -> SocketIOPacket {
         var rest = Substring(text)
         guard let first = rest.first else { throw CodecError("empty Socket.IO packet") }
-        guard let digit = first.wholeNumberValue, let kind = Kind(rawValue: UInt8(digit)) else {
-            throw CodecError("unknown Socket.IO packet type '\(first)'")
+        // An ASCII digit only (see EngineIOPacket.decode: "万" has a whole-number value too).
+        guard let kind = asciiDigit(text.utf8.first).flatMap(Kind.init(rawValue:)) else {
+            throw CodecError("unknown Socket.IO packet type \(LogSafe.quoted(String(first)))")
         }
         rest = rest.dropFirst()
         if kind == .binaryEvent || kind == .binaryAck {

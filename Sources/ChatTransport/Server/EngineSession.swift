@@ -166,6 +166,11 @@ final class EngineSession: Sendable {
         }
     }
 
+    /// Takes what is buffered now, without waiting (empty when nothing is).
+    func takeBuffered(maxBytes: Int) -> [String] {
+        self.state.withLock { Self.takeBuffered(&$0, maxBytes: maxBytes) }
+    }
+
     private static func takeBuffered(_ state: inout State, maxBytes: Int) -> [String] {
         var taken: [String] = []
         var bytes = 0

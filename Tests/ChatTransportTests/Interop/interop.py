@@ -237,6 +237,34 @@ def oversized():
     summary(wsClosed=ws_closed, postStatus=post.status_code)
 
 
+def crash_bytes():
+    """The exact inputs that once stopped the server before authentication: a non-ASCII character where a packet
+    type belongs, over polling and as WebSocket text frames. Each is refused; the server keeps serving."""
+    inputs = CONFIG.get("inputs", ["\u4e07", "4\u4e07", "\u0661", "4\u0661", "\u00bd"])
+    statuses = []
+    for text in inputs:
+        handshake = requests.get(URL + "/socket.io/?EIO=4&transport=polling", timeout=5)
+        sid = json.loads(handshake.text[1:])["sid"]
+        post = requests.post(URL + "/socket.io/?EIO=4&transport=polling&sid=" + sid, data=text.encode("utf-8"), timeout=5)
+        statuses.append(post.status_code)
+        check(post.status_code in (200, 400), "%r over polling is answered, not dropped: %d" % (text, post.status_code))
+        ws = websocket.create_connection(WS_URL, timeout=5)
+        ws.recv()
+        ws.send(text)
+        ws.settimeout(1)
+        try:
+            while ws.recv() != "":
+                pass
+        except (websocket.WebSocketConnectionClosedException, websocket.WebSocketTimeoutException, ConnectionError):
+            pass
+        ws.close()
+    alice = Recorder("alice").connect()
+    ok = alice.client.call("message:send", {"chatId": CHAT, "content": "still here"}, timeout=10)
+    check("messageId" in ok, "the server still accepts messages: %r" % ok)
+    alice.disconnect()
+    summary(statuses=statuses)
+
+
 def hostile():
     """10,000 random and mutated packets from misbehaving clients; bystanders must not notice."""
     rng = random.Random(int(CONFIG.get("seed", 7)))
@@ -346,6 +374,7 @@ SCENARIOS = {
     "ping-timeout": ping_timeout,
     "oversized": oversized,
     "hostile": hostile,
+    "crash-bytes": crash_bytes,
 }
 
 if __name__ == "__main__":
