@@ -122,6 +122,8 @@ enum ChatDocument {
 
     static func decodeUser(_ document: BSONDocument) throws -> User {
         let id = try field(document, "_id", \.string, "a string")
+        // A user first written by a block-list change has no username yet: its id stands in, as on first use.
+        guard document["username"] != nil else { return User(id: UserID(id), username: id) }
         return User(id: UserID(id), username: try field(document, "username", \.string, "a string", context: "user \(id)"))
     }
 }

@@ -169,7 +169,8 @@ public final class MongoMessageStore: MessageStore, Service {
     }
 
     public func chats(of user: UserID) async throws -> [Chat] {
-        try await self.find("chats", ["participants": .string(user.rawValue)], sort: ["_id": .int(1)], limit: self.maxPageSize)
+        // Not paged: the HTTP API caps the chats a user may create in (MAX_CHATS_PER_USER) by counting these.
+        try await self.find("chats", ["participants": .string(user.rawValue)], sort: ["_id": .int(1)], limit: max(self.maxPageSize, 10_000))
             .map(ChatDocument.decode)
     }
 
@@ -209,6 +210,32 @@ public final class MongoMessageStore: MessageStore, Service {
                 ])
             ]),
         ])
+    }
+
+    public func usersBlocking(_ sender: UserID, among users: [UserID]) async throws -> Set<UserID> {
+        guard !users.isEmpty else { return [] }
+        // Equality on an array of strings matches any element (portable to nx-27017, as `pendingFor` is).
+        let documents = try await self.find(
+            "users",
+            ["_id": .document(["$in": .array(users.map { .string($0.rawValue) })]), "blocked": .string(sender.rawValue)],
+            sort: nil,
+            limit: users.count
+        )
+        return Set(documents.compactMap { document in document["_id"]?.string.map { UserID($0) } })
+    }
+
+    public func blockedUsers(of user: UserID) async throws -> Set<UserID> {
+        guard let document = try await self.find("users", ["_id": .string(user.rawValue)], sort: nil, limit: 1).first else { return [] }
+        return Set((document["blocked"]?.array ?? []).compactMap { value in value.string.map { UserID($0) } })
+    }
+
+    public func setBlocked(_ other: UserID, by user: UserID, blocked: Bool) async throws {
+        let change: BSONDocument = blocked ? ["$addToSet": .document(["blocked": .string(other.rawValue)])] : ["$pull": .document(["blocked": .string(other.rawValue)])]
+        let reply = try await self.command([
+            "update": .string("users"),
+            "updates": .array([.document(["q": .document(["_id": .string(user.rawValue)]), "u": .document(change), "upsert": .bool(true)])]),
+        ])
+        if let writeError = reply["writeErrors"]?.array?.first?.document { throw Self.chatError(writeError) }
     }
 
     // MARK: Commands

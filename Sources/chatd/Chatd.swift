@@ -47,7 +47,7 @@ struct Token: AsyncParsableCommand {
         if settings.jwtSecretIsDefault {
             FileHandle.standardError.write(Data("chatd: JWT_SECRET is not set; signing with the development secret\n".utf8))
         }
-        let authenticator = try await TokenAuthenticator(secret: settings.jwtSecret)
+        let authenticator = try await TokenAuthenticator(configuration: settings.tokens)
         let token = try await authenticator.token(for: User(id: UserID(self.user), username: self.username ?? self.user), lifetime: .seconds(self.ttl))
         print(token)
     }

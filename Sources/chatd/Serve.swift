@@ -32,10 +32,12 @@ struct Serve: AsyncParsableCommand {
 
         if settings.isEmbedded {
             logger.notice("Embedded mode: no RabbitMQ, Redis or MongoDB configured; messages live in this process's memory and are lost when it stops")
+        } else if settings.mongo == nil {
+            logger.warning("The message store is in memory: chats and messages are lost when chatd stops although other services are configured; set MONGODB_URI")
         }
         for line in settings.summary { logger.info("Using \(line)") }
         if settings.jwtSecretIsDefault {
-            logger.warning("JWT_SECRET is not set: tokens are signed with the public development secret; set JWT_SECRET in production")
+            logger.warning("JWT_SECRET is not set: tokens are signed with the public development secret (development mode only); set JWT_SECRET")
         }
 
         let store: any MessageStore
@@ -67,7 +69,7 @@ struct Serve: AsyncParsableCommand {
             presence = InMemoryPresenceStore()
         }
 
-        let authenticator = try await TokenAuthenticator(secret: settings.jwtSecret)
+        let authenticator = try await TokenAuthenticator(configuration: settings.tokens)
         let socketIO = try SocketIOServer(configuration: settings.socketIO, authenticator: authenticator, logger: Logger(label: "chatd.socketio"))
         let chat = try ChatService(
             configuration: settings.chatService,
@@ -76,9 +78,16 @@ struct Serve: AsyncParsableCommand {
         )
         socketIO.serve(chat)
 
-        let router = Router(context: BasicWebSocketRequestContext.self)
+        let router = Router(context: ChatRequestContext.self)
         socketIO.addRoutes(to: router)
-        ChatHTTPAPI(service: chat, store: store, authenticator: authenticator, socketIO: socketIO, logger: Logger(label: "chatd.http"))
+        ChatHTTPAPI(
+            service: chat,
+            store: store,
+            authenticator: authenticator,
+            socketIO: socketIO,
+            limits: settings.httpAPI,
+            logger: Logger(label: "chatd.http")
+        )
             .addRoutes(to: router)
         router.get("/metrics") { _, _ in
             var buffer: [UInt8] = []

@@ -13,11 +13,17 @@ struct Settings: Sendable {
     /// The development secret used when `JWT_SECRET` is not set (chatd warns about it at startup).
     static let developmentSecret = "chatd-development-secret-do-not-use-in-production"
 
+    /// `development` (the default) or `production`; production, or any configured service, requires JWT_SECRET.
+    var environmentName = "development"
     var host = "127.0.0.1"
     var port = 3000
     var logLevel = Logger.Level.info
     var jwtSecret = Settings.developmentSecret
     var jwtSecretIsDefault = true
+    var jwtIssuer: String?
+    var jwtAudience: String?
+    /// The longest token lifetime accepted; nil for no cap.
+    var jwtMaxTTL: Duration? = .seconds(24 * 60 * 60)
     var nodeID = NodeID(ProcessInfo.processInfo.hostName)
     var rabbitMQ: AMQPQueueConfiguration?
     var redis: RedisPresenceConfiguration?
@@ -28,6 +34,18 @@ struct Settings: Sendable {
     var pingInterval: Duration = .seconds(25)
     var pingTimeout: Duration = .seconds(20)
     var ackTimeout: Duration = .seconds(10)
+    var connectTimeout: Duration = .seconds(45)
+    var maxSessionsPerAddress = 100
+    var handshakeRate: RateLimit? = RateLimit(rate: 10, burst: 50)
+    var trustedProxies: [String] = []
+    var maxConnectionsPerUser = 20
+    var sendRate: RateLimit? = RateLimit(rate: 20, burst: 60)
+    var fanOutRate: RateLimit? = RateLimit(rate: 2_000, burst: 10_000)
+    var maxChatParticipants = 1_000
+    var maxChatsPerUser = 1_000
+    var httpIdleTimeout: Duration = .seconds(60)
+    var httpHeaderTimeout: Duration = .seconds(10)
+    var maxHTTPConnections = Settings.defaultMaxHTTPConnections
 
     /// A setting has a value chatd cannot use; the message names the variable or flag.
     struct Invalid: Error, CustomStringConvertible {
@@ -46,6 +64,12 @@ struct Settings: Sendable {
             }
             settings.logLevel = parsed
         }
+        if let name = reader.string("CHATD_ENV", flag: "env") {
+            guard ["development", "production"].contains(name.lowercased()) else {
+                throw Invalid(description: "CHATD_ENV (or --env) must be development or production (got '\(name)')")
+            }
+            settings.environmentName = name.lowercased()
+        }
         if let secret = reader.string("JWT_SECRET", flag: "jwt-secret") {
             guard secret.utf8.count >= 32 else {
                 throw Invalid(description: "JWT_SECRET (or --jwt-secret) must be at least 32 bytes long (got \(secret.utf8.count))")
@@ -53,6 +77,44 @@ struct Settings: Sendable {
             settings.jwtSecret = secret
             settings.jwtSecretIsDefault = false
         }
+        settings.jwtIssuer = reader.string("JWT_ISSUER", flag: "jwt-issuer")
+        settings.jwtAudience = reader.string("JWT_AUDIENCE", flag: "jwt-audience")
+        if let ttl = try reader.int("JWT_MAX_TTL", flag: "jwt-max-ttl", in: 0...(365 * 24 * 3600)) {
+            settings.jwtMaxTTL = ttl == 0 ? nil : .seconds(ttl)
+        }
+        if let ms = try reader.int("CONNECT_TIMEOUT_MS", flag: "connect-timeout-ms", in: 100...3_600_000) {
+            settings.connectTimeout = .milliseconds(ms)
+        }
+        settings.maxSessionsPerAddress =
+            try reader.int("MAX_SESSIONS_PER_ADDRESS", flag: "max-sessions-per-address", in: 0...10_000_000) ?? settings.maxSessionsPerAddress
+        settings.handshakeRate = try reader.rate(
+            "HANDSHAKE_RATE_PER_ADDRESS", flag: "handshake-rate-per-address",
+            burst: "HANDSHAKE_BURST_PER_ADDRESS", burstFlag: "handshake-burst-per-address", default: settings.handshakeRate
+        )
+        if let proxies = reader.string("TRUSTED_PROXIES", flag: "trusted-proxies") {
+            settings.trustedProxies = proxies.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        }
+        settings.maxConnectionsPerUser =
+            try reader.int("MAX_CONNECTIONS_PER_USER", flag: "max-connections-per-user", in: 1...1_000_000) ?? settings.maxConnectionsPerUser
+        settings.sendRate = try reader.rate(
+            "SEND_RATE_PER_USER", flag: "send-rate-per-user", burst: "SEND_BURST_PER_USER", burstFlag: "send-burst-per-user",
+            default: settings.sendRate
+        )
+        settings.fanOutRate = try reader.rate(
+            "FANOUT_RATE_PER_USER", flag: "fanout-rate-per-user", burst: "FANOUT_BURST_PER_USER", burstFlag: "fanout-burst-per-user",
+            default: settings.fanOutRate
+        )
+        settings.maxChatParticipants =
+            try reader.int("MAX_CHAT_PARTICIPANTS", flag: "max-chat-participants", in: 2...1_000_000) ?? settings.maxChatParticipants
+        settings.maxChatsPerUser = try reader.int("MAX_CHATS_PER_USER", flag: "max-chats-per-user", in: 1...10_000_000) ?? settings.maxChatsPerUser
+        if let ms = try reader.int("HTTP_IDLE_TIMEOUT_MS", flag: "http-idle-timeout-ms", in: 100...86_400_000) {
+            settings.httpIdleTimeout = .milliseconds(ms)
+        }
+        if let ms = try reader.int("HTTP_HEADER_TIMEOUT_MS", flag: "http-header-timeout-ms", in: 100...3_600_000) {
+            settings.httpHeaderTimeout = .milliseconds(ms)
+        }
+        settings.maxHTTPConnections =
+            try reader.int("MAX_HTTP_CONNECTIONS", flag: "max-http-connections", in: 1...10_000_000) ?? settings.maxHTTPConnections
         if let node = reader.string("NODE_ID", flag: "node-id") { settings.nodeID = NodeID(node) }
         if let ttl = try reader.int("QUEUE_TTL_SECONDS", flag: "queue-ttl-seconds", in: 1...(365 * 24 * 3600)) {
             settings.queueTTL = .seconds(ttl)
@@ -88,7 +150,42 @@ struct Settings: Sendable {
             }
             settings.mongo = MongoStoreConfiguration(uri: uri)
         }
+        // The development secret is public: it is only for a development node that runs embedded.
+        if settings.jwtSecretIsDefault, settings.requiresSecret {
+            let why = settings.environmentName == "production" ? "CHATD_ENV is production" : "a service (MongoDB, RabbitMQ or Redis) is configured"
+            throw Invalid(
+                description: "JWT_SECRET (or --jwt-secret) must be set, at least 32 random bytes, because \(why); the development secret is public and would let anyone mint tokens"
+            )
+        }
         return settings
+    }
+
+    /// Whether the public development secret is refused: in production, and whenever a service is configured.
+    var requiresSecret: Bool { self.environmentName == "production" || !self.isEmbedded }
+
+    /// The default cap on open HTTP connections: 10,000, or fewer when the process may open fewer files (it keeps
+    /// 128 descriptors for the adapters and logs), so the cap is hit, and logged, before accept() starts failing.
+    static var defaultMaxHTTPConnections: Int {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < 1_000_000_000 else { return 10_000 }
+        return max(16, min(10_000, Int(limit.rlim_cur) - 128))
+    }
+
+    /// The token checks.
+    var tokens: TokenAuthenticator.Configuration {
+        var configuration = TokenAuthenticator.Configuration(secret: self.jwtSecret)
+        configuration.issuer = self.jwtIssuer
+        configuration.audience = self.jwtAudience
+        configuration.maxLifetime = self.jwtMaxTTL
+        return configuration
+    }
+
+    /// The HTTP API's limits.
+    var httpAPI: ChatHTTPAPI.Limits {
+        var limits = ChatHTTPAPI.Limits()
+        limits.maxParticipants = self.maxChatParticipants
+        limits.maxChatsPerUser = self.maxChatsPerUser
+        return limits
     }
 
     /// The engine's configuration from these settings.
@@ -98,6 +195,8 @@ struct Settings: Sendable {
         configuration.drainWindow = self.drainPrefetch
         configuration.retention = Double(self.queueTTL.components.seconds)
         configuration.deliveryConfirmation = .clientAcknowledgement(timeout: self.ackTimeout)
+        configuration.sendRateLimit = self.sendRate
+        configuration.fanOutRateLimit = self.fanOutRate
         return configuration
     }
 
@@ -106,13 +205,22 @@ struct Settings: Sendable {
         var configuration = SocketIOConfiguration()
         configuration.pingInterval = self.pingInterval
         configuration.pingTimeout = self.pingTimeout
+        configuration.connectTimeout = self.connectTimeout
+        configuration.maxSessionsPerAddress = self.maxSessionsPerAddress == 0 ? nil : self.maxSessionsPerAddress
+        configuration.handshakeRatePerAddress = self.handshakeRate
+        configuration.trustedProxies = Set(self.trustedProxies)
+        configuration.maxConnectionsPerUser = self.maxConnectionsPerUser
+        configuration.maxHTTPConnections = self.maxHTTPConnections
+        configuration.httpIdleTimeout = self.httpIdleTimeout
+        configuration.httpHeaderTimeout = self.httpHeaderTimeout
         return configuration
     }
 
     /// One line per backing service: which adapter, and where (never a password).
     var summary: [String] {
         [
-            self.mongo.map { "store: MongoDB at \(Self.redactedURI($0.uri))" } ?? "store: in memory (set MONGODB_URI for MongoDB)",
+            self.mongo.map { "store: MongoDB at \(Self.redactedURI($0.uri))" }
+                ?? "store: in memory: chats and messages are lost when chatd stops (set MONGODB_URI for MongoDB)",
             self.rabbitMQ.map { "queue: RabbitMQ at \($0.host):\($0.port) as \($0.user)" } ?? "queue: in memory (set RABBITMQ_HOST for RabbitMQ)",
             self.redis.map { "presence: Redis at \($0.host):\($0.port) db \($0.database)" } ?? "presence: in memory (set REDIS_HOST for Redis)",
         ]
@@ -136,6 +244,19 @@ struct Settings: Sendable {
             if let value = self.flags[flag] { return value }
             guard let value = self.environment[variable], !value.isEmpty else { return nil }
             return value
+        }
+
+        /// A rate in units per second (0 turns the limit off) and its burst (default: three seconds' worth).
+        func rate(_ variable: String, flag: String, burst burstVariable: String, burstFlag: String, default value: RateLimit?) throws(Invalid)
+            -> RateLimit?
+        {
+            let rate = try self.int(variable, flag: flag, in: 0...100_000_000)
+            let burst = try self.int(burstVariable, flag: burstFlag, in: 1...1_000_000_000)
+            if rate == 0 { return nil }
+            guard let rate else {
+                return burst.map { RateLimit(rate: value?.rate ?? Double($0), burst: Double($0)) } ?? value
+            }
+            return RateLimit(rate: Double(rate), burst: Double(burst ?? max(1, rate * 3)))
         }
 
         func int(_ variable: String, flag: String, in range: ClosedRange<Int>) throws(Invalid) -> Int? {
@@ -172,6 +293,25 @@ struct ConfigurationFlags: ParsableArguments {
     @Option(help: "Engine.IO ping interval in ms (PING_INTERVAL_MS; default 25000).") var pingIntervalMs: String?
     @Option(help: "Engine.IO ping timeout in ms (PING_TIMEOUT_MS; default 20000).") var pingTimeoutMs: String?
     @Option(help: "How long a client has to acknowledge a message, in ms (ACK_TIMEOUT_MS; default 10000).") var ackTimeoutMs: String?
+    @Option(help: "development or production; production requires JWT_SECRET (CHATD_ENV; default development).") var env: String?
+    @Option(help: "The iss every token must carry (JWT_ISSUER).") var jwtIssuer: String?
+    @Option(help: "A value every token's aud must name (JWT_AUDIENCE).") var jwtAudience: String?
+    @Option(help: "The longest token lifetime accepted, in seconds; 0 for no cap (JWT_MAX_TTL; default 86400).") var jwtMaxTtl: String?
+    @Option(help: "How long a session may wait for its Socket.IO CONNECT, in ms (CONNECT_TIMEOUT_MS; default 45000).") var connectTimeoutMs: String?
+    @Option(help: "Open Engine.IO sessions per client address; 0 for no limit (MAX_SESSIONS_PER_ADDRESS; default 100).") var maxSessionsPerAddress: String?
+    @Option(help: "Handshakes per second per client address; 0 for no limit (HANDSHAKE_RATE_PER_ADDRESS; default 10).") var handshakeRatePerAddress: String?
+    @Option(help: "Handshake burst per client address (HANDSHAKE_BURST_PER_ADDRESS; default 50).") var handshakeBurstPerAddress: String?
+    @Option(help: "Comma-separated proxy addresses whose X-Forwarded-For is trusted (TRUSTED_PROXIES; default none).") var trustedProxies: String?
+    @Option(help: "Open Socket.IO connections per user (MAX_CONNECTIONS_PER_USER; default 20).") var maxConnectionsPerUser: String?
+    @Option(help: "Messages per second one user may send; 0 for no limit (SEND_RATE_PER_USER; default 20).") var sendRatePerUser: String?
+    @Option(help: "Message burst per user (SEND_BURST_PER_USER; default 60).") var sendBurstPerUser: String?
+    @Option(help: "Recipient deliveries per second one user's messages may cause; 0 for no limit (FANOUT_RATE_PER_USER; default 2000).") var fanoutRatePerUser: String?
+    @Option(help: "Recipient delivery burst per user (FANOUT_BURST_PER_USER; default 10000).") var fanoutBurstPerUser: String?
+    @Option(help: "The most participants a chat may have (MAX_CHAT_PARTICIPANTS; default 1000).") var maxChatParticipants: String?
+    @Option(help: "The most chats a user may be in when creating one (MAX_CHATS_PER_USER; default 1000).") var maxChatsPerUser: String?
+    @Option(help: "Idle keep-alive HTTP connections close after this many ms (HTTP_IDLE_TIMEOUT_MS; default 60000).") var httpIdleTimeoutMs: String?
+    @Option(help: "A connection must send its first request head within this many ms (HTTP_HEADER_TIMEOUT_MS; default 10000).") var httpHeaderTimeoutMs: String?
+    @Option(help: "The most open HTTP connections (MAX_HTTP_CONNECTIONS; default 10000 or the file limit less 128).") var maxHttpConnections: String?
 
     var values: [String: String] {
         let pairs: [(String, String?)] = [
@@ -182,7 +322,16 @@ struct ConfigurationFlags: ParsableArguments {
             ("redis-password", self.redisPassword), ("redis-db", self.redisDb), ("mongodb-uri", self.mongodbUri),
             ("queue-ttl-seconds", self.queueTtlSeconds), ("queue-max-length", self.queueMaxLength),
             ("queue-prefetch", self.queuePrefetch), ("ping-interval-ms", self.pingIntervalMs),
-            ("ping-timeout-ms", self.pingTimeoutMs), ("ack-timeout-ms", self.ackTimeoutMs),
+            ("ping-timeout-ms", self.pingTimeoutMs), ("ack-timeout-ms", self.ackTimeoutMs), ("env", self.env),
+            ("jwt-issuer", self.jwtIssuer), ("jwt-audience", self.jwtAudience), ("jwt-max-ttl", self.jwtMaxTtl),
+            ("connect-timeout-ms", self.connectTimeoutMs), ("max-sessions-per-address", self.maxSessionsPerAddress),
+            ("handshake-rate-per-address", self.handshakeRatePerAddress), ("handshake-burst-per-address", self.handshakeBurstPerAddress),
+            ("trusted-proxies", self.trustedProxies), ("max-connections-per-user", self.maxConnectionsPerUser),
+            ("send-rate-per-user", self.sendRatePerUser), ("send-burst-per-user", self.sendBurstPerUser),
+            ("fanout-rate-per-user", self.fanoutRatePerUser), ("fanout-burst-per-user", self.fanoutBurstPerUser),
+            ("max-chat-participants", self.maxChatParticipants), ("max-chats-per-user", self.maxChatsPerUser),
+            ("http-idle-timeout-ms", self.httpIdleTimeoutMs), ("http-header-timeout-ms", self.httpHeaderTimeoutMs),
+            ("max-http-connections", self.maxHttpConnections),
         ]
         return Dictionary(uniqueKeysWithValues: pairs.compactMap { key, value in value.map { (key, $0) } })
     }

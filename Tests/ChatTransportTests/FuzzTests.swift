@@ -97,7 +97,7 @@ struct FuzzTests {
 
     /// A polling session with a Socket.IO connection for `token`, its outbound buffer emptied.
     static func connectedSession(_ server: SocketIOServer, token: String) async -> EngineSession? {
-        guard let session = server.openSession(transport: .polling, bearerToken: nil) else { return nil }
+        guard let session = try? server.openSession(transport: .polling, bearerToken: nil).get() else { return nil }
         await server.receive(EngineIOPacket(.message, "0{\"token\":\"\(token)\"}"), on: session)
         for _ in 0..<100 where session.socket?.engineKnows != true { try? await Task.sleep(for: .milliseconds(5)) }
         _ = session.takeBuffered(maxBytes: .max)

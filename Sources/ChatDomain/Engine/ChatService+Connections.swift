@@ -83,6 +83,14 @@ extension ChatService {
         }
         var peers = Set(chats.flatMap(\.participants))
         peers.remove(user)
+        // Presence is shared only with users who share a chat with `user` and whom `user` has not blocked.
+        do {
+            peers.subtract(try await self.store.blockedUsers(of: user))
+        } catch {
+            // Unknown block list: say nothing rather than tell a blocked user.
+            self.storeFailed(error)
+            return
+        }
         for peer in peers {
             for connection in self.lanes[peer]?.connections ?? [] {
                 try? self.transport.emit(event, to: connection)

@@ -210,11 +210,20 @@ extension ChatService {
         while true {
             if sourceError == nil {
                 do {
-                    while inFlight.count < window, let item = try await next() {
+                    while inFlight.count < window {
+                        // Back-pressure: the window follows what the client has read. With nothing in flight
+                        // there is no acknowledgement to wait for, so wait for the reader instead.
+                        let connections = self.connections(of: user)
+                        if let backedUp = connections.first(where: { !self.transport.isWritable($0) }) {
+                            guard inFlight.isEmpty else { break }
+                            await self.transport.waitUntilWritable(backedUp)
+                            continue
+                        }
+                        guard let item = try await next() else { break }
                         let event = OutboundEvent.messageReceived(
                             ReceivedMessage(message: item.message, sender: item.sender, isNew: false)
                         )
-                        inFlight.append((item, self.emit(event, to: self.connections(of: user))))
+                        inFlight.append((item, self.emit(event, to: connections)))
                     }
                 } catch {
                     sourceError = error

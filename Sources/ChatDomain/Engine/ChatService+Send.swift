@@ -21,7 +21,7 @@ extension ChatService {
                 "Message rejected",
                 metadata: [
                     "chat.connection.id": "\(connection)", "chat.id": "\(LogSafe.value(request.chatID.rawValue))",
-                    "error.code": "\(error.code)", "error": "\(error.message)",
+                    "error.code": "\(error.code)", "error": "\(LogSafe.value(error.message, limit: 256))",
                 ]
             )
             let payload = MessageErrorPayload(error, chatID: request.chatID, clientMessageID: request.clientMessageID)
@@ -52,10 +52,28 @@ extension ChatService {
         } catch {
             return .failure(error)
         }
-        let recipients = Self.recipients(of: chat, excluding: sender.id)
-        if let limited = self.rateLimit(sender.id, recipients: recipients.count) {
+        var eligible = Self.recipients(of: chat, excluding: sender.id)
+        if let limited = self.rateLimit(sender.id, recipients: eligible.count) {
             return .failure(limited)
         }
+        if !eligible.isEmpty {
+            let blockers: Set<UserID>
+            do {
+                blockers = try await self.store.usersBlocking(sender.id, among: eligible)
+                self.storeSucceeded()
+            } catch {
+                self.storeFailed(error)
+                return .failure(Self.storeError(error))
+            }
+            if !blockers.isEmpty {
+                // Users who blocked the sender get nothing; in a chat where nobody else is left, the send fails.
+                eligible.removeAll { blockers.contains($0) }
+                if eligible.isEmpty {
+                    return .failure(ChatError(.blocked, "the recipient has blocked you; the message was not sent"))
+                }
+            }
+        }
+        let recipients = eligible
         let now = self.wallClock.now()
         let message = Message(
             id: self.idGenerator.next(),

@@ -20,6 +20,8 @@ public final class InMemoryMessageStore: MessageStore {
         var clientIDs: [String: MessageID] = [:]
         var chats: [ChatID: Chat] = [:]
         var users: [UserID: User] = [:]
+        /// Per user, the users they blocked.
+        var blocks: [UserID: Set<UserID>] = [:]
         var deliveryWrites = 0
     }
 
@@ -150,6 +152,25 @@ public final class InMemoryMessageStore: MessageStore {
 
     public func saveUser(_ user: User) async throws {
         try self.withAvailableState { $0.users[user.id] = user }
+    }
+
+    public func usersBlocking(_ sender: UserID, among users: [UserID]) async throws -> Set<UserID> {
+        try self.withAvailableState { state in Set(users.filter { state.blocks[$0]?.contains(sender) == true }) }
+    }
+
+    public func blockedUsers(of user: UserID) async throws -> Set<UserID> {
+        try self.withAvailableState { $0.blocks[user] ?? [] }
+    }
+
+    public func setBlocked(_ other: UserID, by user: UserID, blocked: Bool) async throws {
+        try self.withAvailableState { state in
+            if blocked {
+                state.blocks[user, default: []].insert(other)
+            } else {
+                state.blocks[user]?.remove(other)
+                if state.blocks[user]?.isEmpty == true { state.blocks[user] = nil }
+            }
+        }
     }
 
     private func withAvailableState<Result>(_ body: (inout State) throws -> Result) throws -> Result {

@@ -51,6 +51,15 @@ public protocol MessageStore: Sendable {
 
     /// Creates or updates `user` (for example from a token's claims).
     func saveUser(_ user: User) async throws
+
+    /// The users among `users` who have blocked `sender` (their block lists name `sender`). One round trip.
+    func usersBlocking(_ sender: UserID, among users: [UserID]) async throws -> Set<UserID>
+
+    /// The users `user` has blocked.
+    func blockedUsers(of user: UserID) async throws -> Set<UserID>
+
+    /// Adds `other` to `user`'s block list (`blocked` true) or removes it; idempotent.
+    func setBlocked(_ other: UserID, by user: UserID, blocked: Bool) async throws
 }
 
 /// What ``MessageStore/insert(_:pendingFor:)`` did.

@@ -15,9 +15,23 @@ public protocol Transport: Sendable {
 
     /// Closes `connection`, telling the client `reason`.
     func disconnect(_ connection: ConnectionID, reason: String) async
+
+    /// Whether `connection`'s client has read most of what it was sent: false while the unread backlog is over
+    /// what one read takes. A catch-up drain stops filling its window while this is false, so a slow reader gets
+    /// everything, slowly, instead of overflowing its buffer. True for unknown or closed connections.
+    func isWritable(_ connection: ConnectionID) -> Bool
+
+    /// Returns once `connection` is writable again, or closed.
+    func waitUntilWritable(_ connection: ConnectionID) async
 }
 
 extension Transport {
+    /// Always writable: for transports that do not buffer.
+    public func isWritable(_ connection: ConnectionID) -> Bool { true }
+
+    /// Returns at once.
+    public func waitUntilWritable(_ connection: ConnectionID) async {}
+
     /// Queues `event` for `connection`, asking for no acknowledgement.
     public func emit(_ event: OutboundEvent, to connection: ConnectionID) throws {
         try self.emit(event, to: connection, acknowledgement: nil)

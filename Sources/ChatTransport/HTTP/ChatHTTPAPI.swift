@@ -13,21 +13,38 @@ public struct ChatHTTPAPI: Sendable {
     public static let maxPageSize = 200
     /// The page size when `limit` is absent.
     public static let defaultPageSize = 50
-    /// The most participants a chat may have.
-    public static let maxParticipants = 1000
+    /// What one user may create.
+    public struct Limits: Sendable {
+        /// The most participants a chat may have, its creator included. Default 1,000.
+        public var maxParticipants = 1000
+        /// The most chats a user may be in and still create another. Default 1,000.
+        public var maxChatsPerUser = 1000
+
+        /// The defaults.
+        public init() {}
+    }
 
     let service: ChatService
     let store: any MessageStore
     let authenticator: TokenAuthenticator
     let socketIO: SocketIOServer?
+    let limits: Limits
     let logger: Logger
 
     /// An API over `service` and its `store`; with `socketIO`, connected users join the rooms of chats created here.
-    public init(service: ChatService, store: any MessageStore, authenticator: TokenAuthenticator, socketIO: SocketIOServer?, logger: Logger) {
+    public init(
+        service: ChatService,
+        store: any MessageStore,
+        authenticator: TokenAuthenticator,
+        socketIO: SocketIOServer?,
+        limits: Limits = Limits(),
+        logger: Logger
+    ) {
         self.service = service
         self.store = store
         self.authenticator = authenticator
         self.socketIO = socketIO
+        self.limits = limits
         self.logger = logger
     }
 
@@ -41,6 +58,22 @@ public struct ChatHTTPAPI: Sendable {
         }
         router.get("/api/messages/:id/receipts") { request, context in
             await self.respond { () async throws(APIError) -> Response in try await self.receipts(request, message: context.parameters.get("id") ?? "") }
+        }
+        router.post("/api/chats/:id/leave") { request, context in
+            await self.respond { () async throws(APIError) -> Response in try await self.leave(request, chat: context.parameters.get("id") ?? "") }
+        }
+        router.get("/api/users/me/blocks") { request, _ in
+            await self.respond { () async throws(APIError) -> Response in try await self.listBlocks(request) }
+        }
+        router.post("/api/users/me/blocks/:userId") { request, context in
+            await self.respond { () async throws(APIError) -> Response in
+                try await self.setBlocked(request, other: context.parameters.get("userId") ?? "", blocked: true)
+            }
+        }
+        router.delete("/api/users/me/blocks/:userId") { request, context in
+            await self.respond { () async throws(APIError) -> Response in
+                try await self.setBlocked(request, other: context.parameters.get("userId") ?? "", blocked: false)
+            }
         }
         router.get("/healthz") { _, _ in
             Self.json(.ok, ["status": "ok"])
@@ -68,19 +101,27 @@ public struct ChatHTTPAPI: Sendable {
         var participants: [UserID] = [caller.id]
         for raw in body.participants {
             let id = raw.trimmingCharacters(in: .whitespaces)
-            guard !id.isEmpty, id.utf8.count <= 256 else {
-                throw APIError(.badRequest, .badRequest, "each participant must be a user id of 1 to 256 characters")
+            guard !id.isEmpty, id.utf8.count <= 256, !id.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
+                throw APIError(.badRequest, .badRequest, "each participant must be a user id of 1 to 256 characters, without control characters")
             }
             if !participants.contains(UserID(id)) { participants.append(UserID(id)) }
         }
         guard participants.count >= 2 else {
             throw APIError(.badRequest, .badRequest, "a chat needs at least one participant besides you")
         }
-        guard participants.count <= Self.maxParticipants else {
-            throw APIError(.badRequest, .badRequest, "a chat has at most \(Self.maxParticipants) participants")
+        guard participants.count <= self.limits.maxParticipants else {
+            throw APIError(.badRequest, .badRequest, "a chat has at most \(self.limits.maxParticipants) participants")
         }
         if let name = body.name, name.utf8.count > 256 {
             throw APIError(.badRequest, .badRequest, "name must be at most 256 characters")
+        }
+        let existing = try await self.storeCall { try await self.store.chats(of: caller.id) }
+        guard existing.count < self.limits.maxChatsPerUser else {
+            throw APIError(
+                .tooManyRequests,
+                ChatError.Code(rawValue: "too_many_chats"),
+                "you are in \(existing.count) chats, the most this server allows; leave one first"
+            )
         }
         let chat = Chat(id: ChatID(MessageIDGenerator().next().hexString), participants: participants, name: body.name)
         try await self.storeCall {
@@ -147,21 +188,56 @@ public struct ChatHTTPAPI: Sendable {
             throw APIError(.badRequest, .badRequest, "a message id is 24 hexadecimal digits")
         }
         guard let message = try await self.storeCall({ try await self.store.message(messageID) }) else {
-            throw APIError(.notFound, ChatError.Code(rawValue: "message_not_found"), "no message \(id)")
+            throw APIError(.notFound, ChatError.Code(rawValue: "message_not_found"), "no message \(LogSafe.quoted(id))")
         }
         _ = try await self.participantChat(message.chatID, caller: caller)
         let receipts = try await self.storeCall { try await self.store.receipts(for: messageID) }
         return Self.json(.ok, ReceiptsBody(messageId: messageID, chatId: message.chatID, receipts: receipts))
     }
 
+    /// The caller leaves the chat: they are no longer a participant, get none of its messages and share no
+    /// presence through it. The chat goes on for the others.
+    private func leave(_ request: Request, chat id: String) async throws(APIError) -> Response {
+        let caller = try await self.authenticate(request)
+        var chat = try await self.participantChat(ChatID(id), caller: caller)
+        chat.participants.removeAll { $0 == caller.id }
+        let updated = chat
+        try await self.storeCall { try await self.store.saveChat(updated) }
+        self.socketIO?.leave(user: caller.id, room: SocketIOServer.room(of: chat.id))
+        self.logger.info("Chat left", metadata: ["chat.id": "\(chat.id)", "chat.user.id": "\(LogSafe.value(caller.id.rawValue))"])
+        return Self.json(.ok, updated)
+    }
+
+    private func listBlocks(_ request: Request) async throws(APIError) -> Response {
+        let caller = try await self.authenticate(request)
+        let blocked = try await self.storeCall { try await self.store.blockedUsers(of: caller.id) }
+        return Self.json(.ok, ["blocked": blocked.map(\.rawValue).sorted()])
+    }
+
+    /// Blocks or unblocks `other` for the caller: a blocked user's messages to the caller are refused (`blocked`)
+    /// or, in a group, not delivered to the caller, and the blocked user no longer sees the caller's presence.
+    private func setBlocked(_ request: Request, other raw: String, blocked: Bool) async throws(APIError) -> Response {
+        let caller = try await self.authenticate(request)
+        let other = raw.removingPercentEncoding ?? raw
+        guard !other.isEmpty, other.utf8.count <= 256, other != caller.id.rawValue else {
+            throw APIError(.badRequest, .badRequest, "name another user's id (1 to 256 characters)")
+        }
+        try await self.storeCall { try await self.store.setBlocked(UserID(other), by: caller.id, blocked: blocked) }
+        self.logger.info(
+            blocked ? "User blocked" : "User unblocked",
+            metadata: ["chat.user.id": "\(LogSafe.value(caller.id.rawValue))", "chat.blocked_user.id": "\(LogSafe.value(other))"]
+        )
+        return Response(status: .noContent)
+    }
+
     // MARK: Helpers
 
     private func participantChat(_ id: ChatID, caller: User) async throws(APIError) -> Chat {
         guard let chat = try await self.storeCall({ try await self.store.chat(id) }) else {
-            throw APIError(.notFound, .chatNotFound, "no chat \(id)")
+            throw APIError(.notFound, .chatNotFound, "no chat \(LogSafe.quoted(id.rawValue))")
         }
         guard chat.hasParticipant(caller.id) else {
-            throw APIError(.forbidden, .notAParticipant, "you are not a participant of chat \(id)")
+            throw APIError(.forbidden, .notAParticipant, "you are not a participant of chat \(LogSafe.quoted(id.rawValue))")
         }
         return chat
     }
@@ -217,7 +293,10 @@ public struct ChatHTTPAPI: Sendable {
             return try await handler()
         } catch {
             if error.status != .unauthorized, error.status != .forbidden, error.status != .notFound {
-                self.logger.info("HTTP API request refused", metadata: ["error.code": "\(error.code)", "error": "\(error.message)"])
+                self.logger.info(
+                    "HTTP API request refused",
+                    metadata: ["error.code": "\(error.code)", "error": "\(LogSafe.value(error.message, limit: 256))"]
+                )
             }
             return Self.json(error.status, ["error": ["code": error.code.rawValue, "message": error.message]])
         }

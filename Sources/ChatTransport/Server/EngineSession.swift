@@ -17,6 +17,9 @@ final class EngineSession: Sendable {
         let connection: ConnectionID
         let user: User
         var pendingAcks: [UInt64: Acknowledgement] = [:]
+        /// When ``pendingAcks`` reaches this size, acknowledgements that completed without a client ACK (timed out,
+        /// failed) are swept out; then it doubles from what is left, so the sweep costs O(1) per emit.
+        var sweepAcksAt = 64
         var nextAckID: UInt64 = 0
         /// Whether `ChatService.connect` has returned for this socket, so a close must be told to the engine.
         var engineKnows = false
@@ -47,19 +50,38 @@ final class EngineSession: Sendable {
         var socketlessSince: ContinuousClock.Instant?
         var socket: Socket?
         var reconnectRunning = false
+        /// Drains waiting for the client to read its backlog down (see ``waitUntilWritable()``).
+        var writableWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
-    /// The Engine.IO session id.
+    /// The Engine.IO session id. Over long-polling it is the session's only credential, so it is never logged.
     let id: String
+    /// A random tag that names the session in log lines instead of its id.
+    let logID = String(SocketIOServer.randomID().prefix(8))
     /// The token from an `Authorization: Bearer` header on the handshake, used when CONNECT carries none.
     let bearerToken: String?
+    /// The client's address, when known (for the per-address session limit).
+    let address: String?
     private let maxBufferedBytes: Int
+    /// The unread backlog above which the session counts as not writable: what one poll takes, at most half the
+    /// buffer.
+    private let writableThreshold: Int
     private let state: Mutex<State>
 
-    init(id: String, transport: TransportKind, bearerToken: String?, pingInterval: Duration, maxBufferedBytes: Int) {
+    init(
+        id: String,
+        transport: TransportKind,
+        bearerToken: String?,
+        address: String? = nil,
+        pingInterval: Duration,
+        maxBufferedBytes: Int,
+        maxReadBytes: Int = 1_000_000
+    ) {
         self.id = id
         self.bearerToken = bearerToken
+        self.address = address
         self.maxBufferedBytes = maxBufferedBytes
+        self.writableThreshold = min(maxReadBytes, maxBufferedBytes / 2)
         let now = ContinuousClock.now
         self.state = Mutex(State(transport: transport, nextPingAt: now + pingInterval, socketlessSince: now))
     }
@@ -104,6 +126,10 @@ final class EngineSession: Sendable {
             if let acknowledgement {
                 let id = state.socket!.nextAckID
                 state.socket!.nextAckID += 1
+                if state.socket!.pendingAcks.count >= state.socket!.sweepAcksAt {
+                    state.socket!.pendingAcks = state.socket!.pendingAcks.filter { !$0.value.isCompleted }
+                    state.socket!.sweepAcksAt = max(64, state.socket!.pendingAcks.count * 2)
+                }
                 state.socket!.pendingAcks[id] = acknowledgement
                 packet += String(id)
             }
@@ -139,7 +165,7 @@ final class EngineSession: Sendable {
     /// Returns nil once the session is closed and drained, and an empty array when the waiting task is cancelled.
     func take(maxBytes: Int) async -> [String]? {
         let ready: [String]?? = self.state.withLock { state in
-            if !state.outbound.isEmpty { return .some(Self.takeBuffered(&state, maxBytes: maxBytes)) }
+            if !state.outbound.isEmpty { return .some(self.takeBuffered(&state, maxBytes: maxBytes)) }
             if state.closeReason != nil { return .some(nil) }
             return .none
         }
@@ -148,7 +174,7 @@ final class EngineSession: Sendable {
             await withCheckedContinuation { (continuation: CheckedContinuation<[String]?, Never>) in
                 self.state.withLock { state in
                     if !state.outbound.isEmpty {
-                        continuation.resume(returning: Self.takeBuffered(&state, maxBytes: maxBytes))
+                        continuation.resume(returning: self.takeBuffered(&state, maxBytes: maxBytes))
                     } else if state.closeReason != nil {
                         continuation.resume(returning: nil)
                     } else if Task.isCancelled {
@@ -168,10 +194,10 @@ final class EngineSession: Sendable {
 
     /// Takes what is buffered now, without waiting (empty when nothing is).
     func takeBuffered(maxBytes: Int) -> [String] {
-        self.state.withLock { Self.takeBuffered(&$0, maxBytes: maxBytes) }
+        self.state.withLock { self.takeBuffered(&$0, maxBytes: maxBytes) }
     }
 
-    private static func takeBuffered(_ state: inout State, maxBytes: Int) -> [String] {
+    private func takeBuffered(_ state: inout State, maxBytes: Int) -> [String] {
         var taken: [String] = []
         var bytes = 0
         while let next = state.outbound.first, taken.isEmpty || bytes + next.utf8.count + 1 <= maxBytes {
@@ -180,7 +206,34 @@ final class EngineSession: Sendable {
             state.outboundBytes -= next.utf8.count
             taken.append(next)
         }
+        if state.outboundBytes <= self.writableThreshold, !state.writableWaiters.isEmpty {
+            // Resuming inside the lock is safe: a continuation's resume only schedules its task.
+            for waiter in state.writableWaiters { waiter.resume() }
+            state.writableWaiters = []
+        }
         return taken
+    }
+
+    /// Whether the unread backlog is at most what one read takes (closed sessions count as writable).
+    var isWritable: Bool {
+        self.state.withLock { $0.closeReason != nil || $0.outboundBytes <= self.writableThreshold }
+    }
+
+    /// Returns once the client has read its backlog down to what one read takes, or the session closed.
+    func waitUntilWritable() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let ready = self.state.withLock { state in
+                guard state.closeReason == nil, state.outboundBytes > self.writableThreshold else { return true }
+                state.writableWaiters.append(continuation)
+                return false
+            }
+            if ready { continuation.resume() }
+        }
+    }
+
+    /// How many acknowledgements the socket holds (pending, or completed and not yet swept).
+    var acknowledgementTableSize: Int {
+        self.state.withLock { $0.socket?.pendingAcks.count ?? 0 }
     }
 
     // MARK: Long polling and upgrade
@@ -321,6 +374,8 @@ final class EngineSession: Sendable {
             state.socket = nil
             let waiter = state.waiter
             state.waiter = nil
+            for writable in state.writableWaiters { writable.resume() }
+            state.writableWaiters = []
             return (true, socket, waiter)
         }
         result.2?.resume(returning: nil)

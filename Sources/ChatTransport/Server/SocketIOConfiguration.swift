@@ -1,3 +1,5 @@
+public import ChatDomain
+
 /// The settings of a ``SocketIOServer``; the defaults are Socket.IO's own.
 public struct SocketIOConfiguration: Sendable {
     /// Where the endpoint is mounted. Default `/socket.io`.
@@ -16,6 +18,27 @@ public struct SocketIOConfiguration: Sendable {
     public var maxBufferedBytes: Int = 8 * 1024 * 1024
     /// The most sessions this server holds at once; a handshake past this gets HTTP 503. Default 100,000.
     public var maxSessions: Int = 100_000
+    /// The most open sessions one client address may hold; a handshake past this gets HTTP 429. Nil (the default)
+    /// for no limit: set it once ``trustedProxies`` names any proxy in front of the server, or every client shares
+    /// the proxy's address. `chatd` sets 100.
+    public var maxSessionsPerAddress: Int?
+    /// How fast one client address may open sessions; a handshake over it gets HTTP 429 with `Retry-After`. Nil
+    /// (the default) for no limit; `chatd` sets 10 a second with bursts of 50.
+    public var handshakeRatePerAddress: RateLimit?
+    /// Proxies whose `X-Forwarded-For` names the client (IP addresses as written, e.g. `10.0.0.5`, `::1`). A
+    /// request from any other peer is attributed to the peer itself, whatever its headers say. Default none.
+    public var trustedProxies: Set<String> = []
+    /// The most Socket.IO connections one user may hold on this server; one more gets `CONNECT_ERROR`
+    /// `too_many_connections`. Default 20.
+    public var maxConnectionsPerUser: Int = 20
+    /// The most open HTTP connections (polling and WebSocket alike); a connection past this is closed at once and
+    /// logged. Default 10,000.
+    public var maxHTTPConnections: Int = 10_000
+    /// How long a keep-alive HTTP connection may sit idle between requests. Default 60 s.
+    public var httpIdleTimeout: Duration = .seconds(60)
+    /// How long a new connection has to send its first complete request head; a half-sent head is closed after
+    /// this. Default 10 s.
+    public var httpHeaderTimeout: Duration = .seconds(10)
 
     /// The defaults.
     public init() {}
@@ -30,6 +53,18 @@ public struct SocketIOConfiguration: Sendable {
             throw .init("maxBufferedBytes (\(self.maxBufferedBytes)) must be at least maxPayload (\(self.maxPayload))")
         }
         guard self.maxSessions >= 1 else { throw .init("maxSessions must be at least 1") }
+        guard self.connectTimeout > .zero else { throw .init("connectTimeout must be positive") }
+        if let perAddress = self.maxSessionsPerAddress, perAddress < 1 {
+            throw .init("maxSessionsPerAddress must be at least 1, or nil for no limit")
+        }
+        if let rate = self.handshakeRatePerAddress {
+            guard rate.rate > 0, rate.burst >= 1 else { throw .init("handshakeRatePerAddress needs a positive rate and a burst of at least 1") }
+        }
+        guard self.maxConnectionsPerUser >= 1 else { throw .init("maxConnectionsPerUser must be at least 1") }
+        guard self.maxHTTPConnections >= 1 else { throw .init("maxHTTPConnections must be at least 1") }
+        guard self.httpIdleTimeout > .zero, self.httpHeaderTimeout > .zero else {
+            throw .init("httpIdleTimeout and httpHeaderTimeout must be positive")
+        }
     }
 }
 

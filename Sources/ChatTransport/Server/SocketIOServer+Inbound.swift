@@ -47,7 +47,7 @@ extension SocketIOServer {
         guard packet.namespace == "/" else {
             self.logger.notice(
                 "Socket.IO packet for an unknown namespace",
-                metadata: ["engineio.sid": "\(session.id)", "socketio.namespace": "\(packet.namespace)"]
+                metadata: ["engineio.session": "\(session.logID)", "socketio.namespace": "\(LogSafe.value(packet.namespace))"]
             )
             if packet.kind == .connect {
                 let error = SocketIOPacket(.connectError, namespace: packet.namespace, data: .object(["message": .string("Invalid namespace")]))
@@ -78,7 +78,7 @@ extension SocketIOServer {
 
     private func connect(_ packet: SocketIOPacket, on session: EngineSession) async {
         guard session.socket == nil else {
-            self.logger.notice("Socket.IO CONNECT on an already connected session ignored", metadata: ["engineio.sid": "\(session.id)"])
+            self.logger.notice("Socket.IO CONNECT on an already connected session ignored", metadata: ["engineio.session": "\(session.logID)"])
             return
         }
         guard let service = self.service else {
@@ -103,7 +103,19 @@ extension SocketIOServer {
         }
         let socket = EngineSession.Socket(connection: ConnectionID(Self.randomID()), user: user)
         guard session.attach(socket) else { return }
-        self.register(socket, session: session)
+        guard self.register(socket, session: session) else {
+            _ = session.detach()
+            self.logRefusal(
+                "connections-per-user",
+                "Socket.IO connection refused: too many connections for the user",
+                metadata: ["chat.user.id": "\(LogSafe.value(user.id.rawValue))", "socketio.max_per_user": "\(self.configuration.maxConnectionsPerUser)"]
+            )
+            let detail = "you have \(self.configuration.maxConnectionsPerUser) connections open already; close one first"
+            let data: JSONValue = .object(["code": .string("too_many_connections"), "message": .string(detail)])
+            let packet = SocketIOPacket(.connectError, data: .object(["message": .string("too_many_connections"), "data": data]))
+            try? session.enqueue(EngineIOPacket(.message, packet.encoded).encoded)
+            return
+        }
         // The CONNECT reply goes out once the engine has registered the connection, so a client that sees it is
         // reachable at once; events emitted to it meanwhile are held and follow the reply.
         await service.connect(socket.connection, user: user)
@@ -132,7 +144,7 @@ extension SocketIOServer {
     private func refuseConnect(on session: EngineSession, message: String, code: String, detail: String) {
         self.logger.warning(
             "Socket.IO connection refused",
-            metadata: ["engineio.sid": "\(session.id)", "socketio.refusal": "\(code)", "socketio.detail": "\(detail)"]
+            metadata: ["engineio.session": "\(session.logID)", "socketio.refusal": "\(code)", "socketio.detail": "\(detail)"]
         )
         let data: JSONValue = .object(["code": .string(code), "message": .string(detail)])
         let packet = SocketIOPacket(.connectError, data: .object(["message": .string(message), "data": data]))
@@ -143,7 +155,7 @@ extension SocketIOServer {
 
     private func receiveEvent(_ packet: SocketIOPacket, on session: EngineSession) async {
         guard let socket = session.socket, let service = self.service else {
-            self.logger.notice("Socket.IO EVENT before CONNECT ignored", metadata: ["engineio.sid": "\(session.id)"])
+            self.logger.notice("Socket.IO EVENT before CONNECT ignored", metadata: ["engineio.session": "\(session.logID)"])
             return
         }
         guard let (name, arguments) = packet.eventNameAndArguments else { return }
@@ -172,7 +184,7 @@ extension SocketIOServer {
         default:
             let error = ChatError(
                 .badRequest,
-                "unknown event '\(name.prefix(64))'; this server accepts message:send and user:reconnected"
+                "unknown event \(LogSafe.quoted(name, limit: 64)); this server accepts message:send and user:reconnected"
             )
             self.answer(packet, on: session, socket: socket, with: error, chatID: nil)
         }
@@ -225,7 +237,7 @@ extension SocketIOServer {
         self.logger.info(
             "Client event refused",
             metadata: [
-                "chat.connection.id": "\(socket.connection)", "error.code": "\(error.code)", "error": "\(error.message)",
+                "chat.connection.id": "\(socket.connection)", "error.code": "\(error.code)", "error": "\(LogSafe.value(error.message, limit: 256))",
             ]
         )
         let payload = MessageErrorPayload(error, chatID: chatID)
@@ -243,7 +255,10 @@ extension SocketIOServer {
     /// A malformed packet: the client is told (`message:error` once connected, `CONNECT_ERROR` before) and the
     /// connection stays up.
     func reject(on session: EngineSession, _ error: CodecError) {
-        self.logger.notice("Malformed packet refused", metadata: ["engineio.sid": "\(session.id)", "error": "\(error.message)"])
+        self.logger.notice(
+            "Malformed packet refused",
+            metadata: ["engineio.session": "\(session.logID)", "error": "\(LogSafe.value(error.message, limit: 256))"]
+        )
         if let socket = session.socket {
             let payload = MessageErrorPayload(ChatError(.badRequest, "malformed packet: \(error.message)"))
             try? self.emit(.messageError(payload), to: socket.connection, acknowledgement: nil)

@@ -4,6 +4,7 @@ public import HummingbirdCore
 public import HummingbirdWebSocket
 import Logging
 import NIOCore
+import HTTPTypes
 
 extension SocketIOServer {
     /// Mounts the Socket.IO endpoint (``SocketIOConfiguration/path``) on `router`: long-polling GET and POST,
@@ -26,10 +27,25 @@ extension SocketIOServer {
         WebSocketServerConfiguration(maxFrameSize: self.configuration.maxPayload, autoPing: .disabled)
     }
 
-    /// An HTTP/1.1 server whose WebSocket upgrades go through `router` (the one ``addRoutes(to:)`` mounted on).
+    /// An HTTP/1.1 server whose WebSocket upgrades go through `router` (the one ``addRoutes(to:)`` mounted on),
+    /// with the server's connection limits: at most ``SocketIOConfiguration/maxHTTPConnections`` open, a first
+    /// request head within ``SocketIOConfiguration/httpHeaderTimeout``, idle keep-alive connections closed after
+    /// ``SocketIOConfiguration/httpIdleTimeout``.
     public func httpServer<Context: WebSocketRequestContext & RequestContext>(router: Router<Context>) -> HTTPServerBuilder {
-        .http1WebSocketUpgrade(webSocketRouter: router, configuration: .init(http1: .init(), ws: self.webSocketConfiguration))
+        let webSocketResponder = router.buildResponder()
+        let http1 = HTTP1Channel.Configuration(idleTimeout: .nanoseconds(Int64(self.configuration.httpIdleTimeout.wholeMilliseconds) * 1_000_000))
+        let configuration = HTTP1WebSocketUpgradeChannel.Configuration(http1: http1, ws: self.webSocketConfiguration)
+        let connectionGuard = self.connectionGuard
+        return HTTPServerBuilder { responder in
+            GuardedChildChannel(
+                base: HTTP1WebSocketUpgradeChannel(responder: responder, webSocketResponder: webSocketResponder, configuration: configuration),
+                connectionGuard: connectionGuard
+            )
+        }
     }
+
+    /// How many HTTP connections (polling and WebSocket) are open on servers built by ``httpServer(router:)``.
+    public var httpConnectionCount: Int { self.connectionGuard.openConnections }
 
     // MARK: HTTP
 
@@ -84,7 +100,7 @@ extension SocketIOServer {
         let sid = query["sid"].map(String.init)
         switch query["transport"] {
         case "polling":
-            guard let sid else { return await self.handshake(request) }
+            guard let sid else { return await self.handshake(request, address: self.clientAddress(request, context: context)) }
             return await self.poll(sid)
         case "websocket":
             return await self.upgrade(request, context: context, sid: sid)
@@ -93,9 +109,19 @@ extension SocketIOServer {
         }
     }
 
-    private func handshake(_ request: Request) async -> Response {
-        guard let session = self.openSession(transport: .polling, bearerToken: Self.bearerToken(request)) else {
+    private func handshake(_ request: Request, address: String?) async -> Response {
+        let session: EngineSession
+        switch self.openSession(transport: .polling, bearerToken: Self.bearerToken(request), address: address) {
+        case .success(let opened):
+            session = opened
+        case .failure(.serverFull):
             return self.errorResponse(.forbidden, status: .serviceUnavailable, detail: "the server holds its maximum number of sessions")
+        case .failure(.tooManySessions):
+            return self.errorResponse(.forbidden, status: .tooManyRequests, detail: "your address holds its maximum number of sessions; close some first")
+        case .failure(.handshakeRate(let wait)):
+            var response = self.errorResponse(.forbidden, status: .tooManyRequests, detail: "too many handshakes from your address; retry later")
+            response.headers[.retryAfter] = String(max(1, Int(wait.rounded(.up))))
+            return response
         }
         // The OPEN packet, queued when the session opened.
         let packets = await session.take(maxBytes: self.configuration.maxPayload) ?? []
@@ -135,7 +161,7 @@ extension SocketIOServer {
         } catch {
             self.logger.notice(
                 "Engine.IO payload over maxPayload; closing the session",
-                metadata: ["engineio.sid": "\(sid)", "engineio.max_payload": "\(self.configuration.maxPayload)"]
+                metadata: ["engineio.session": "\(session.logID)", "engineio.max_payload": "\(self.configuration.maxPayload)"]
             )
             self.closeSession(session, reason: "payload over maxPayload (\(self.configuration.maxPayload) bytes)", notifyClient: true)
             return self.errorResponse(.badRequest, status: .contentTooLarge, detail: "payload over \(self.configuration.maxPayload) bytes")
@@ -144,7 +170,7 @@ extension SocketIOServer {
         do {
             packets = try EngineIOPacket.decodePayload(String(buffer: body))
         } catch {
-            self.logger.notice("Malformed Engine.IO payload; closing the session", metadata: ["engineio.sid": "\(sid)", "error": "\(error)"])
+            self.logger.notice("Malformed Engine.IO payload; closing the session", metadata: ["engineio.session": "\(session.logID)", "error": "\(error)"])
             self.closeSession(session, reason: "parse error: \(error.message)", notifyClient: true)
             return self.errorResponse(.badRequest, detail: error.message)
         }
@@ -153,6 +179,19 @@ extension SocketIOServer {
         }
         return self.textResponse("ok", contentType: "text/html")
     }
+
+    /// The client's address: the peer's, or, when the peer is a trusted proxy, the nearest untrusted address in
+    /// `X-Forwarded-For` (read from the right, since a client can write anything on the left). Nil when the
+    /// request context does not know the peer (it does not conform to `RemoteAddressRequestContext`).
+    func clientAddress<Context: RequestContext>(_ request: Request, context: Context) -> String? {
+        guard let peer = (context as? any RemoteAddressRequestContext)?.remoteAddress?.ipAddress else { return nil }
+        guard self.configuration.trustedProxies.contains(peer) else { return peer }
+        let hops = request.headers[values: Self.forwardedFor].flatMap { $0.split(separator: ",") }
+            .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        return hops.reversed().first { !self.configuration.trustedProxies.contains($0) } ?? hops.first ?? peer
+    }
+
+    private static let forwardedFor = HTTPField.Name("X-Forwarded-For")!
 
     /// The token of an `Authorization: Bearer <token>` header.
     static func bearerToken(_ request: Request) -> String? {
@@ -183,13 +222,14 @@ extension SocketIOServer {
             session = nil
         }
         let bearer = Self.bearerToken(request)
+        let address = self.clientAddress(request, context: context)
         let middleware = WebSocketUpgradeMiddleware<Context> { _, _ in
             .upgrade([:])
         } onUpgrade: { inbound, outbound, _ in
             if let session {
                 try await self.runUpgrade(session, inbound: inbound, outbound: outbound)
             } else {
-                try await self.runWebSocket(inbound: inbound, outbound: outbound, bearerToken: bearer)
+                try await self.runWebSocket(inbound: inbound, outbound: outbound, bearerToken: bearer, address: address)
             }
         }
         do {
@@ -201,9 +241,19 @@ extension SocketIOServer {
     }
 
     /// A session that starts on WebSocket: OPEN is its first message.
-    private func runWebSocket(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, bearerToken: String?) async throws {
-        guard let session = self.openSession(transport: .websocket, bearerToken: bearerToken) else {
-            try? await outbound.close(.unknown(1013), reason: "the server holds its maximum number of sessions")
+    private func runWebSocket(
+        inbound: WebSocketInboundStream,
+        outbound: WebSocketOutboundWriter,
+        bearerToken: String?,
+        address: String?
+    ) async throws {
+        let session: EngineSession
+        switch self.openSession(transport: .websocket, bearerToken: bearerToken, address: address) {
+        case .success(let opened):
+            session = opened
+        case .failure(let refusal):
+            // 1013: try again later.
+            try? await outbound.close(.unknown(1013), reason: refusal.description)
             return
         }
         var messages = inbound.messages(maxSize: self.configuration.maxPayload).makeAsyncIterator()
@@ -230,14 +280,14 @@ extension SocketIOServer {
                 }
             }
         } catch {
-            self.logger.debug("WebSocket upgrade abandoned", metadata: ["engineio.sid": "\(session.id)", "error": "\(error)"])
+            self.logger.debug("WebSocket upgrade abandoned", metadata: ["engineio.session": "\(session.logID)", "error": "\(error)"])
         }
         guard upgraded else {
             session.abandonUpgrade()
             return
         }
         session.completeUpgrade()
-        self.logger.debug("Engine.IO session upgraded to WebSocket", metadata: ["engineio.sid": "\(session.id)"])
+        self.logger.debug("Engine.IO session upgraded to WebSocket", metadata: ["engineio.session": "\(session.logID)"])
         try await self.pump(session, messages: &messages, outbound: outbound)
     }
 
@@ -279,7 +329,7 @@ extension SocketIOServer {
                 // WebSocket layer close with the matching code (1009 for a message too large).
                 self.logger.notice(
                     "WebSocket read failed (oversized or malformed message, or a broken connection); closing the session",
-                    metadata: ["engineio.sid": "\(session.id)", "engineio.max_payload": "\(self.configuration.maxPayload)", "error": "\(error)"]
+                    metadata: ["engineio.session": "\(session.logID)", "engineio.max_payload": "\(self.configuration.maxPayload)", "error": "\(error)"]
                 )
                 self.closeSession(session, reason: "WebSocket read failed: \(error)", notifyClient: false)
                 group.cancelAll()

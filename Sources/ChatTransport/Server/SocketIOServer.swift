@@ -23,13 +23,21 @@ public final class SocketIOServer: Transport, Service, Sendable {
     public let configuration: SocketIOConfiguration
     let authenticator: TokenAuthenticator
     let logger: Logger
-    private let registry = Mutex(Registry())
+    private let registry: Mutex<Registry>
     private let engine = Mutex<ChatService?>(nil)
+    let connectionGuard: ConnectionGuard
+    /// The zero of the seconds the rate limiters count in.
+    private let epoch = ContinuousClock.now
+    /// Refusals of handshakes and connections logged at most once a second each, with a count of the rest.
+    private let refusalLog = Mutex<[String: (at: ContinuousClock.Instant, suppressed: Int)]>([:])
 
     struct Registry {
         /// False once the server shuts down: new handshakes are refused.
         var accepting = true
         var sessions: [String: EngineSession] = [:]
+        /// Open sessions per client address (only addresses with at least one).
+        var sessionsPerAddress: [String: Int] = [:]
+        var handshakes: KeyedRateLimiter<String>?
         var connections: [ConnectionID: EngineSession] = [:]
         var users: [UserID: Set<ConnectionID>] = [:]
         var rooms: [String: Set<ConnectionID>] = [:]
@@ -47,6 +55,31 @@ public final class SocketIOServer: Transport, Service, Sendable {
         self.configuration = configuration
         self.authenticator = authenticator
         self.logger = logger
+        var registry = Registry()
+        registry.handshakes = configuration.handshakeRatePerAddress.map { KeyedRateLimiter(limit: $0) }
+        self.registry = Mutex(registry)
+        self.connectionGuard = ConnectionGuard(
+            maxConnections: configuration.maxHTTPConnections,
+            headerTimeout: configuration.httpHeaderTimeout,
+            logger: logger
+        )
+    }
+
+    /// Logs a refusal of kind `key`, at most once a second; the line counts the refusals it stood for.
+    func logRefusal(_ key: String, _ message: Logger.Message, metadata: Logger.Metadata) {
+        let now = ContinuousClock.now
+        let count: Int? = self.refusalLog.withLock { log in
+            if let last = log[key], now - last.at < .seconds(1) {
+                log[key]?.suppressed += 1
+                return nil
+            }
+            defer { log[key] = (now, 0) }
+            return (log[key]?.suppressed ?? 0) + 1
+        }
+        guard let count else { return }
+        var metadata = metadata
+        metadata["socketio.refusals"] = "\(count)"
+        self.logger.warning(message, metadata: metadata)
     }
 
     /// Hands client events to `service`. Until this is called, CONNECT is refused with `unavailable`.
@@ -139,6 +172,16 @@ public final class SocketIOServer: Transport, Service, Sendable {
         self.closeSession(session, reason: reason, notifyClient: true)
     }
 
+    /// Whether `connection`'s client has read most of what it was sent (see ``ChatDomain/Transport/isWritable(_:)``).
+    public func isWritable(_ connection: ConnectionID) -> Bool {
+        self.registry.withLock { $0.connections[connection] }?.isWritable ?? true
+    }
+
+    /// Returns once `connection`'s backlog is down to what one read takes, or it closed.
+    public func waitUntilWritable(_ connection: ConnectionID) async {
+        await self.registry.withLock { $0.connections[connection] }?.waitUntilWritable()
+    }
+
     /// Queues `event` for every open connection of `user`; returns how many it was queued for.
     @discardableResult
     public func emit(_ event: OutboundEvent, toUser user: UserID) -> Int {
@@ -182,6 +225,12 @@ public final class SocketIOServer: Transport, Service, Sendable {
         for connection in connections { self.join(connection, room: room) }
     }
 
+    /// Removes every open connection of `user` from `room` (they left the chat).
+    public func leave(user: UserID, room: String) {
+        let connections = self.registry.withLock { $0.users[user] ?? [] }
+        for connection in connections { self.leave(connection, room: room) }
+    }
+
     /// Removes `connection` from `room`.
     public func leave(_ connection: ConnectionID, room: String) {
         self.registry.withLock { registry in
@@ -208,30 +257,60 @@ public final class SocketIOServer: Transport, Service, Sendable {
 
     // MARK: Sessions
 
-    /// Opens a session, unless the server holds ``SocketIOConfiguration/maxSessions`` already.
-    func openSession(transport: EngineSession.TransportKind, bearerToken: String?) -> EngineSession? {
+    /// Why a handshake was refused.
+    enum HandshakeRefusal: Error, CustomStringConvertible {
+        /// The server holds ``SocketIOConfiguration/maxSessions``, or is shutting down.
+        case serverFull
+        /// The address holds ``SocketIOConfiguration/maxSessionsPerAddress``.
+        case tooManySessions
+        /// The address is over ``SocketIOConfiguration/handshakeRatePerAddress``; retry after this many seconds.
+        case handshakeRate(Double)
+
+        var description: String {
+            switch self {
+            case .serverFull: "the server holds its maximum number of sessions"
+            case .tooManySessions: "your address holds its maximum number of sessions"
+            case .handshakeRate: "too many handshakes from your address; retry later"
+            }
+        }
+    }
+
+    /// Opens a session for a client at `address`, within the server's and the address's limits.
+    func openSession(transport: EngineSession.TransportKind, bearerToken: String?, address: String? = nil) -> Result<EngineSession, HandshakeRefusal> {
         let session = EngineSession(
             id: Self.randomID(),
             transport: transport,
             bearerToken: bearerToken,
+            address: address,
             pingInterval: self.configuration.pingInterval,
-            maxBufferedBytes: self.configuration.maxBufferedBytes
+            maxBufferedBytes: self.configuration.maxBufferedBytes,
+            maxReadBytes: self.configuration.maxPayload
         )
-        let opened = self.registry.withLock { registry in
-            guard registry.accepting, registry.sessions.count < self.configuration.maxSessions else { return false }
+        let elapsed = ContinuousClock.now - self.epoch
+        let now = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        let refusal: HandshakeRefusal? = self.registry.withLock { registry in
+            guard registry.accepting, registry.sessions.count < self.configuration.maxSessions else { return .serverFull }
+            if let address {
+                if let limit = self.configuration.maxSessionsPerAddress, registry.sessionsPerAddress[address, default: 0] >= limit {
+                    return .tooManySessions
+                }
+                if let wait = registry.handshakes?.take(address, now: now) { return .handshakeRate(wait) }
+                registry.sessionsPerAddress[address, default: 0] += 1
+            }
             registry.sessions[session.id] = session
-            return true
-        }
-        guard opened else {
-            self.logger.warning(
-                "Engine.IO handshake refused: session limit reached or shutting down",
-                metadata: ["socketio.sessions.max": "\(self.configuration.maxSessions)"]
-            )
             return nil
         }
+        if let refusal {
+            self.logRefusal(
+                "handshake",
+                "Engine.IO handshake refused",
+                metadata: ["socketio.refusal": "\(refusal)", "net.peer.address": "\(LogSafe.value(address ?? "-"))"]
+            )
+            return .failure(refusal)
+        }
         try? session.enqueue(EngineIOPacket(.open, self.openPayload(session, upgrades: transport == .polling)).encoded)
-        self.logger.debug("Engine.IO session opened", metadata: ["engineio.sid": "\(session.id)", "engineio.transport": "\(transport)"])
-        return session
+        self.logger.debug("Engine.IO session opened", metadata: ["engineio.transport": "\(transport)"])
+        return .success(session)
     }
 
     func session(_ id: String) -> EngineSession? {
@@ -256,11 +335,14 @@ public final class SocketIOServer: Transport, Service, Sendable {
         guard closed else { return }
         self.registry.withLock { registry in
             registry.sessions[session.id] = nil
+            if let address = session.address, let count = registry.sessionsPerAddress[address] {
+                registry.sessionsPerAddress[address] = count > 1 ? count - 1 : nil
+            }
             if let socket { Self.forget(socket, in: &registry) }
         }
+        // Never the Engine.IO sid: over long-polling it is the session's only credential.
         let metadata: Logger.Metadata = [
-            "engineio.sid": "\(session.id)", "engineio.reason": "\(reason)",
-            "chat.connection.id": "\(socket.map { "\($0.connection)" } ?? "-")",
+            "engineio.reason": "\(reason)", "chat.connection.id": "\(socket.map { "\($0.connection)" } ?? "-")",
         ]
         if reason == "client closed" || reason == "server shutting down" {
             self.logger.debug("Engine.IO session closed", metadata: metadata)
@@ -282,10 +364,14 @@ public final class SocketIOServer: Transport, Service, Sendable {
         }
     }
 
-    func register(_ socket: EngineSession.Socket, session: EngineSession) {
+    /// Registers an authenticated connection; false when its user holds
+    /// ``SocketIOConfiguration/maxConnectionsPerUser`` already.
+    func register(_ socket: EngineSession.Socket, session: EngineSession) -> Bool {
         self.registry.withLock { registry in
+            guard registry.users[socket.user.id, default: []].count < self.configuration.maxConnectionsPerUser else { return false }
             registry.connections[socket.connection] = session
             registry.users[socket.user.id, default: []].insert(socket.connection)
+            return true
         }
     }
 

@@ -1,0 +1,165 @@
+import ChatDomain
+import HummingbirdCore
+import Logging
+import NIOCore
+import Synchronization
+
+/// Bounds what a TCP connection can hold before it has said anything useful: a cap on open connections and a
+/// deadline for the first request head.
+///
+/// Hummingbird's idle timeout starts only once a first request head has been decoded (and, on a server that
+/// accepts WebSocket upgrades, its handler is installed only then), so a peer that sends half a head, or nothing,
+/// kept its connection forever; enough of them exhausted the file descriptors and `/healthz` stopped answering.
+final class ConnectionGuard: Sendable {
+    let maxConnections: Int
+    let headerTimeout: Duration
+    let logger: Logger
+    private let open = Atomic<Int>(0)
+    /// When the cap was last logged, so a flood writes one line a second, not one per refused connection.
+    private let lastLogged = Mutex<(at: ContinuousClock.Instant?, suppressed: Int)>((nil, 0))
+
+    init(maxConnections: Int, headerTimeout: Duration, logger: Logger) {
+        self.maxConnections = maxConnections
+        self.headerTimeout = headerTimeout
+        self.logger = logger
+    }
+
+    /// How many connections are open.
+    var openConnections: Int { self.open.load(ordering: .relaxed) }
+
+    /// Counts a new connection; false (and logged) when the cap is reached.
+    func admit() -> Bool {
+        let count = self.open.wrappingAdd(1, ordering: .relaxed).newValue
+        guard count > self.maxConnections else { return true }
+        self.open.wrappingSubtract(1, ordering: .relaxed)
+        let now = ContinuousClock.now
+        let suppressed: Int? = self.lastLogged.withLock { state in
+            if let at = state.at, now - at < .seconds(1) {
+                state.suppressed += 1
+                return nil
+            }
+            defer { state = (now, 0) }
+            return state.suppressed
+        }
+        if let suppressed {
+            self.logger.warning(
+                "HTTP connection limit reached; closing new connections",
+                metadata: ["http.connections.max": "\(self.maxConnections)", "http.connections.refused_since_last_line": "\(suppressed + 1)"]
+            )
+        }
+        return false
+    }
+
+    func release() {
+        self.open.wrappingSubtract(1, ordering: .relaxed)
+    }
+}
+
+/// The channel handler at the front of every connection's pipeline (bytes in, before any HTTP decoding).
+final class ConnectionGuardHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    private let connectionGuard: ConnectionGuard
+    private var admitted = false
+    private var started = false
+    private var headComplete = false
+    /// How much of `\r\n\r\n` the bytes read so far end with.
+    private var terminatorMatched = 0
+    private var deadline: Scheduled<Void>?
+
+    init(_ connectionGuard: ConnectionGuard) {
+        self.connectionGuard = connectionGuard
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { self.start(context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        self.start(context)
+        context.fireChannelActive()
+    }
+
+    private func start(_ context: ChannelHandlerContext) {
+        guard !self.started else { return }
+        self.started = true
+        guard self.connectionGuard.admit() else {
+            context.close(promise: nil)
+            return
+        }
+        self.admitted = true
+        let timeout = self.connectionGuard.headerTimeout
+        let logger = self.connectionGuard.logger
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        self.deadline = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: .nanoseconds(Int64(timeout.wholeMilliseconds) * 1_000_000)) {
+            logger.debug("HTTP connection closed: no complete request head in time", metadata: ["http.header_timeout_ms": "\(timeout.wholeMilliseconds)"])
+            loopBound.value.close(promise: nil)
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if !self.headComplete {
+            let buffer = self.unwrapInboundIn(data)
+            if self.scanForEndOfHead(buffer) {
+                self.headComplete = true
+                self.deadline?.cancel()
+                self.deadline = nil
+            }
+        }
+        context.fireChannelRead(data)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.deadline?.cancel()
+        self.deadline = nil
+        if self.admitted {
+            self.admitted = false
+            self.connectionGuard.release()
+        }
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.deadline?.cancel()
+        if self.admitted {
+            self.admitted = false
+            self.connectionGuard.release()
+        }
+    }
+
+    /// Whether `\r\n\r\n` has now been seen, across reads.
+    private func scanForEndOfHead(_ buffer: ByteBuffer) -> Bool {
+        let terminator: [UInt8] = [13, 10, 13, 10]
+        for byte in buffer.readableBytesView {
+            if byte == terminator[self.terminatorMatched] {
+                self.terminatorMatched += 1
+                if self.terminatorMatched == terminator.count { return true }
+            } else {
+                self.terminatorMatched = byte == 13 ? 1 : 0
+            }
+        }
+        return false
+    }
+}
+
+/// A server child channel that puts a ``ConnectionGuardHandler`` in front of `base`'s pipeline.
+struct GuardedChildChannel<Base: ServerChildChannel>: ServerChildChannel {
+    typealias Value = Base.Value
+
+    let base: Base
+    let connectionGuard: ConnectionGuard
+
+    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        let connectionGuard = self.connectionGuard
+        return channel.eventLoop.makeCompletedFuture {
+            try channel.pipeline.syncOperations.addHandler(ConnectionGuardHandler(connectionGuard), position: .first)
+        }.flatMap {
+            self.base.setup(channel: channel, logger: logger)
+        }
+    }
+
+    func handle(value: Value, logger: Logger) async {
+        await self.base.handle(value: value, logger: logger)
+    }
+}
