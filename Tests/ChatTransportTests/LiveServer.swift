@@ -42,6 +42,7 @@ struct LiveServer: Sendable {
 func withLiveServer(
     socketIO: SocketIOConfiguration = SocketIOConfiguration(),
     chat: ChatServiceConfiguration = ChatServiceConfiguration(),
+    httpLimits: ChatHTTPAPI.Limits = ChatHTTPAPI.Limits(),
     _ body: @Sendable (LiveServer) async throws -> Void
 ) async throws {
     let logs = LogCapture()
@@ -69,8 +70,10 @@ func withLiveServer(
         Chat(id: Harness.groupChat, participants: [Harness.alice.id, Harness.bob.id, Harness.carol.id, Harness.dave.id])
     )
 
-    let router = Router(context: BasicWebSocketRequestContext.self)
+    let router = Router(context: ChatRequestContext.self)
     server.addRoutes(to: router)
+    ChatHTTPAPI(service: service, store: store, authenticator: authenticator, socketIO: server, limits: httpLimits, logger: logger)
+        .addRoutes(to: router)
     let port = Locked<Int?>(nil)
     let app = Application(
         router: router,

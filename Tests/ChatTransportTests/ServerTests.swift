@@ -15,9 +15,12 @@ struct PollingClient {
 
     init(_ live: LiveServer) { self.base = live.url + "/socket.io/" }
 
-    static func request(_ url: String, method: String = "GET", body: String? = nil) async throws -> (status: Int, text: String) {
+    static func request(_ url: String, method: String = "GET", body: String? = nil, headers: [String: String] = [:]) async throws
+        -> (status: Int, text: String)
+    {
         var request = URLRequest(url: URL(string: url)!)
         request.httpMethod = method
+        for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }
         request.httpBody = body.map { Data($0.utf8) }
         request.timeoutInterval = 10
         let (data, response) = try await URLSession.shared.data(for: request)
@@ -25,8 +28,8 @@ struct PollingClient {
     }
 
     /// Handshakes; returns the OPEN packet's JSON.
-    mutating func open() async throws -> [String: JSONValue] {
-        let (status, text) = try await Self.request(self.base + "?EIO=4&transport=polling")
+    mutating func open(headers: [String: String] = [:]) async throws -> [String: JSONValue] {
+        let (status, text) = try await Self.request(self.base + "?EIO=4&transport=polling", headers: headers)
         #expect(status == 200)
         guard text.hasPrefix("0"), case .object(let open) = try JSONDecoder().decode(JSONValue.self, from: Data(text.dropFirst().utf8)),
             case .string(let sid)? = open["sid"]
@@ -63,6 +66,11 @@ struct PollingClient {
     /// Handshake and Socket.IO CONNECT with `token`; returns the CONNECT reply.
     mutating func connect(token: String) async throws -> String {
         _ = try await self.open()
+        return try await self.connectOpened(token: token)
+    }
+
+    /// Socket.IO CONNECT with `token` on a session already opened; returns the CONNECT reply.
+    func connectOpened(token: String) async throws -> String {
         try await self.post(["40{\"token\":\"\(token)\"}"])
         return try await self.next { $0.hasPrefix("40") || $0.hasPrefix("44") }
     }

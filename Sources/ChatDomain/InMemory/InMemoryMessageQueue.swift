@@ -16,6 +16,10 @@ public final class InMemoryMessageQueue: MessageQueue {
         public var messageTTL: TimeInterval = 24 * 60 * 60
         /// The most entries a recipient's queue holds. Default 100,000.
         public var maxLength: Int = 100_000
+        /// The most entries all queues hold together (waiting or unacknowledged), so memory stays bounded however
+        /// many recipients one chat names; past it new entries are refused like those of a full queue (they stay
+        /// pending in the store). Default 1,000,000.
+        public var maxTotalEntries: Int = 1_000_000
 
         /// The defaults.
         public init() {}
@@ -47,6 +51,10 @@ public final class InMemoryMessageQueue: MessageQueue {
         var nextTag: UInt64 = 1
         var nextConsumer: UInt64 = 1
         var deadLettered: [DeadLetter] = []
+        /// Entries held: waiting in a queue or delivered and unacknowledged.
+        var total = 0
+        /// Entries enqueued since every queue was last checked for expired entries.
+        var enqueuedSinceSweep = 0
         /// The newest 50,000 events, as RabbitMQ's `message_delivery` queue keeps them (a ring: O(1) per event).
         var deliveryEvents: Deque<DeliveryEvent> = []
     }
@@ -79,6 +87,11 @@ public final class InMemoryMessageQueue: MessageQueue {
     }
 
     /// Every entry dead-lettered so far (the last 10,000), oldest first.
+    /// How many entries all queues hold (waiting or unacknowledged).
+    public var totalEntries: Int {
+        self.state.withLock { $0.total }
+    }
+
     public var deadLettered: [DeadLetter] {
         self.state.withLock { $0.deadLettered }
     }
@@ -87,9 +100,15 @@ public final class InMemoryMessageQueue: MessageQueue {
         let now = self.clock.now()
         let (rejected, deadLetters) = try self.withAvailableState { state in
             var deadLetters = self.expire(&state, user: user, now: now)
+            state.enqueuedSinceSweep += entries.count
+            if state.enqueuedSinceSweep >= 10_000 || state.total + entries.count > self.configuration.maxTotalEntries {
+                // Queues nobody drains (recipients who never come back) expire here, not only when touched.
+                state.enqueuedSinceSweep = 0
+                for other in Array(state.queues.keys) { deadLetters += self.expire(&state, user: other, now: now) }
+            }
             var rejected: [MessageID] = []
             for entry in entries {
-                if state.queues[user, default: []].count >= self.configuration.maxLength {
+                if state.queues[user, default: []].count >= self.configuration.maxLength || state.total >= self.configuration.maxTotalEntries {
                     rejected.append(entry.message.id)
                     deadLetters.append(DeadLetter(entry: entry, reason: .rejected, at: now))
                     continue
@@ -98,6 +117,7 @@ public final class InMemoryMessageQueue: MessageQueue {
                     Item(sequence: state.nextSequence, entry: entry, arrivedAt: now, redelivered: false)
                 )
                 state.nextSequence += 1
+                state.total += 1
             }
             return (rejected, deadLetters)
         }
@@ -173,6 +193,7 @@ public final class InMemoryMessageQueue: MessageQueue {
                 Self.returnToQueue(&state, tag: tag.rawValue)
             } else {
                 state.unacknowledged[tag.rawValue] = nil
+                state.total -= 1
             }
         }
     }
@@ -216,6 +237,7 @@ public final class InMemoryMessageQueue: MessageQueue {
             now.timeIntervalSince(head.arrivedAt) >= self.configuration.messageTTL
         {
             state.queues[user]?.removeFirst()
+            state.total -= 1
             expired.append(DeadLetter(entry: head.entry, reason: .expired, at: now))
         }
         if state.queues[user]?.isEmpty == true { state.queues[user] = nil }

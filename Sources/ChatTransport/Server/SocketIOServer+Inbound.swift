@@ -41,7 +41,7 @@ extension SocketIOServer {
         do {
             packet = try SocketIOPacket.decode(text)
         } catch {
-            self.reject(on: session, error)
+            self.reject(on: session, error, ackID: Self.leadingAckID(Substring(text)))
             return
         }
         guard packet.namespace == "/" else {
@@ -201,6 +201,16 @@ extension SocketIOServer {
         }
     }
 
+    /// The acknowledgement id of a Socket.IO EVENT on the default namespace (`2<id>...`), read from the text alone
+    /// so that a packet whose JSON is malformed still gets its error as the acknowledgement it asked for.
+    static func leadingAckID(_ text: Substring) -> UInt64? {
+        let utf8 = text.utf8
+        guard utf8.first == UInt8(ascii: "2") else { return nil }
+        let digits = utf8.dropFirst().prefix { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
+        guard !digits.isEmpty, digits.count <= SocketIOPacket.maxAckIDDigits else { return nil }
+        return UInt64(Substring(digits))
+    }
+
     /// The id of `43<id>[...]` on the default namespace; nil for anything else.
     static func fastAck(_ text: String) -> UInt64? {
         let utf8 = text.utf8
@@ -254,7 +264,7 @@ extension SocketIOServer {
 
     /// A malformed packet: the client is told (`message:error` once connected, `CONNECT_ERROR` before) and the
     /// connection stays up.
-    func reject(on session: EngineSession, _ error: CodecError) {
+    func reject(on session: EngineSession, _ error: CodecError, ackID: UInt64? = nil) {
         self.logger.notice(
             "Malformed packet refused",
             metadata: ["engineio.session": "\(session.logID)", "error": "\(LogSafe.value(error.message, limit: 256))"]
@@ -262,6 +272,7 @@ extension SocketIOServer {
         if let socket = session.socket {
             let payload = MessageErrorPayload(ChatError(.badRequest, "malformed packet: \(error.message)"))
             try? self.emit(.messageError(payload), to: socket.connection, acknowledgement: nil)
+            if let ackID { self.acknowledge(ackID, on: session, payload: payload) }
         } else {
             let data: JSONValue = .object(["code": .string("bad_request"), "message": .string(error.message)])
             let packet = SocketIOPacket(.connectError, data: .object(["message": .string("bad_request"), "data": data]))

@@ -24,7 +24,9 @@ extension SocketIOServer {
     /// The WebSocket settings the endpoint needs: frames up to ``SocketIOConfiguration/maxPayload``, and no
     /// WebSocket-level pings (Engine.IO pings itself).
     public var webSocketConfiguration: WebSocketServerConfiguration {
-        WebSocketServerConfiguration(maxFrameSize: self.configuration.maxPayload, autoPing: .disabled)
+        // Text that is not UTF-8 fails the connection with 1007, as RFC 6455 §8.1 asks, rather than being read
+        // with replacement characters.
+        WebSocketServerConfiguration(maxFrameSize: self.configuration.maxPayload, autoPing: .disabled, validateUTF8: true)
     }
 
     /// An HTTP/1.1 server whose WebSocket upgrades go through `router` (the one ``addRoutes(to:)`` mounted on),

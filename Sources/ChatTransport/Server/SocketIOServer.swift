@@ -172,6 +172,11 @@ public final class SocketIOServer: Transport, Service, Sendable {
         self.closeSession(session, reason: reason, notifyClient: true)
     }
 
+    /// The session that holds `connection`.
+    func session(of connection: ConnectionID) -> EngineSession? {
+        self.registry.withLock { $0.connections[connection] }
+    }
+
     /// Whether `connection`'s client has read most of what it was sent (see ``ChatDomain/Transport/isWritable(_:)``).
     public func isWritable(_ connection: ConnectionID) -> Bool {
         self.registry.withLock { $0.connections[connection] }?.isWritable ?? true
