@@ -70,10 +70,16 @@ start_services() {
     HOME="$work/rabbit" /usr/lib/rabbitmq/bin/rabbitmqctl -n "chatd-bench-$rabbit_port@localhost" await_startup >/dev/null 2>&1 || sleep 5
 }
 
+bench_secret="chatd-benchmark-secret-0123456789-abcdefgh"
+
 # run <mode> <rep>: one chatd, every scenario.
 run() {
     local stack=$1 rep=$2 port=$((40000 + RANDOM % 5000))
-    local env=(PORT="$port" HOST=127.0.0.1 LOG_LEVEL=warning NODE_ID="bench-$rep")
+    # One load generator on one address sends for every user as fast as it can: the abuse limits (per-address
+    # sessions and handshakes, per-user send rates) are off here, the connection cap above the 10,000 sockets.
+    local env=(PORT="$port" HOST=127.0.0.1 LOG_LEVEL=warning NODE_ID="bench-$rep" JWT_SECRET="$bench_secret"
+               SEND_RATE_PER_USER=0 FANOUT_RATE_PER_USER=0 HANDSHAKE_RATE_PER_ADDRESS=0 MAX_SESSIONS_PER_ADDRESS=0
+               MAX_HTTP_CONNECTIONS=20000)
     if [ "$stack" = full ]; then
         env+=(MONGODB_URI="mongodb://127.0.0.1:$mongo_port/bench$rep" RABBITMQ_HOST=127.0.0.1 RABBITMQ_PORT="$rabbit_port"
               REDIS_HOST=127.0.0.1 REDIS_PORT="$redis_port")
@@ -82,7 +88,7 @@ run() {
     local pid=$!
     pids+=($pid)
     wait_port "$port"
-    local common=(--url "http://127.0.0.1:$port" --server-pid "$pid")
+    local common=(--url "http://127.0.0.1:$port" --server-pid "$pid" --secret "$bench_secret")
     scenario() {
         local name=$1; shift
         log "$stack #$rep: $name $*"

@@ -147,6 +147,42 @@ struct EmbeddedTests {
         }
     }
 
+    @Test("The public development secret is refused outside embedded development; limits are settings")
+    func productionNeedsSecret() async throws {
+        let cases: [([String: String], String)] = [
+            (["REDIS_HOST": "127.0.0.1"], "JWT_SECRET"),
+            (["MONGODB_URI": "mongodb://127.0.0.1:9/chatd"], "JWT_SECRET"),
+            (["CHATD_ENV": "production"], "JWT_SECRET"),
+            (["CHATD_ENV": "staging"], "CHATD_ENV"),
+            (["JWT_MAX_TTL": "forever"], "JWT_MAX_TTL"),
+            (["SEND_RATE_PER_USER": "-3"], "SEND_RATE_PER_USER"),
+            (["MAX_CONNECTIONS_PER_USER": "0"], "MAX_CONNECTIONS_PER_USER"),
+        ]
+        for (extra, variable) in cases {
+            var environment = ["PORT": "0", "PATH": "/usr/bin:/bin"]
+            environment.merge(extra) { $1 }
+            let child = try ChildProcess(ChatdProcess.binary, arguments: ["serve"], environment: environment, label: "chatd-config")
+            let status = await child.wait(timeout: .seconds(20))
+            #expect(status != nil && status != 0, "\(extra) must stop startup")
+            #expect(child.stderr.contains(variable), "\(extra): \(child.stderr)")
+            await child.cleanUp()
+        }
+        // Embedded development still starts without a secret, and says so.
+        try await withChatd(environment: ["JWT_SECRET": ""]) { chatd in
+            #expect(chatd.log.contains("JWT_SECRET is not set"))
+        }
+    }
+
+    @Test("With only Redis configured the store is still in memory, and the startup lines say so")
+    func inMemoryStoreIsAnnounced() async throws {
+        try await withChatd(environment: ["REDIS_HOST": "127.0.0.1", "REDIS_PORT": "9"]) { chatd in
+            #expect(chatd.log.contains("The message store is in memory"))
+            #expect(chatd.log.contains("store: in memory: chats and messages are lost when chatd stops"))
+            let health = try await chatd.http("GET", "/healthz")
+            #expect(health.status == 200)
+        }
+    }
+
     static func text(_ url: String) async throws -> String {
         let (data, _) = try await URLSession.shared.data(from: URL(string: url)!)
         return String(decoding: data, as: UTF8.self)

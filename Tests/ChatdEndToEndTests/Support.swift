@@ -31,6 +31,12 @@ final class ChatdProcess: @unchecked Sendable {
     /// Starts chatd with `environment` (over a clean one: PORT 0, the test secret, LOG_LEVEL info).
     init(environment: [String: String] = [:]) async throws {
         var base = ["PORT": "0", "HOST": "127.0.0.1", "JWT_SECRET": Self.secret, "LOG_LEVEL": "info", "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"]
+        // Every test client runs on 127.0.0.1 and some send 1,000 messages in a burst: the per-address and
+        // per-user limits are off unless a test sets them (they are tested in-process, and their defaults once
+        // end to end).
+        for (name, value) in ["SEND_RATE_PER_USER": "0", "FANOUT_RATE_PER_USER": "0", "HANDSHAKE_RATE_PER_ADDRESS": "0", "MAX_SESSIONS_PER_ADDRESS": "0"] {
+            base[name] = value
+        }
         base.merge(environment) { $1 }
         self.environment = base
         self.child = try ChildProcess(Self.binary, arguments: ["serve"], environment: base, label: "chatd")

@@ -107,7 +107,9 @@ public struct TokenAuthenticator: Sendable {
         guard fields["alg"] == .string(Self.algorithm) else { return .failure(.invalidAlgorithm) }
         let claims: TokenClaims
         do {
-            claims = try await self.keys.verify(token, as: TokenClaims.self)
+            // Verified as any JSON object, so a claim of the wrong type is reported as invalid_claims rather than
+            // lost in a decoding failure.
+            claims = try TokenClaims(try await self.keys.verify(token, as: RawClaims.self).fields)
         } catch let error as JWTError {
             switch error.errorType {
             case .signatureVerificationFailed: return .failure(.invalidSignature)
@@ -115,9 +117,9 @@ public struct TokenAuthenticator: Sendable {
             default: return .failure(.invalidClaims)
             }
         } catch is DecodingError {
-            return .failure(.invalidClaims)
-        } catch {
             return .failure(.malformedToken)
+        } catch {
+            return .failure(.invalidClaims)
         }
         return self.check(claims, now: now)
     }
@@ -225,6 +227,55 @@ private struct TokenClaims: JWTPayload {
     var aud: Audience?
     var username: String?
 
+    /// A claim is present with the wrong type.
+    struct WrongType: Error {}
+
+    init(sub: String?, exp: Double?, nbf: Double?, iat: Double?, iss: String?, aud: Audience?, username: String?) {
+        (self.sub, self.exp, self.nbf, self.iat, self.iss, self.aud, self.username) = (sub, exp, nbf, iat, iss, aud, username)
+    }
+
+    /// Reads the claims from a verified payload; a claim of the wrong type throws ``WrongType``.
+    init(_ fields: [String: JSONValue]) throws(WrongType) {
+        func string(_ key: String) throws(WrongType) -> String? {
+            switch fields[key] {
+            case nil, .null?: return nil
+            case .string(let value)?: return value
+            default: throw WrongType()
+            }
+        }
+        func number(_ key: String) throws(WrongType) -> Double? {
+            switch fields[key] {
+            case nil, .null?: return nil
+            case .number(let value)?: return value
+            default: throw WrongType()
+            }
+        }
+        var audience: Audience?
+        switch fields["aud"] {
+        case nil, .null?: audience = nil
+        case .string(let value)?: audience = .one(value)
+        case .array(let values)?:
+            audience = .many(try values.map { value throws(WrongType) in
+                guard case .string(let string) = value else { throw WrongType() }
+                return string
+            })
+        default: throw WrongType()
+        }
+        self.init(
+            sub: try string("sub"), exp: try number("exp"), nbf: try number("nbf"), iat: try number("iat"),
+            iss: try string("iss"), aud: audience, username: try string("username")
+        )
+    }
+
     /// The claims are checked by ``TokenAuthenticator`` with its own clock and settings.
+    func verify(using algorithm: some JWTAlgorithm) async throws {}
+}
+
+/// A verified payload as JSON, before its claims are read.
+private struct RawClaims: JWTPayload {
+    var fields: [String: JSONValue]
+
+    init(from decoder: any Decoder) throws { self.fields = try [String: JSONValue](from: decoder) }
+    func encode(to encoder: any Encoder) throws { try self.fields.encode(to: encoder) }
     func verify(using algorithm: some JWTAlgorithm) async throws {}
 }
