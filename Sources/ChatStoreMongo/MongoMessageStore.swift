@@ -230,10 +230,21 @@ public final class MongoMessageStore: MessageStore, Service {
     }
 
     public func setBlocked(_ other: UserID, by user: UserID, blocked: Bool) async throws {
-        let change: BSONDocument = blocked ? ["$addToSet": .document(["blocked": .string(other.rawValue)])] : ["$pull": .document(["blocked": .string(other.rawValue)])]
+        // Read, change, `$set` the whole list: nx-27017 ignores `$addToSet` on a document that lacks the array
+        // (it reports a match and changes nothing). The list is per user and written only by that user's own
+        // requests, so a lost update needs the same user blocking twice at the same instant.
+        var list = try await self.blockedUsers(of: user)
+        if blocked { list.insert(other) } else { list.remove(other) }
+        let values = list.map(\.rawValue).sorted().map { BSON.string($0) }
         let reply = try await self.command([
             "update": .string("users"),
-            "updates": .array([.document(["q": .document(["_id": .string(user.rawValue)]), "u": .document(change), "upsert": .bool(true)])]),
+            "updates": .array([
+                .document([
+                    "q": .document(["_id": .string(user.rawValue)]),
+                    "u": .document(["$set": .document(["blocked": .array(values)])]),
+                    "upsert": .bool(true),
+                ])
+            ]),
         ])
         if let writeError = reply["writeErrors"]?.array?.first?.document { throw Self.chatError(writeError) }
     }

@@ -52,7 +52,31 @@ public struct ProductScenario: Sendable, CustomTestStringConvertible {
         ProductScenario(name: "Several offline recipients in a group each get their own entry", body: groupRecipientsGetOwnEntries),
         ProductScenario(name: "The guide's manual scenario, steps 1 to 10", needsControllableQueue: true, body: manualScenario),
         ProductScenario(name: "A clientMessageId is per sender and chat; reused for other content it is refused", body: idempotencyKeyPerChat),
+        ProductScenario(name: "A blocked sender is refused in a direct chat and skipped in a group", body: blockedSender),
     ]
+
+    @Sendable
+    private static func blockedSender(_ h: Harness) async throws {
+        try await h.store.setBlocked(Harness.alice.id, by: Harness.bob.id, blocked: true)
+        try await h.store.setBlocked(Harness.alice.id, by: Harness.bob.id, blocked: true)
+        #expect(try await h.store.blockedUsers(of: Harness.bob.id) == [Harness.alice.id])
+        #expect(try await h.store.usersBlocking(Harness.alice.id, among: [Harness.bob.id, Harness.carol.id]) == [Harness.bob.id])
+        let alice = await h.connect(Harness.alice)
+        let bob = await h.connect(Harness.bob)
+        let refused = await h.service.send(SendMessageRequest(chatID: Harness.directChat, content: "hi bob"), from: alice)
+        #expect((try? refused.get()) == nil)
+        try await h.send("hi all", in: Harness.groupChat, from: alice)
+        #expect(h.contents(of: bob).isEmpty)
+        #expect(try await h.depth(of: Harness.carol) == 1)
+        try await h.store.setBlocked(Harness.alice.id, by: Harness.bob.id, blocked: false)
+        #expect(try await h.store.blockedUsers(of: Harness.bob.id).isEmpty)
+        try await h.send("hi again", from: alice)
+        #expect(h.contents(of: bob) == ["hi again"])
+        // A user who is not stored yet may block too, and stays readable.
+        try await h.store.setBlocked(Harness.alice.id, by: "newcomer", blocked: true)
+        #expect(try await h.store.blockedUsers(of: "newcomer") == [Harness.alice.id])
+        #expect(try await h.store.users(["newcomer"])["newcomer"].map(\.username) ?? "newcomer" == "newcomer")
+    }
 
     @Sendable
     private static func idempotencyKeyPerChat(_ h: Harness) async throws {

@@ -236,3 +236,81 @@ enum RawTCP {
         return closed
     }
 }
+
+/// The HTTP API's privacy controls and caps, in-process.
+@Suite("Privacy: leaving chats and blocking users")
+struct PrivacyAPITests {
+    static func call(_ live: LiveServer, _ method: String, _ path: String, token: String, body: String? = nil) async throws -> (status: Int, json: JSONValue?) {
+        var request = URLRequest(url: URL(string: live.url + path)!)
+        request.httpMethod = method
+        request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization")
+        request.httpBody = body.map { Data($0.utf8) }
+        let (data, response) = try await URLSession.shared.data(for: request)
+        return ((response as? HTTPURLResponse)?.statusCode ?? 0, try? JSONDecoder().decode(JSONValue.self, from: data))
+    }
+
+    @Test("A user leaves a chat they were put in, and blocks its creator: no more messages or presence from them")
+    func leaveAndBlock() async throws {
+        try await withLiveServer { live in
+            let alice = try await live.token(Harness.alice)
+            let bob = try await live.token(Harness.bob)
+            // alice puts bob (and carol) in a chat bob never asked for.
+            let created = try await Self.call(live, "POST", "/api/chats", token: alice, body: #"{"participants": ["bob", "carol"]}"#)
+            #expect(created.status == 201)
+            guard case .object(let chat)? = created.json, case .string(let chatID)? = chat["_id"] else {
+                Issue.record("no chat id: \(String(describing: created.json))")
+                return
+            }
+            let left = try await Self.call(live, "POST", "/api/chats/\(chatID)/leave", token: bob)
+            #expect(left.status == 200)
+            #expect(left.json?.participants == ["alice", "carol"])
+            #expect(try await Self.call(live, "POST", "/api/chats/\(chatID)/leave", token: bob).status == 403, "only once")
+            #expect(try await Self.call(live, "GET", "/api/chats/\(chatID)/messages", token: bob).status == 403)
+            // bob blocks alice: her direct messages are refused.
+            #expect(try await Self.call(live, "POST", "/api/users/me/blocks/alice", token: bob).status == 204)
+            #expect(try await Self.call(live, "GET", "/api/users/me/blocks", token: bob).json == .object(["blocked": .array([.string("alice")])]))
+            var aliceClient = PollingClient(live)
+            _ = try await aliceClient.connect(token: alice)
+            try await aliceClient.post(["421[\"message:send\",{\"chatId\":\"chat-ab\",\"content\":\"hi\"}]"])
+            let answer = try await aliceClient.next { $0.hasPrefix("431[") }
+            #expect(answer.contains("\"code\":\"blocked\""), "\(answer)")
+            #expect(try await Self.call(live, "POST", "/api/users/me/blocks/bob", token: bob).status == 400, "not oneself")
+            #expect(try await Self.call(live, "DELETE", "/api/users/me/blocks/alice", token: bob).status == 204)
+            try await aliceClient.post(["422[\"message:send\",{\"chatId\":\"chat-ab\",\"content\":\"hi again\"}]"])
+            #expect(try await aliceClient.next { $0.hasPrefix("432[") }.contains("messageId"))
+        }
+    }
+
+    @Test("Chat size and chats per user are capped")
+    func caps() async throws {
+        var limits = ChatHTTPAPI.Limits()
+        limits.maxParticipants = 3
+        limits.maxChatsPerUser = 3
+        try await withLiveServer(httpLimits: limits) { live in
+            let dave = try await live.token(Harness.dave)
+            let big = try await Self.call(live, "POST", "/api/chats", token: dave, body: #"{"participants": ["a", "b", "c"]}"#)
+            #expect(big.status == 400)
+            // dave is in the standard group chat already: two more, then no more.
+            for _ in 0..<2 {
+                #expect(try await Self.call(live, "POST", "/api/chats", token: dave, body: #"{"participants": ["x"]}"#).status == 201)
+            }
+            let refused = try await Self.call(live, "POST", "/api/chats", token: dave, body: #"{"participants": ["x"]}"#)
+            #expect(refused.status == 429)
+            #expect(refused.json?.errorCode == "too_many_chats")
+            let control = try await Self.call(live, "POST", "/api/chats", token: try await live.token(Harness.carol), body: #"{"participants": ["x\ny"]}"#)
+            #expect(control.status == 400, "a participant id with a control character")
+        }
+    }
+}
+
+extension JSONValue {
+    fileprivate var participants: [String]? {
+        guard case .object(let object) = self, case .array(let values)? = object["participants"] else { return nil }
+        return values.compactMap { if case .string(let value) = $0 { value } else { nil } }
+    }
+
+    fileprivate var errorCode: String? {
+        guard case .object(let object) = self, case .object(let error)? = object["error"], case .string(let code)? = error["code"] else { return nil }
+        return code
+    }
+}
