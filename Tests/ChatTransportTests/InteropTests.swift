@@ -49,6 +49,16 @@ struct InteropTests {
         }
     }
 
+    @Test("The exact bytes that once crashed the server, over polling and WebSocket, are refused; it keeps serving")
+    func crashBytes() async throws {
+        guard try PythonClient.available() else { return }
+        try await withLiveServer { live in
+            let outcome = try await PythonClient.run("crash-bytes", config: try await self.config(live))
+            #expect(outcome.succeeded, "\(outcome.report)")
+            #expect(live.logs.count(of: "Malformed packet refused") + live.logs.count(of: "Malformed Engine.IO payload; closing the session") >= 5)
+        }
+    }
+
     @Test("Missing, malformed, forged and expired tokens get CONNECT_ERROR unauthorized with a reason code")
     func authenticationFailures() async throws {
         guard try PythonClient.available() else { return }
@@ -140,6 +150,8 @@ struct InteropTests {
             let outcome = try await PythonClient.run("oversized", config: try await self.config(live, ["maxPayload": .number(100_000)]))
             #expect(outcome.succeeded, "\(outcome.report)")
             #expect(outcome.summary["postStatus"] == .number(413))
+            #expect(outcome.summary["closeCode"] == .number(1009))
+            #expect(outcome.summary["utf8CloseCode"] == .number(1007))
             // Nothing from the oversized packets was stored; the bystander's message was.
             let history = try await live.store.history(of: Harness.directChat, before: nil, limit: 10)
             #expect(history.map(\.content) == ["unaffected"])

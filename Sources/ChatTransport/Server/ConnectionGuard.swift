@@ -56,9 +56,24 @@ final class ConnectionGuard: Sendable {
 }
 
 /// The channel handler at the front of every connection's pipeline (bytes in, before any HTTP decoding).
-final class ConnectionGuardHandler: ChannelInboundHandler, RemovableChannelHandler {
+///
+/// It also closes gracefully when the peer is still sending: closing a socket with unread input makes the kernel
+/// answer with a TCP reset, which destroys what was just written (a WebSocket close frame 1009 for a message over
+/// `maxPayload` never reached the client). So a close that comes while input is arriving shuts down the output
+/// first (the peer reads everything sent, then end of stream), discards further input, and closes fully when the
+/// peer closes or after ``lingerTimeout``.
+final class ConnectionGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
+    typealias OutboundIn = NIOAny
+    typealias OutboundOut = NIOAny
+
+    /// How long a lingering close waits for the peer to finish.
+    static let lingerTimeout: TimeAmount = .seconds(1)
+    /// Input this recent means the peer is still sending when a close comes.
+    static let activeInputWindow: Duration = .milliseconds(250)
+    private var lastReadAt: ContinuousClock.Instant?
+    private var lingering: EventLoopPromise<Void>?
 
     private let connectionGuard: ConnectionGuard
     private var admitted = false
@@ -99,6 +114,9 @@ final class ConnectionGuardHandler: ChannelInboundHandler, RemovableChannelHandl
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // Closing: what the peer still sends is read and dropped, so the close does not turn into a reset.
+        guard self.lingering == nil else { return }
+        self.lastReadAt = .now
         if !self.headComplete {
             let buffer = self.unwrapInboundIn(data)
             if self.scanForEndOfHead(buffer) {
@@ -110,7 +128,53 @@ final class ConnectionGuardHandler: ChannelInboundHandler, RemovableChannelHandl
         context.fireChannelRead(data)
     }
 
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        guard mode == .all, self.lingering == nil, let last = self.lastReadAt, ContinuousClock.now - last < Self.activeInputWindow else {
+            if let lingering = self.lingering, mode == .all {
+                // Already closing: this close completes with it.
+                lingering.futureResult.cascade(to: promise)
+                return
+            }
+            context.close(mode: mode, promise: promise)
+            return
+        }
+        let done = context.eventLoop.makePromise(of: Void.self)
+        done.futureResult.cascade(to: promise)
+        self.lingering = done
+        // Output first: what was written (a close frame, an error response) is flushed, then end of stream.
+        context.close(mode: .output, promise: nil)
+        context.read()
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: Self.lingerTimeout) {
+            // `done` completes in channelInactive, whichever close gets there first.
+            loopBound.value.close(mode: .all, promise: nil)
+        }
+    }
+
+    func read(context: ChannelHandlerContext) {
+        context.read()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if self.lingering != nil, let event = event as? ChannelEvent, event == .inputClosed {
+            // The peer finished: close now.
+            context.close(mode: .all, promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if self.lingering != nil {
+            context.read()
+            return
+        }
+        context.fireChannelReadComplete()
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
+        self.lingering?.succeed()
+        self.lingering = nil
         self.deadline?.cancel()
         self.deadline = nil
         if self.admitted {
@@ -121,6 +185,8 @@ final class ConnectionGuardHandler: ChannelInboundHandler, RemovableChannelHandl
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        self.lingering?.succeed()
+        self.lingering = nil
         self.deadline?.cancel()
         if self.admitted {
             self.admitted = false

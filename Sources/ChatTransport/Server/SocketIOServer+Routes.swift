@@ -333,8 +333,16 @@ extension SocketIOServer {
                     "WebSocket read failed (oversized or malformed message, or a broken connection); closing the session",
                     metadata: ["engineio.session": "\(session.logID)", "engineio.max_payload": "\(self.configuration.maxPayload)", "error": "\(error)"]
                 )
+                // Errors found while collating a message (text that is not UTF-8, an oversized continuation)
+                // reach us as WSCore's package-internal close error; closing with its code, before the writer
+                // closes normally, is what RFC 6455 asks (1007, 1009), where rethrowing ends in a normal closure.
+                let description = String(describing: error)
+                let codes: [(name: String, code: UInt16)] = [("dataInconsistentWithMessage", 1007), ("messageTooLarge", 1009), ("protocolError", 1002)]
+                let match = codes.first { description.contains($0.name) }
+                if let match { try? await outbound.close(.unknown(match.code), reason: nil) }
                 self.closeSession(session, reason: "WebSocket read failed: \(error)", notifyClient: false)
                 group.cancelAll()
+                if match != nil { return }
                 throw error
             }
             try await group.waitForAll()

@@ -216,14 +216,32 @@ def oversized():
     ws, _ = raw_connect(TOKENS["bob"])
     ws.send("42" + json.dumps(["message:send", {"chatId": CHAT, "content": "x" * (max_payload * 2)}]))
     ws_closed = False
+    close_code = None
     try:
         while True:
-            if ws.recv() == "":
+            opcode, data = ws.recv_data(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                close_code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
                 ws_closed = True
                 break
-    except (websocket.WebSocketConnectionClosedException, ConnectionError):
+    except (websocket.WebSocketConnectionClosedException, ConnectionError) as error:
         ws_closed = True
+        close_code = repr(error)
     check(ws_closed, "the oversized WebSocket session is closed")
+    check(close_code == 1009, "closed with 1009 (message too big), not a reset: %r" % (close_code,))
+    # Text that is not UTF-8 fails the connection with 1007.
+    ws, _ = raw_connect(TOKENS["bob"])
+    ws.send(b"42\xff\xfe", opcode=websocket.ABNF.OPCODE_TEXT)
+    utf8_code = None
+    try:
+        while True:
+            opcode, data = ws.recv_data(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                utf8_code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
+                break
+    except (websocket.WebSocketConnectionClosedException, ConnectionError) as error:
+        utf8_code = repr(error)
+    check(utf8_code == 1007, "invalid UTF-8 closes with 1007: %r" % (utf8_code,))
     # Long-polling: handshake, then a POST twice the limit.
     handshake = requests.get(URL + "/socket.io/?EIO=4&transport=polling", timeout=5)
     sid = json.loads(handshake.text[1:])["sid"]
@@ -234,7 +252,7 @@ def oversized():
     ok = bystander.client.call("message:send", {"chatId": CHAT, "content": "unaffected"}, timeout=10)
     check("messageId" in ok, "the bystander still sends")
     bystander.disconnect()
-    summary(wsClosed=ws_closed, postStatus=post.status_code)
+    summary(wsClosed=ws_closed, closeCode=close_code, utf8CloseCode=utf8_code, postStatus=post.status_code)
 
 
 def crash_bytes():
