@@ -103,6 +103,7 @@ enum ChatDocument {
             "participants": .array(chat.participants.map { .string($0.rawValue) }),
             "name": chat.name.map(BSON.string) ?? .null,
             "lastMessage": chat.lastMessage.map(BSON.objectID) ?? .null,
+            "invited": .array(chat.invited.map { .string($0.rawValue) }),
         ]
     }
 
@@ -116,7 +117,9 @@ enum ChatDocument {
                 return UserID(user)
             },
             name: document["name"]?.string,
-            lastMessage: document["lastMessage"]?.objectID
+            lastMessage: document["lastMessage"]?.objectID,
+            // Chats stored before invitations existed have none.
+            invited: (document["invited"]?.array ?? []).compactMap { value in value.string.map { UserID($0) } }
         )
     }
 

@@ -43,6 +43,7 @@ struct Settings: Sendable {
     var fanOutRate: RateLimit? = RateLimit(rate: 2_000, burst: 10_000)
     var maxChatParticipants = 1_000
     var maxChatsPerUser = 1_000
+    var requireChatAcceptance = false
     var httpIdleTimeout: Duration = .seconds(60)
     var httpHeaderTimeout: Duration = .seconds(10)
     var maxHTTPConnections = Settings.defaultMaxHTTPConnections
@@ -107,6 +108,12 @@ struct Settings: Sendable {
         settings.maxChatParticipants =
             try reader.int("MAX_CHAT_PARTICIPANTS", flag: "max-chat-participants", in: 2...1_000_000) ?? settings.maxChatParticipants
         settings.maxChatsPerUser = try reader.int("MAX_CHATS_PER_USER", flag: "max-chats-per-user", in: 1...10_000_000) ?? settings.maxChatsPerUser
+        if let acceptance = reader.string("CHAT_ACCEPTANCE", flag: "chat-acceptance") {
+            guard ["off", "required"].contains(acceptance.lowercased()) else {
+                throw Invalid(description: "CHAT_ACCEPTANCE (or --chat-acceptance) must be off or required (got '\(acceptance)')")
+            }
+            settings.requireChatAcceptance = acceptance.lowercased() == "required"
+        }
         if let ms = try reader.int("HTTP_IDLE_TIMEOUT_MS", flag: "http-idle-timeout-ms", in: 100...86_400_000) {
             settings.httpIdleTimeout = .milliseconds(ms)
         }
@@ -185,6 +192,7 @@ struct Settings: Sendable {
         var limits = ChatHTTPAPI.Limits()
         limits.maxParticipants = self.maxChatParticipants
         limits.maxChatsPerUser = self.maxChatsPerUser
+        limits.requireAcceptance = self.requireChatAcceptance
         return limits
     }
 
@@ -309,6 +317,7 @@ struct ConfigurationFlags: ParsableArguments {
     @Option(help: "Recipient delivery burst per user (FANOUT_BURST_PER_USER; default 10000).") var fanoutBurstPerUser: String?
     @Option(help: "The most participants a chat may have (MAX_CHAT_PARTICIPANTS; default 1000).") var maxChatParticipants: String?
     @Option(help: "The most chats a user may be in when creating one (MAX_CHATS_PER_USER; default 1000).") var maxChatsPerUser: String?
+    @Option(help: "off, or required: people named in a chat must accept it before it reaches them (CHAT_ACCEPTANCE; default off).") var chatAcceptance: String?
     @Option(help: "Idle keep-alive HTTP connections close after this many ms (HTTP_IDLE_TIMEOUT_MS; default 60000).") var httpIdleTimeoutMs: String?
     @Option(help: "A connection must send its first request head within this many ms (HTTP_HEADER_TIMEOUT_MS; default 10000).") var httpHeaderTimeoutMs: String?
     @Option(help: "The most open HTTP connections (MAX_HTTP_CONNECTIONS; default 10000 or the file limit less 128).") var maxHttpConnections: String?
@@ -331,7 +340,7 @@ struct ConfigurationFlags: ParsableArguments {
             ("fanout-rate-per-user", self.fanoutRatePerUser), ("fanout-burst-per-user", self.fanoutBurstPerUser),
             ("max-chat-participants", self.maxChatParticipants), ("max-chats-per-user", self.maxChatsPerUser),
             ("http-idle-timeout-ms", self.httpIdleTimeoutMs), ("http-header-timeout-ms", self.httpHeaderTimeoutMs),
-            ("max-http-connections", self.maxHttpConnections),
+            ("max-http-connections", self.maxHttpConnections), ("chat-acceptance", self.chatAcceptance),
         ]
         return Dictionary(uniqueKeysWithValues: pairs.compactMap { key, value in value.map { (key, $0) } })
     }

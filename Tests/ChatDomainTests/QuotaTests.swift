@@ -150,4 +150,30 @@ struct QuotaTests {
             #expect(try await h.store.blockedUsers(of: Harness.bob.id).isEmpty)
         }
     }
+
+    @Test("An invited participant gets none of a chat's messages and shares no presence through it until they accept")
+    func invitations() async throws {
+        try await withHarness { h in
+            let eve = User(id: "eve", username: "Eve")
+            try await h.store.saveChat(Chat(id: "invite", participants: [Harness.alice.id, eve.id], invited: [eve.id]))
+            let alice = await h.connect(Harness.alice)
+            let sawEve: () -> Bool = {
+                h.transport.events(of: alice).contains { if case .userOnline(let change) = $0 { change.userID == eve.id } else { false } }
+            }
+            var eveConnection = await h.connect(eve)
+            #expect(!sawEve(), "eve has not accepted: her presence is not shared")
+            try await h.send("before", in: "invite", from: alice)
+            #expect(h.contents(of: eveConnection).isEmpty)
+            #expect(try await h.depth(of: eve) == 0)
+            let early = await h.service.send(SendMessageRequest(chatID: "invite", content: "hi"), from: eveConnection)
+            #expect((try? early.get()) == nil, "eve must accept before posting")
+
+            try await h.store.saveChat(Chat(id: "invite", participants: [Harness.alice.id, eve.id]))
+            await h.drop(eveConnection)
+            eveConnection = await h.connect(eve)
+            #expect(sawEve())
+            try await h.send("after", in: "invite", from: alice)
+            #expect(h.contents(of: eveConnection) == ["after"])
+        }
+    }
 }

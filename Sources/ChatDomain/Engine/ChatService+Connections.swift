@@ -81,7 +81,8 @@ extension ChatService {
             self.storeFailed(error)
             return
         }
-        var peers = Set(chats.flatMap(\.participants))
+        // Only chats the user has accepted share their presence.
+        var peers = Set(chats.filter { $0.hasAccepted(user) }.flatMap(\.participants))
         peers.remove(user)
         // Presence is shared only with users who share a chat with `user` and whom `user` has not blocked.
         do {

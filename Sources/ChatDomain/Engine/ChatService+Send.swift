@@ -294,7 +294,8 @@ extension ChatService {
         // A set for the duplicates check: a linear `contains` made every send to a chat of 1,000 cost a million
         // comparisons.
         var recipients: [UserID] = []
-        var seen: Set<UserID> = [sender]
+        // Invited participants who have not accepted get nothing until they do.
+        var seen: Set<UserID> = Set(chat?.invited ?? []).union([sender])
         for participant in chat?.participants ?? [] where seen.insert(participant).inserted {
             recipients.append(participant)
         }

@@ -11,6 +11,9 @@ struct MessageValidator {
         guard chat.hasParticipant(sender) else {
             throw ChatError(.notAParticipant, "you are not a participant of chat \(LogSafe.quoted(chat.id.rawValue))")
         }
+        guard !chat.invited.contains(sender) else {
+            throw ChatError(.notAParticipant, "you were invited to chat \(LogSafe.quoted(chat.id.rawValue)); accept it first (POST /api/chats/{id}/accept)")
+        }
         if request.content.allSatisfy(\.isWhitespace) {
             throw ChatError(.emptyContent, "content must contain at least one non-space character")
         }

@@ -8,16 +8,25 @@ public struct Chat: Hashable, Sendable, Codable {
     public var name: String?
     /// The id of the newest message, if any.
     public var lastMessage: MessageID?
+    /// Participants who have not accepted the chat yet (when the server asks for acceptance): they get none of its
+    /// messages and its other participants do not see their presence, until they accept.
+    public var invited: [UserID]
 
     /// The longest chat id, in UTF-8 bytes, the engine looks up; a longer one cannot name a chat.
     public static let maxIDBytes = 256
 
     /// Creates a chat.
-    public init(id: ChatID, participants: [UserID], name: String? = nil, lastMessage: MessageID? = nil) {
+    public init(id: ChatID, participants: [UserID], name: String? = nil, lastMessage: MessageID? = nil, invited: [UserID] = []) {
         self.id = id
         self.participants = participants
         self.name = name
         self.lastMessage = lastMessage
+        self.invited = invited
+    }
+
+    /// Whether `user` takes part in the chat and has accepted it.
+    public func hasAccepted(_ user: UserID) -> Bool {
+        self.hasParticipant(user) && !self.invited.contains(user)
     }
 
     /// Whether `user` takes part in the chat.
@@ -27,7 +36,16 @@ public struct Chat: Hashable, Sendable, Codable {
 
     enum CodingKeys: String, CodingKey {
         case id = "_id"
-        case participants, name, lastMessage
+        case participants, name, lastMessage, invited
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        self.id = try container.decode(ChatID.self, forKey: .id)
+        self.participants = try container.decode([UserID].self, forKey: .participants)
+        self.name = try container.decodeIfPresent(String.self, forKey: .name)
+        self.lastMessage = try container.decodeIfPresent(MessageID.self, forKey: .lastMessage)
+        self.invited = try container.decodeIfPresent([UserID].self, forKey: .invited) ?? []
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -36,6 +54,7 @@ public struct Chat: Hashable, Sendable, Codable {
         try container.encode(self.participants, forKey: .participants)
         try container.encode(self.name, forKey: .name)
         try container.encode(self.lastMessage, forKey: .lastMessage)
+        try container.encode(self.invited, forKey: .invited)
     }
 }
 

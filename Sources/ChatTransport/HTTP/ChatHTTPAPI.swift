@@ -19,6 +19,9 @@ public struct ChatHTTPAPI: Sendable {
         public var maxParticipants = 1000
         /// The most chats a user may be in and still create another. Default 1,000.
         public var maxChatsPerUser = 1000
+        /// Whether the people a chat names must accept it (`POST /api/chats/{id}/accept`) before it delivers to
+        /// them and shares their presence. Default false: a chat is live for everyone it names.
+        public var requireAcceptance = false
 
         /// The defaults.
         public init() {}
@@ -61,6 +64,9 @@ public struct ChatHTTPAPI: Sendable {
         }
         router.post("/api/chats/:id/leave") { request, context in
             await self.respond { () async throws(APIError) -> Response in try await self.leave(request, chat: context.parameters.get("id") ?? "") }
+        }
+        router.post("/api/chats/:id/accept") { request, context in
+            await self.respond { () async throws(APIError) -> Response in try await self.accept(request, chat: context.parameters.get("id") ?? "") }
         }
         router.get("/api/users/me/blocks") { request, _ in
             await self.respond { () async throws(APIError) -> Response in try await self.listBlocks(request) }
@@ -123,7 +129,12 @@ public struct ChatHTTPAPI: Sendable {
                 "you are in \(existing.count) chats, the most this server allows; leave one first"
             )
         }
-        let chat = Chat(id: ChatID(MessageIDGenerator().next().hexString), participants: participants, name: body.name)
+        let chat = Chat(
+            id: ChatID(MessageIDGenerator().next().hexString),
+            participants: participants,
+            name: body.name,
+            invited: self.limits.requireAcceptance ? participants.filter { $0 != caller.id } : []
+        )
         try await self.storeCall {
             // A user exists from the first time an id is used.
             let known = try await self.store.users(participants)
@@ -201,10 +212,21 @@ public struct ChatHTTPAPI: Sendable {
         let caller = try await self.authenticate(request)
         var chat = try await self.participantChat(ChatID(id), caller: caller)
         chat.participants.removeAll { $0 == caller.id }
+        chat.invited.removeAll { $0 == caller.id }
         let updated = chat
         try await self.storeCall { try await self.store.saveChat(updated) }
         self.socketIO?.leave(user: caller.id, room: SocketIOServer.room(of: chat.id))
         self.logger.info("Chat left", metadata: ["chat.id": "\(chat.id)", "chat.user.id": "\(LogSafe.value(caller.id.rawValue))"])
+        return Self.json(.ok, updated)
+    }
+
+    /// The caller accepts a chat they were invited to: from now on it delivers to them and shares their presence.
+    private func accept(_ request: Request, chat id: String) async throws(APIError) -> Response {
+        let caller = try await self.authenticate(request)
+        var chat = try await self.participantChat(ChatID(id), caller: caller)
+        chat.invited.removeAll { $0 == caller.id }
+        let updated = chat
+        try await self.storeCall { try await self.store.saveChat(updated) }
         return Self.json(.ok, updated)
     }
 

@@ -209,38 +209,31 @@ def ping_timeout():
     summary(pings=pings, closedAfter=closed_after, limit=limit)
 
 
+def close_code_of(ws):
+    """Reads until the server closes: its close frame's code, or what ended the connection instead (a reset)."""
+    try:
+        while True:
+            opcode, data = ws.recv_data(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                return int.from_bytes(data[:2], "big") if len(data) >= 2 else "no code"
+    except (websocket.WebSocketConnectionClosedException, ConnectionError) as error:
+        return repr(error)
+
+
 def oversized():
     """A frame or POST over maxPayload closes that session only; a bystander keeps chatting."""
     bystander = Recorder("alice").connect()
     max_payload = CONFIG["maxPayload"]
     ws, _ = raw_connect(TOKENS["bob"])
     ws.send("42" + json.dumps(["message:send", {"chatId": CHAT, "content": "x" * (max_payload * 2)}]))
-    ws_closed = False
-    close_code = None
-    try:
-        while True:
-            opcode, data = ws.recv_data(control_frame=True)
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
-                close_code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
-                ws_closed = True
-                break
-    except (websocket.WebSocketConnectionClosedException, ConnectionError) as error:
-        ws_closed = True
-        close_code = repr(error)
+    close_code = close_code_of(ws)
+    ws_closed = close_code is not None
     check(ws_closed, "the oversized WebSocket session is closed")
     check(close_code == 1009, "closed with 1009 (message too big), not a reset: %r" % (close_code,))
     # Text that is not UTF-8 fails the connection with 1007.
     ws, _ = raw_connect(TOKENS["bob"])
     ws.send(b"42\xff\xfe", opcode=websocket.ABNF.OPCODE_TEXT)
-    utf8_code = None
-    try:
-        while True:
-            opcode, data = ws.recv_data(control_frame=True)
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
-                utf8_code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
-                break
-    except (websocket.WebSocketConnectionClosedException, ConnectionError) as error:
-        utf8_code = repr(error)
+    utf8_code = close_code_of(ws)
     check(utf8_code == 1007, "invalid UTF-8 closes with 1007: %r" % (utf8_code,))
     # Long-polling: handshake, then a POST twice the limit.
     handshake = requests.get(URL + "/socket.io/?EIO=4&transport=polling", timeout=5)
