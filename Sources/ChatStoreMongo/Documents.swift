@@ -139,7 +139,7 @@ private func field<Value>(
     context: String = "document"
 ) throws -> Value {
     guard let value = document[name] else {
-        throw ChatError(.storeUnavailable, "\(context): field '\(name)' is missing", underlying: MongoStoreError(code: .badDocument, message: "field '\(name)' is missing"))
+        throw ChatError(.internalError, "\(context): field '\(name)' is missing", underlying: MongoStoreError(code: .badDocument, message: "field '\(name)' is missing"))
     }
     guard let typed = extract(value) else { throw bad(name, expected, context) }
     return typed
@@ -147,5 +147,5 @@ private func field<Value>(
 
 private func bad(_ name: String, _ expected: String, _ context: String) -> ChatError {
     let message = "\(context): field '\(name)' is not \(expected)"
-    return ChatError(.storeUnavailable, message, underlying: MongoStoreError(code: .badDocument, message: message))
+    return ChatError(.internalError, message, underlying: MongoStoreError(code: .badDocument, message: message))
 }

@@ -262,7 +262,7 @@ public final class MongoMessageStore: MessageStore, Service {
         command.fields += [("limit", .int(Int64(limit))), ("batchSize", .int(Int64(limit))), ("singleBatch", .bool(true))]
         let reply = try await self.command(command)
         guard let batch = reply["cursor"]?.document?["firstBatch"]?.array else {
-            throw ChatError(.unavailable, "MongoDB answered a find without a cursor: \(reply.extendedJSON.prefix(200))")
+            throw ChatError(.internalError, "MongoDB answered find on \(collection) without a cursor: \(reply.extendedJSON.prefix(200))")
         }
         return batch.compactMap(\.document)
     }
@@ -292,7 +292,8 @@ public final class MongoMessageStore: MessageStore, Service {
             case .unavailable:
                 throw ChatError(.unavailable, error.message, underlying: error)
             default:
-                throw ChatError(.storeUnavailable, error.message, underlying: error)
+                // The server answered (with an error) or its answer was unreadable: not an outage.
+                throw ChatError(.internalError, error.message, underlying: error)
             }
         } catch let error as ChatError {
             throw error
@@ -331,13 +332,20 @@ public final class MongoMessageStore: MessageStore, Service {
         // The old per-sender key would still refuse a reused client id in another chat. Dropping an index that
         // does not exist is an error the server reports (IndexNotFound); that is the usual case, and fine.
         _ = try? pool.command(["dropIndexes": .string("messages"), "index": .string("idempotent_send")])
-        _ = try pool.command(["createIndexes": .string("chats"), "indexes": .array([index("participants", ["participants": .int(1)])])])
+        // nx-27017 answers every equality query on an array field with nothing once a single-field index covers
+        // that field (`{participants: 1}` made every user's chat list empty); a compound index starting with it
+        // serves the same queries on MongoDB and works on nx-27017. The old single-field index is dropped.
+        _ = try? pool.command(["dropIndexes": .string("chats"), "index": .string("participants")])
+        _ = try pool.command([
+            "createIndexes": .string("chats"),
+            "indexes": .array([index("participants_by_name", ["participants": .int(1), "name": .int(1)])]),
+        ])
     }
 
     private static func chatError(_ writeError: BSONDocument) -> ChatError {
         let code = writeError["code"]?.int.map(Int.init)
         let message = writeError["errmsg"]?.string ?? "write failed"
         let error = MongoStoreError(code: .serverError, message: "MongoDB refused the write: \(message)", serverCode: code)
-        return ChatError(.storeUnavailable, error.message, underlying: error)
+        return ChatError(.internalError, error.message, underlying: error)
     }
 }

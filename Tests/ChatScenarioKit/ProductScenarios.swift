@@ -231,6 +231,7 @@ public struct ProductScenario: Sendable, CustomTestStringConvertible {
         #expect(received.message.id == hello.messageID)
         #expect(received.message.content == "Hello B!")
         #expect(received.isNew == false)
+        #expect(received.message.readBy.map(\.userID) == [Harness.alice.id, Harness.bob.id], "the emitted copy lists B already")
         try await eventually("readBy includes B") {
             try await h.store.message(hello.messageID)?.isRead(by: Harness.bob.id) == true
         }
@@ -249,5 +250,6 @@ public struct ProductScenario: Sendable, CustomTestStringConvertible {
         let caughtUp = try #require(h.transport.receivedMessages(of: carol).first)
         #expect(caughtUp.message.id == toCarol.messageID)
         #expect(caughtUp.isNew == false)
+        #expect(caughtUp.message.isRead(by: Harness.carol.id), "caught up from the store, readBy lists C too")
     }
 }

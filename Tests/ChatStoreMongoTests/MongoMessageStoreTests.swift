@@ -47,6 +47,50 @@ struct MongoMessageStoreTests {
         }
     }
 
+    @Test("A malformed chat document is a data error for the sender (internal_error), not an outage")
+    func dataErrorIsNotAnOutage() async throws {
+        try await withMongoServer { server in
+            let store = try server.makeStore()
+            try await withHarness(store: store) { h in
+                _ = try await store.command([
+                    "insert": .string("chats"),
+                    "documents": .array([.document(["_id": .string("broken"), "participants": .string("not an array")])]),
+                ])
+                let alice = await h.connect(Harness.alice)
+                let result = await h.service.send(SendMessageRequest(chatID: "broken", content: "hi"), from: alice)
+                guard case .failure(let error) = result else {
+                    Issue.record("a send into a malformed chat was accepted")
+                    return
+                }
+                #expect(error.code == .internalError)
+                #expect(await h.service.probe().store == .ok, "the store answered: it is not down")
+                #expect(h.logs.contains("Message store call failed", level: .error))
+                let line = try #require(h.logs.all.first { $0.message == "Message store call failed" })
+                #expect(line.metadata["error"]?.contains("chat broken") == true, "the log names the document: \(line.metadata)")
+                try await h.send("the rest works", from: alice)
+            }
+        }
+    }
+
+    @Test("A user's chats are found once the indexes exist (nx-27017 lost them under a single-field array index)")
+    func chatsOfUser() async throws {
+        try await withMongoServer { server in
+            let store = try server.makeStore()
+            // The index an older chatd created: it must not hide chats either.
+            _ = try await store.command([
+                "createIndexes": .string("chats"),
+                "indexes": .array([.document(["key": .document(["participants": .int(1)]), "name": .string("participants")])]),
+            ])
+            try await store.prepare()
+            try await store.saveChat(Chat(id: "c-1", participants: ["alice", "bob"], name: "one"))
+            try await store.saveChat(Chat(id: "6b0ebf82007f61803d000000", participants: ["alice", "carol"], invited: ["carol"]))
+            #expect(try await store.chats(of: "alice").map(\.id) == ["6b0ebf82007f61803d000000", "c-1"])
+            #expect(try await store.chats(of: "carol").map(\.invited) == [["carol"]])
+            #expect(try await store.chats(of: "bob").map(\.name) == ["one"])
+            #expect(try await store.chats(of: "dave").isEmpty)
+        }
+    }
+
     @Test("readBy stays free of duplicates under concurrent marks for the same user")
     func concurrentMarks() async throws {
         try await withMongoServer { server in
@@ -158,6 +202,8 @@ struct MongoMessageStoreTests {
                     Issue.record("a bad document decoded")
                 } catch let error as ChatError {
                     #expect(error.message.contains("'\(field)'"), "\(error.message)")
+                    #expect(error.code == .internalError, "a bad document is not an outage")
+                    #expect(!error.isRetriable)
                 }
             }
         }

@@ -198,6 +198,17 @@ struct AbuseTests {
         }
     }
 
+    @Test("A malformed packet that asked for an acknowledgement gets its error as the acknowledgement too")
+    func malformedPacketWithAck() async throws {
+        try await withLiveServer { live in
+            var alice = PollingClient(live)
+            _ = try await alice.connect(token: try await live.token(Harness.alice))
+            try await alice.post(["427[\"message:send\",{\"chatId\":"])
+            let ack = try await alice.next { $0.hasPrefix("437[") }
+            #expect(ack.contains("\"code\":\"bad_request\"") && ack.contains("malformed packet"), "\(ack)")
+        }
+    }
+
     @Test("Client-supplied ids and names are escaped and cut in logs and errors; a huge chat id is not echoed back")
     func logInjection() async throws {
         try await withLiveServer { live in

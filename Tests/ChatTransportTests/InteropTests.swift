@@ -59,6 +59,17 @@ struct InteropTests {
         }
     }
 
+    @Test("Upgrade edges: the probe's noop goes to the pending poll only; a second WebSocket is accepted and closed")
+    func upgradeEdges() async throws {
+        guard try PythonClient.available() else { return }
+        try await withLiveServer { live in
+            let outcome = try await PythonClient.run("upgrade-edges", config: try await self.config(live))
+            #expect(outcome.succeeded, "\(outcome.report)")
+            #expect(outcome.summary["pollAnswer"] == .string("6"))
+            #expect(outcome.summary["getAfterUpgrade"] == .number(400))
+        }
+    }
+
     @Test("Missing, malformed, forged and expired tokens get CONNECT_ERROR unauthorized with a reason code")
     func authenticationFailures() async throws {
         guard try PythonClient.available() else { return }

@@ -119,6 +119,32 @@ struct ServerTests {
         }
     }
 
+    @Test("Methods other than GET and POST get 400 with Engine.IO's Bad handshake method")
+    func otherMethods() async throws {
+        try await withLiveServer { live in
+            for method in ["PUT", "PATCH", "DELETE", "OPTIONS"] {
+                let response = try await PollingClient.request(live.url + "/socket.io/?EIO=4&transport=polling", method: method)
+                #expect(response.status == 400, "\(method)")
+                #expect(response.text.contains("\"code\":2") && response.text.contains("Bad handshake method"), "\(method): \(response.text)")
+            }
+        }
+    }
+
+    @Test("A client close posted while a GET waits answers that GET with a noop, then the session is gone")
+    func closeAnswersPendingPoll() async throws {
+        try await withLiveServer { live in
+            var client = PollingClient(live)
+            _ = try await client.connect(token: try await live.token(Harness.alice))
+            let waiting = client
+            let pending = Task { try await waiting.poll() }
+            try await Task.sleep(for: .milliseconds(200))
+            try await client.post(["1"])
+            let answer = try await pending.value
+            #expect(answer.status == 200 && answer.packets == ["6"], "\(answer)")
+            #expect(try await client.poll().status == 400, "the session is closed")
+        }
+    }
+
     @Test("CONNECT to an unknown namespace gets CONNECT_ERROR; the session can still connect to /")
     func unknownNamespace() async throws {
         try await withLiveServer { live in

@@ -173,6 +173,21 @@ struct EmbeddedTests {
         }
     }
 
+    @Test("CONNECT_TIMEOUT_MS closes a session that never sends its Socket.IO CONNECT")
+    func connectTimeoutSetting() async throws {
+        try await withChatd(environment: ["CONNECT_TIMEOUT_MS": "300"]) { chatd in
+            let text = try await Self.text(chatd.url + "/socket.io/?EIO=4&transport=polling")
+            guard let range = text.range(of: #""sid":"([^"]+)""#, options: .regularExpression) else {
+                Issue.record("no sid in \(text)")
+                return
+            }
+            let sid = text[range].dropFirst(7).dropLast()
+            try await Task.sleep(for: .milliseconds(1200))
+            let poll = try await chatd.http("GET", "/socket.io/?EIO=4&transport=polling&sid=\(sid)")
+            #expect(poll.status == 400, "closed after the connect timeout: \(poll.status) \(String(describing: poll.json))")
+        }
+    }
+
     @Test("With only Redis configured the store is still in memory, and the startup lines say so")
     func inMemoryStoreIsAnnounced() async throws {
         try await withChatd(environment: ["REDIS_HOST": "127.0.0.1", "REDIS_PORT": "9"]) { chatd in

@@ -167,8 +167,8 @@ extension ChatService {
 
     func storeFailed(_ error: any Error) {
         guard Self.isUnreachable(error) else {
-            // The store answered, with an error: not an outage.
-            self.logger.error("Message store call failed", metadata: ["error": "\(error)"])
+            // The store answered, with an error: not an outage. The error names the document or command.
+            self.logger.error("Message store call failed", metadata: ["error": "\(LogSafe.value(String(describing: error), limit: 1024))"])
             return
         }
         if self.storeOutage.failed() == .wentDown {

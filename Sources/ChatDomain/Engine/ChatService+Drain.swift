@@ -220,9 +220,11 @@ extension ChatService {
                             continue
                         }
                         guard let item = try await next() else { break }
-                        let event = OutboundEvent.messageReceived(
-                            ReceivedMessage(message: item.message, sender: item.sender, isNew: false)
-                        )
+                        // The copy the recipient gets already lists them in readBy, as the product's guide has it
+                        // (update readBy, then emit); the store records the same mark once the client confirms.
+                        var message = item.message
+                        message.markRead(by: user, at: self.wallClock.now())
+                        let event = OutboundEvent.messageReceived(ReceivedMessage(message: message, sender: item.sender, isNew: false))
                         inFlight.append((item, self.emit(event, to: connections)))
                     }
                 } catch {

@@ -304,6 +304,13 @@ extension ChatService {
 
     static func storeError(_ error: any Error) -> ChatError {
         if let error = error as? ChatError, error.code == .storeUnavailable { return error }
+        if let error = error as? ChatError, error.code == .internalError {
+            return ChatError(
+                .internalError,
+                "the message store refused the request; nothing was stored and retrying will not help (the server's log says why)",
+                underlying: error
+            )
+        }
         return ChatError(
             .storeUnavailable,
             "the message store could not be reached; nothing was stored, retry later",

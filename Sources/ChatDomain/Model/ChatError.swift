@@ -35,6 +35,9 @@ public struct ChatError: Error, Sendable, CustomStringConvertible {
         public static let rateLimited = Code(rawValue: "rate_limited")
         /// A recipient has blocked the sender.
         public static let blocked = Code(rawValue: "blocked")
+        /// The store answered, with an error that is not an outage: a malformed stored document, a write it
+        /// refused. Nothing was stored; retrying will not help; the server's log names the document or command.
+        public static let internalError = Code(rawValue: "internal_error")
     }
 
     /// What went wrong, for machines.

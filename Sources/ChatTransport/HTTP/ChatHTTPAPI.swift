@@ -277,6 +277,9 @@ public struct ChatHTTPAPI: Sendable {
     private func storeCall<T>(_ body: () async throws -> T) async throws(APIError) -> T {
         do {
             return try await body()
+        } catch let error as ChatError where error.code == .internalError {
+            self.logger.error("HTTP API store call failed", metadata: ["error": "\(LogSafe.value(String(describing: error), limit: 1024))"])
+            throw APIError(.internalServerError, .internalError, "the message store refused the request; the server's log says why")
         } catch {
             self.logger.warning("HTTP API store call failed", metadata: ["error": "\(error)"])
             throw APIError(.serviceUnavailable, .storeUnavailable, "the message store could not be reached; retry later")

@@ -214,6 +214,19 @@ final class EngineSession: Sendable {
         return taken
     }
 
+    /// Answers the long-polling GET that is waiting, if one is, with `packet` alone (never buffered, so it can
+    /// never go out later on another transport); returns whether a GET was waiting.
+    @discardableResult
+    func answerPendingPoll(with packet: String) -> Bool {
+        let waiter: CheckedContinuation<[String]?, Never>? = self.state.withLock { state in
+            guard state.transport == .polling, let waiter = state.waiter else { return nil }
+            state.waiter = nil
+            return waiter
+        }
+        waiter?.resume(returning: [packet])
+        return waiter != nil
+    }
+
     /// Whether the unread backlog is at most what one read takes (closed sessions count as writable).
     var isWritable: Bool {
         self.state.withLock { $0.closeReason != nil || $0.outboundBytes <= self.writableThreshold }

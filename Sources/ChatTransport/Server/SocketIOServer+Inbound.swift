@@ -17,6 +17,8 @@ extension SocketIOServer {
         case .ping:
             try? session.enqueue(EngineIOPacket(.pong, packet.text).encoded)
         case .close:
+            // As the reference server does: a GET still waiting is answered with a noop, then the session ends.
+            session.answerPendingPoll(with: EngineIOPacket(.noop).encoded)
             self.closeSession(session, reason: "client closed", notifyClient: false)
         case .noop, .upgrade:
             break

@@ -19,6 +19,12 @@ extension SocketIOServer {
         router.post(path) { request, context in
             await self.handlePost(request, context: context)
         }
+        // Engine.IO answers any other method with 400 and its "Bad handshake method" error, not 404.
+        for method in [HTTPRequest.Method.put, .patch, .delete, .options] {
+            router.on(path, method: method) { _, _ in
+                self.errorResponse(.badHandshakeMethod)
+            }
+        }
     }
 
     /// The WebSocket settings the endpoint needs: frames up to ``SocketIOConfiguration/maxPayload``, and no
@@ -214,21 +220,32 @@ extension SocketIOServer {
             return self.errorResponse(.badRequest, detail: "transport=websocket needs a WebSocket upgrade request")
         }
         let session: EngineSession?
+        var duplicate = false
         if let sid {
             guard let existing = self.session(sid) else { return self.errorResponse(.unknownSession) }
-            guard existing.beginUpgrade() else {
-                return self.errorResponse(.badRequest, detail: "this session cannot upgrade now")
+            if existing.transport == .websocket {
+                // A second WebSocket for an upgraded session: accepted, then closed (as the reference server
+                // does); the first one carries on.
+                duplicate = true
+                session = nil
+            } else {
+                guard existing.beginUpgrade() else {
+                    return self.errorResponse(.badRequest, detail: "this session cannot upgrade now")
+                }
+                session = existing
             }
-            session = existing
         } else {
             session = nil
         }
         let bearer = Self.bearerToken(request)
         let address = self.clientAddress(request, context: context)
+        let isDuplicate = duplicate
         let middleware = WebSocketUpgradeMiddleware<Context> { _, _ in
             .upgrade([:])
         } onUpgrade: { inbound, outbound, _ in
-            if let session {
+            if isDuplicate {
+                try? await outbound.close(.normalClosure, reason: "this session already has a WebSocket")
+            } else if let session {
                 try await self.runUpgrade(session, inbound: inbound, outbound: outbound)
             } else {
                 try await self.runWebSocket(inbound: inbound, outbound: outbound, bearerToken: bearer, address: address)
@@ -272,8 +289,9 @@ extension SocketIOServer {
                 switch packet.kind {
                 case .ping where packet.text == "probe":
                     try await outbound.write(.text(EngineIOPacket(.pong, "probe").encoded))
-                    // End the client's pending poll so it can pause polling and confirm the upgrade.
-                    try? session.enqueue(EngineIOPacket(.noop).encoded)
+                    // End the client's pending poll so it can pause polling and confirm the upgrade. Only a poll
+                    // that is waiting gets it: buffered, it would go down the new WebSocket after the upgrade.
+                    session.answerPendingPoll(with: EngineIOPacket(.noop).encoded)
                 case .upgrade:
                     upgraded = true
                     break probing

@@ -276,6 +276,42 @@ def crash_bytes():
     summary(statuses=statuses)
 
 
+def upgrade_edges():
+    """The upgrade's noop answers only the pending poll; a GET after the upgrade is refused; a second WebSocket for
+    an upgraded session is accepted and closed while the first keeps working."""
+    handshake = requests.get(URL + "/socket.io/?EIO=4&transport=polling", timeout=5)
+    sid = json.loads(handshake.text[1:])["sid"]
+    polling = URL + "/socket.io/?EIO=4&transport=polling&sid=" + sid
+    check(requests.post(polling, data="40" + json.dumps({"token": TOKENS["alice"]}), timeout=5).status_code == 200, "CONNECT posted")
+    check(requests.get(polling, timeout=5).text.startswith("40"), "CONNECT answered")
+    pending = {}
+
+    def poll():
+        pending["response"] = requests.get(polling, timeout=10)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    time.sleep(0.2)
+    ws = websocket.create_connection(WS_URL + "&sid=" + sid, timeout=5)
+    ws.send("2probe")
+    check(ws.recv() == "3probe", "probe answered")
+    poller.join(5)
+    check(pending.get("response") is not None and pending["response"].text == "6", "the pending poll got the noop: %r" % pending.get("response"))
+    ws.send("5")
+    ws.send("42" + json.dumps(["message:send", {"chatId": CHAT, "content": "over the websocket"}]))
+    first = ws.recv()
+    check(first.startswith("42") and "message:sent" in first, "the first frame after the upgrade is the answer, not a noop: %r" % first)
+    after = requests.get(polling, timeout=5)
+    check(after.status_code == 400, "a GET after the upgrade is refused: %d %r" % (after.status_code, after.text))
+    second = websocket.create_connection(WS_URL + "&sid=" + sid, timeout=5)
+    second_code = close_code_of(second)
+    check(second_code is not None, "the second WebSocket is closed")
+    ws.send("42" + json.dumps(["message:send", {"chatId": CHAT, "content": "still here"}]))
+    check("message:sent" in ws.recv(), "the first WebSocket still works")
+    ws.close()
+    summary(pollAnswer=pending["response"].text, getAfterUpgrade=after.status_code, secondClose=second_code)
+
+
 def hostile():
     """10,000 random and mutated packets from misbehaving clients; bystanders must not notice."""
     rng = random.Random(int(CONFIG.get("seed", 7)))
@@ -386,6 +422,7 @@ SCENARIOS = {
     "oversized": oversized,
     "hostile": hostile,
     "crash-bytes": crash_bytes,
+    "upgrade-edges": upgrade_edges,
 }
 
 if __name__ == "__main__":
