@@ -1,6 +1,6 @@
 import ChatDomain
 import ChatScenarioKit
-import ChatTransport
+@testable import ChatTransport
 import Foundation
 import Testing
 
@@ -116,6 +116,27 @@ struct ServerTests {
             _ = try await client.open()
             let malformed = try await client.post(["9oops"])
             #expect(malformed == 400)
+        }
+    }
+
+    @Test("Heartbeat precision: a ping at pingInterval, and a client that does not pong is closed at pingInterval + pingTimeout")
+    func heartbeatPrecision() async throws {
+        var socketIO = SocketIOConfiguration()
+        socketIO.pingInterval = .milliseconds(300)
+        socketIO.pingTimeout = .milliseconds(200)
+        try await withLiveServer(socketIO: socketIO) { live in
+            var client = PollingClient(live)
+            let started = ContinuousClock.now
+            _ = try await client.open()
+            let (status, packets) = try await client.poll()
+            let pingedAfter = ContinuousClock.now - started
+            #expect(status == 200 && packets == ["2"], "\(packets)")
+            #expect(pingedAfter >= .milliseconds(280) && pingedAfter < .milliseconds(420), "pinged after \(pingedAfter)")
+            // No pong. Still open well before 500 ms, closed shortly after.
+            try await Task.sleep(until: started + .milliseconds(420))
+            #expect(live.server.session(client.sid) != nil, "still open at 420 ms")
+            try await Task.sleep(until: started + .milliseconds(600))
+            #expect(live.server.session(client.sid) == nil, "closed by 600 ms (due at 500)")
         }
     }
 

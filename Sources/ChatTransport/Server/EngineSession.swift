@@ -364,13 +364,14 @@ final class EngineSession: Sendable {
         self.state.withLock { state in
             guard state.closeReason == nil else { return .none }
             if let sent = state.pingSentAt {
-                return now - sent > pingTimeout ? .close("ping timeout") : .none
+                return now - sent >= pingTimeout ? .close("ping timeout") : .none
             }
             if let since = state.socketlessSince, now - since > connectTimeout {
                 return .close("no Socket.IO CONNECT within \(connectTimeout)")
             }
             if now >= state.nextPingAt {
-                state.pingSentAt = now
+                // Timed from when the ping was due, so a late tick does not push the timeout later too.
+                state.pingSentAt = state.nextPingAt
                 return .ping
             }
             return .none

@@ -99,8 +99,10 @@ public final class SocketIOServer: Transport, Service, Sendable {
 
     /// Runs the ping timer until graceful shutdown, then closes every session.
     public func run() async throws {
+        // Fine enough that pings go out within 5 % of pingInterval and a silent client is closed within ~25 ms of
+        // pingInterval + pingTimeout (the reference server's precision): at most 250 ms, at least 5 ms.
         let shortest = min(self.configuration.pingInterval, self.configuration.pingTimeout, self.configuration.connectTimeout)
-        let tick = min(max(shortest / 4, .milliseconds(10)), .seconds(1))
+        let tick = min(max(shortest / 40, .milliseconds(5)), .milliseconds(250))
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 self.timerTick()
