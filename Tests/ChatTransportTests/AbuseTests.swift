@@ -110,13 +110,15 @@ struct AbuseTests {
     @Test("Half-sent request heads and silent connections are closed after the header timeout")
     func halfOpenConnections() async throws {
         var socketIO = SocketIOConfiguration()
-        socketIO.httpHeaderTimeout = .milliseconds(500)
+        socketIO.httpHeaderTimeout = .milliseconds(800)
         try await withLiveServer(socketIO: socketIO) { live in
             var channels: [any Channel] = []
             for index in 0..<7 {
                 let channel = try await RawTCP.connect(port: live.port)
                 if index < 5 {
-                    try await channel.writeAndFlush(ByteBuffer(string: "GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n"))
+                    // On a loaded machine the deadline may pass before this write: then the channel is closed
+                    // already, which is what the test wants to see.
+                    try? await channel.writeAndFlush(ByteBuffer(string: "GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n"))
                 }
                 channels.append(channel)
             }
