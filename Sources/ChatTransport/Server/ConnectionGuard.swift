@@ -15,8 +15,7 @@ final class ConnectionGuard: Sendable {
     let headerTimeout: Duration
     let logger: Logger
     private let open = Atomic<Int>(0)
-    /// When the cap was last logged, so a flood writes one line a second, not one per refused connection.
-    private let lastLogged = Mutex<(at: ContinuousClock.Instant?, suppressed: Int)>((nil, 0))
+    private let refusals = RefusalLog()
 
     init(maxConnections: Int, headerTimeout: Duration, logger: Logger) {
         self.maxConnections = maxConnections
@@ -32,19 +31,10 @@ final class ConnectionGuard: Sendable {
         let count = self.open.wrappingAdd(1, ordering: .relaxed).newValue
         guard count > self.maxConnections else { return true }
         self.open.wrappingSubtract(1, ordering: .relaxed)
-        let now = ContinuousClock.now
-        let suppressed: Int? = self.lastLogged.withLock { state in
-            if let at = state.at, now - at < .seconds(1) {
-                state.suppressed += 1
-                return nil
-            }
-            defer { state = (now, 0) }
-            return state.suppressed
-        }
-        if let suppressed {
+        if let count = self.refusals.admit("connections") {
             self.logger.warning(
                 "HTTP connection limit reached; closing new connections",
-                metadata: ["http.connections.max": "\(self.maxConnections)", "http.connections.refused_since_last_line": "\(suppressed + 1)"]
+                metadata: ["http.connections.max": "\(self.maxConnections)", "http.connections.refused_since_last_line": "\(count)"]
             )
         }
         return false

@@ -29,7 +29,7 @@ public final class SocketIOServer: Transport, Service, Sendable {
     /// The zero of the seconds the rate limiters count in.
     private let epoch = ContinuousClock.now
     /// Refusals of handshakes and connections logged at most once a second each, with a count of the rest.
-    private let refusalLog = Mutex<[String: (at: ContinuousClock.Instant, suppressed: Int)]>([:])
+    private let refusals = RefusalLog()
 
     struct Registry {
         /// False once the server shuts down: new handshakes are refused.
@@ -67,16 +67,7 @@ public final class SocketIOServer: Transport, Service, Sendable {
 
     /// Logs a refusal of kind `key`, at most once a second; the line counts the refusals it stood for.
     func logRefusal(_ key: String, _ message: Logger.Message, metadata: Logger.Metadata) {
-        let now = ContinuousClock.now
-        let count: Int? = self.refusalLog.withLock { log in
-            if let last = log[key], now - last.at < .seconds(1) {
-                log[key]?.suppressed += 1
-                return nil
-            }
-            defer { log[key] = (now, 0) }
-            return (log[key]?.suppressed ?? 0) + 1
-        }
-        guard let count else { return }
+        guard let count = self.refusals.admit(key) else { return }
         var metadata = metadata
         metadata["socketio.refusals"] = "\(count)"
         self.logger.warning(message, metadata: metadata)
