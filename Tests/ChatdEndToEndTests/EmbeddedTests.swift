@@ -60,68 +60,6 @@ struct EmbeddedTests {
         }
     }
 
-    @Test("The HTTP API: 401 without a token, 403 outside the chat, 400 for bad input, history pages, receipts")
-    func httpAPI() async throws {
-        try await withDriver { clients in
-            try await withChatd { chatd in
-                let alice = try await chatd.token("alice")
-                let carol = try await chatd.token("carol")
-                #expect(try await chatd.http("GET", "/api/chats").status == 401)
-                let forged = try await TokenMaker.forged("alice")
-                let refused = try await chatd.http("GET", "/api/chats", token: forged)
-                #expect(refused.status == 401 && refused.json?["error"]?["code"] == "unauthorized")
-
-                let badType = try await chatd.http("POST", "/api/chats", token: alice, body: ["participants": "bob"])
-                #expect(badType.status == 400)
-                #expect(badType.json?["error"]?["message"]?.string == "'participants' has the wrong type")
-                let alone = try await chatd.http("POST", "/api/chats", token: alice, body: ["participants": []])
-                #expect(alone.status == 400 && alone.json?["error"]?["code"] == "bad_request")
-
-                // bob has never connected: he exists from now on.
-                let created = try await chatd.http("POST", "/api/chats", token: alice, body: ["participants": ["bob"], "name": "ab"])
-                #expect(created.status == 201)
-                let chat = try #require(created.json?["_id"]?.string)
-                #expect(created.json?["participants"] == ["alice", "bob"])
-                #expect(try await chatd.http("GET", "/api/chats/\(chat)/messages", token: carol).status == 403)
-                #expect(try await chatd.http("GET", "/api/chats/nope/messages", token: alice).status == 404)
-                #expect(try await chatd.http("GET", "/api/chats/\(chat)/messages?limit=ten", token: alice).status == 400)
-                #expect(try await chatd.http("GET", "/api/chats/\(chat)/messages?before=zz", token: alice).status == 400)
-
-                try await clients.connect("alice", to: chatd)
-                try await clients.connect("bob", to: chatd)
-                var ids: [String] = []
-                for index in 0..<25 {
-                    ids.append(try #require(try await clients.send("alice", chat: chat, "m\(index)")["messageId"]?.string))
-                }
-                // Pages of 10, newest first, without gaps or overlaps.
-                var seen: [String] = []
-                var before: String?
-                for expected in [10, 10, 5] {
-                    let query = "?limit=10" + (before.map { "&before=\($0)" } ?? "")
-                    let page = try await chatd.http("GET", "/api/chats/\(chat)/messages\(query)", token: alice)
-                    let messages = page.json?["messages"]?.array ?? []
-                    #expect(messages.count == expected)
-                    seen += messages.compactMap { $0["_id"]?.string }
-                    before = page.json?["nextBefore"]?.string
-                }
-                #expect(seen == Array(ids.reversed()))
-                #expect(before == nil)
-                let capped = try await chatd.http("GET", "/api/chats/\(chat)/messages?limit=100000", token: alice)
-                #expect(capped.json?["messages"]?.array?.count == 25)
-
-                // Receipts: bob got the last message.
-                try await eventually("bob to receive all 25") { try await clients.received("bob").count == 25 }
-                let last = ids.last!
-                try await eventually("bob's receipt to say delivered") {
-                    let receipts = try await chatd.http("GET", "/api/messages/\(last)/receipts", token: alice)
-                    return receipts.json?["receipts"]?.array?.contains { $0["userId"] == "bob" && $0["status"] == "delivered" } == true
-                }
-                #expect(try await chatd.http("GET", "/api/messages/\(last)/receipts", token: carol).status == 403)
-                #expect(try await chatd.http("GET", "/api/messages/\(last)/receipts").status == 401)
-            }
-        }
-    }
-
     @Test("A bad setting stops startup with a message naming the variable; secrets never reach the log")
     func configuration() async throws {
         for (variable, value) in [("PORT", "eighty"), ("LOG_LEVEL", "loud"), ("JWT_SECRET", "short"), ("REDIS_PORT", "-1")] {
