@@ -200,14 +200,22 @@ struct AbuseTests {
         }
     }
 
-    @Test("A malformed packet that asked for an acknowledgement gets its error as the acknowledgement too")
+    @Test("A malformed packet that asked for an acknowledgement gets its error as the acknowledgement, then the close")
     func malformedPacketWithAck() async throws {
         try await withLiveServer { live in
             var alice = PollingClient(live)
             _ = try await alice.connect(token: try await live.token(Harness.alice))
+            let waiting = alice
+            let pending = Task { try await waiting.poll() }
+            try await Task.sleep(for: .milliseconds(200))
             try await alice.post(["427[\"message:send\",{\"chatId\":"])
-            let ack = try await alice.next { $0.hasPrefix("437[") }
-            #expect(ack.contains("\"code\":\"bad_request\"") && ack.contains("malformed packet"), "\(ack)")
+            let answer = try await pending.value
+            #expect(answer.status == 200)
+            #expect(answer.packets.first { $0.hasPrefix("42[\"message:error\"") }?.contains("malformed packet") == true, "\(answer)")
+            let ack = answer.packets.first { $0.hasPrefix("437[") } ?? ""
+            #expect(ack.contains("\"code\":\"bad_request\"") && ack.contains("malformed packet"), "\(answer)")
+            #expect(answer.packets.last == "1", "the last packet is the Engine.IO CLOSE: \(answer)")
+            #expect(try await alice.poll().status == 400, "the session is closed")
         }
     }
 

@@ -145,6 +145,65 @@ struct ServerTests {
         }
     }
 
+    @Test("A packet that breaks the protocol closes the session, with a log line; application errors keep it", arguments: [
+        // (packets, connect first): what breaks the protocol, before and after CONNECT.
+        (["abc"], false), (["4abc"], false), (["42[\"message:send\",{}]"], false), (["41"], false), (["0"], false),
+        (["42{}"], true), (["42abc[\"message:send\",{}]"], true), (["42[1,2]"], true), (["42[]"], true), (["43x[]"], true),
+        (["44{\"message\":\"x\"}"], true), (["0"], true),
+    ])
+    func protocolViolations(packets: [String], connected: Bool) async throws {
+        try await withLiveServer { live in
+            var client = PollingClient(live)
+            if connected {
+                #expect(try await client.connect(token: try await live.token(Harness.alice)).hasPrefix("40{"))
+            } else {
+                _ = try await client.open()
+            }
+            let waiting = client
+            let pending = Task { try await waiting.poll() }
+            try await Task.sleep(for: .milliseconds(100))
+            let status = try await client.post(packets)
+            let answer = try await pending.value
+            // The payload itself was readable Engine.IO (except "abc"): the POST is answered 200 or 400, and
+            // either way the waiting GET learns why and gets the CLOSE.
+            #expect(status == 200 || status == 400)
+            #expect(answer.packets.last == "1", "\(packets): \(answer)")
+            #expect(answer.packets.contains { $0.contains("bad_request") } || packets == ["abc"], "\(packets): \(answer)")
+            #expect(try await client.poll().status == 400, "\(packets): the session is closed")
+            #expect(live.logs.count(of: "Malformed packet; closing the session") + live.logs.count(of: "Malformed Engine.IO payload; closing the session") == 1)
+        }
+    }
+
+    @Test("Well-formed packets with application errors get message:error bad_request; the session stays")
+    func applicationErrorsKeepSession() async throws {
+        try await withLiveServer { live in
+            var client = PollingClient(live)
+            _ = try await client.connect(token: try await live.token(Harness.alice))
+            try await client.post(["421[\"no:such:event\",{}]", "422[\"message:send\",null]", "423[\"message:send\",{\"chatId\":[]}]", "41/admin,"])
+            var acks: [String] = []
+            while acks.count < 3 {
+                let (status, packets) = try await client.poll()
+                try #require(status == 200, "the session stays up: \(packets)")
+                acks += packets.filter { $0.hasPrefix("43") }
+            }
+            #expect(acks.map { $0.prefix(4) } == ["431[", "432[", "433["])
+            #expect(acks.allSatisfy { $0.contains("\"code\":\"bad_request\"") }, "\(acks)")
+            #expect(try await client.post(["2"]) == 200)
+            #expect(try await client.next { $0 == "3" } == "3", "the session is still up")
+            #expect(live.logs.count(of: "Malformed packet; closing the session") == 0)
+        }
+    }
+
+    @Test("DISCONNECT from the main namespace ends the session, as the reference server does")
+    func disconnectClosesSession() async throws {
+        try await withLiveServer { live in
+            var client = PollingClient(live)
+            _ = try await client.connect(token: try await live.token(Harness.alice))
+            #expect(try await client.post(["41"]) == 200)
+            #expect(try await client.poll().status == 400)
+        }
+    }
+
     @Test("CONNECT to an unknown namespace gets CONNECT_ERROR; the session can still connect to /")
     func unknownNamespace() async throws {
         try await withLiveServer { live in
@@ -262,6 +321,16 @@ struct ServerTests {
             _ = try await client.open()
             #expect(live.server.sessionCount == 1)
             await eventually("the idle session to be closed") { live.server.sessionCount == 0 }
+        }
+    }
+
+    @Test("A WebSocket close reason fits a close frame (123 bytes of UTF-8), cut at a character boundary")
+    func closeFrameReason() {
+        #expect(SocketIOServer.closeFrameReason("client closed") == "client closed")
+        for long in [String(repeating: "x", count: 500), String(repeating: "é", count: 100), String(repeating: "👩‍👩‍👧", count: 30)] {
+            let cut = SocketIOServer.closeFrameReason(long)
+            #expect(cut.utf8.count <= 123 && cut.hasSuffix("..."), "\(cut.utf8.count) bytes")
+            #expect(long.hasPrefix(cut.dropLast(3)))
         }
     }
 

@@ -107,6 +107,26 @@ final class EngineSession: Sendable {
         Self.push(packet, into: &state)
     }
 
+    /// Queues the last packets of a session the caller closes next, in one step, so that a GET waiting over
+    /// polling gets them all (one at a time, it would get only the first: the session is gone before the next GET).
+    /// Over the buffer's bound they are dropped: the close follows either way.
+    func enqueueLast(_ packets: [String]) {
+        self.state.withLock { state in
+            guard state.closeReason == nil, !packets.isEmpty else { return }
+            let size = packets.reduce(0) { $0 + $1.utf8.count }
+            guard state.outboundBytes + size <= self.maxBufferedBytes else { return }
+            if let waiter = state.waiter {
+                state.waiter = nil
+                waiter.resume(returning: state.outbound + packets)
+                state.outbound = []
+                state.outboundBytes = 0
+            } else {
+                state.outbound.append(contentsOf: packets)
+                state.outboundBytes += size
+            }
+        }
+    }
+
     /// Hands `packet` to the reader waiting for it, or buffers it (bounds are the caller's).
     private static func push(_ packet: String, into state: inout State) {
         if let waiter = state.waiter {

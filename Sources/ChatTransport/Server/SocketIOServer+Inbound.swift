@@ -8,6 +8,7 @@ extension SocketIOServer {
         switch packet.kind {
         case .message:
             if packet.binary != nil {
+                // Well-formed, but not something chatd takes: the client is told and stays connected.
                 self.reject(on: session, CodecError("binary messages are not supported; send JSON text"))
             } else {
                 await self.receiveSocketIO(packet.text, on: session)
@@ -23,7 +24,7 @@ extension SocketIOServer {
         case .noop, .upgrade:
             break
         case .open:
-            self.reject(on: session, CodecError("clients may not send Engine.IO OPEN packets"))
+            self.protocolViolation(on: session, CodecError("clients may not send Engine.IO OPEN packets"))
         }
     }
 
@@ -39,11 +40,22 @@ extension SocketIOServer {
             await self.send(request, ackID: ackID, socket: socket, session: session, service: service)
             return
         }
+        // Binary packets are well-formed Socket.IO that chatd does not take: refused, the connection stays.
+        if let type = text.utf8.first, type == UInt8(ascii: "5") || type == UInt8(ascii: "6") {
+            self.reject(on: session, CodecError("binary Socket.IO packets are not supported; send JSON"), ackID: nil)
+            return
+        }
         let packet: SocketIOPacket
         do {
             packet = try SocketIOPacket.decode(text)
         } catch {
-            self.reject(on: session, error, ackID: Self.leadingAckID(Substring(text)))
+            // A packet that does not parse breaks the protocol: the session cannot be trusted to be in step.
+            self.protocolViolation(on: session, error, ackID: Self.leadingAckID(Substring(text)))
+            return
+        }
+        // Until the session has connected, CONNECT is the only Socket.IO packet a client may send.
+        if packet.kind != .connect, session.socket == nil {
+            self.protocolViolation(on: session, CodecError("the first Socket.IO packet must be a CONNECT (type 0), not type \(packet.kind.rawValue)"))
             return
         }
         guard packet.namespace == "/" else {
@@ -61,10 +73,8 @@ extension SocketIOServer {
         case .connect:
             await self.connect(packet, on: session)
         case .disconnect:
-            if let socket = session.detach() {
-                self.unregister(socket)
-                if socket.engineKnows, let service = self.service { await service.disconnect(socket.connection) }
-            }
+            // chatd serves one namespace: leaving it ends the session, as the reference server does.
+            self.closeSession(session, reason: "client disconnected", notifyClient: true)
         case .event:
             await self.receiveEvent(packet, on: session)
         case .ack:
@@ -72,7 +82,7 @@ extension SocketIOServer {
                 acknowledgement.succeed()
             }
         case .connectError, .binaryEvent, .binaryAck:
-            self.reject(on: session, CodecError("clients may not send Socket.IO packet type \(packet.kind.rawValue)"))
+            self.protocolViolation(on: session, CodecError("clients may not send Socket.IO packet type \(packet.kind.rawValue)"))
         }
     }
 
@@ -156,10 +166,7 @@ extension SocketIOServer {
     // MARK: EVENT
 
     private func receiveEvent(_ packet: SocketIOPacket, on session: EngineSession) async {
-        guard let socket = session.socket, let service = self.service else {
-            self.logger.notice("Socket.IO EVENT before CONNECT ignored", metadata: ["engineio.session": "\(session.logID)"])
-            return
-        }
+        guard let socket = session.socket, let service = self.service else { return }
         guard let (name, arguments) = packet.eventNameAndArguments else { return }
         switch name {
         case "message:send":
@@ -264,21 +271,54 @@ extension SocketIOServer {
         try? session.enqueue("43\(ackID)[" + String(decoding: data, as: UTF8.self) + "]")
     }
 
-    /// A malformed packet: the client is told (`message:error` once connected, `CONNECT_ERROR` before) and the
-    /// connection stays up.
-    func reject(on session: EngineSession, _ error: CodecError, ackID: UInt64? = nil) {
+    /// A packet that breaks the protocol (does not parse, or is not allowed where it came): the client is told
+    /// why where it can still read it (`message:error`, or `CONNECT_ERROR` before connecting), then the session
+    /// closes, as the reference server does.
+    func protocolViolation(on session: EngineSession, _ error: CodecError, ackID: UInt64? = nil) {
         self.logger.notice(
-            "Malformed packet refused",
+            "Malformed packet; closing the session",
             metadata: ["engineio.session": "\(session.logID)", "error": "\(LogSafe.value(error.message, limit: 256))"]
         )
+        let error = ChatError(.badRequest, "malformed packet: \(error.message); the connection is closed")
+        var last: [String] = []
+        if session.socket != nil {
+            let payload = MessageErrorPayload(error)
+            if let event = try? Self.encodeEvent(.messageError(payload)) { last.append("42" + event) }
+            if let ackID, let data = try? WireJSON.encode(payload) {
+                last.append("43\(ackID)[" + String(decoding: data, as: UTF8.self) + "]")
+            }
+        } else {
+            last.append(EngineIOPacket(.message, Self.connectError(error).encoded).encoded)
+        }
+        if session.transport == .polling { last.append(EngineIOPacket(.close).encoded) }
+        session.enqueueLast(last)
+        self.closeSession(session, reason: "protocol violation: \(error.message)", notifyClient: false)
+    }
+
+    /// A `CONNECT_ERROR` packet carrying `error`'s code and message.
+    static func connectError(_ error: ChatError) -> SocketIOPacket {
+        let data: JSONValue = .object(["code": .string(error.code.rawValue), "message": .string(error.message)])
+        return SocketIOPacket(.connectError, data: .object(["message": .string(error.code.rawValue), "data": data]))
+    }
+
+    /// A well-formed packet chatd does not take (binary data): the client is told and the connection stays up.
+    func reject(on session: EngineSession, _ error: CodecError, ackID: UInt64? = nil) {
+        self.logger.notice(
+            "Unsupported packet refused",
+            metadata: ["engineio.session": "\(session.logID)", "error": "\(LogSafe.value(error.message, limit: 256))"]
+        )
+        self.tell(session, ChatError(.badRequest, error.message), ackID: ackID)
+    }
+
+    /// Sends `error` to the client: `message:error` (and the acknowledgement it asked for) once connected,
+    /// `CONNECT_ERROR` before.
+    private func tell(_ session: EngineSession, _ error: ChatError, ackID: UInt64?) {
         if let socket = session.socket {
-            let payload = MessageErrorPayload(ChatError(.badRequest, "malformed packet: \(error.message)"))
+            let payload = MessageErrorPayload(error)
             try? self.emit(.messageError(payload), to: socket.connection, acknowledgement: nil)
             if let ackID { self.acknowledge(ackID, on: session, payload: payload) }
         } else {
-            let data: JSONValue = .object(["code": .string("bad_request"), "message": .string(error.message)])
-            let packet = SocketIOPacket(.connectError, data: .object(["message": .string("bad_request"), "data": data]))
-            try? session.enqueue(EngineIOPacket(.message, packet.encoded).encoded)
+            try? session.enqueue(EngineIOPacket(.message, Self.connectError(error).encoded).encoded)
         }
     }
 

@@ -184,6 +184,8 @@ extension SocketIOServer {
         }
         for packet in packets {
             await self.receive(packet, on: session)
+            // A packet that broke the protocol closed the session: the rest of the payload is not read.
+            if session.isClosed { break }
         }
         return self.textResponse("ok", contentType: "text/html")
     }
@@ -272,7 +274,7 @@ extension SocketIOServer {
             session = opened
         case .failure(let refusal):
             // 1013: try again later.
-            try? await outbound.close(.unknown(1013), reason: refusal.description)
+            try? await outbound.close(.unknown(1013), reason: Self.closeFrameReason(refusal.description))
             return
         }
         var messages = inbound.messages(maxSize: self.configuration.maxPayload).makeAsyncIterator()
@@ -328,7 +330,7 @@ extension SocketIOServer {
                         return
                     }
                 }
-                try? await outbound.close(.normalClosure, reason: session.closeReason)
+                try? await outbound.close(.normalClosure, reason: session.closeReason.map(Self.closeFrameReason))
             }
             do {
                 while let message = try await messages.next() {
@@ -336,7 +338,7 @@ extension SocketIOServer {
                     case .text(let text):
                         switch Result(catching: { () throws(CodecError) in try EngineIOPacket.decode(Substring(text)) }) {
                         case .success(let packet): await self.receive(packet, on: session)
-                        case .failure(let error): self.reject(on: session, error)
+                        case .failure(let error): self.protocolViolation(on: session, error)
                         }
                     case .binary:
                         self.reject(on: session, CodecError("binary messages are not supported; send JSON text"))
@@ -365,5 +367,17 @@ extension SocketIOServer {
             }
             try await group.waitForAll()
         }
+    }
+
+    /// `reason` cut to what a close frame holds (RFC 6455: 123 bytes of UTF-8 after the code), at a character
+    /// boundary; a longer reason makes the frame invalid and clients drop the connection without reading it.
+    static func closeFrameReason(_ reason: String) -> String {
+        guard reason.utf8.count > 123 else { return reason }
+        var cut = ""
+        for character in reason {
+            guard cut.utf8.count + String(character).utf8.count <= 120 else { break }
+            cut.append(character)
+        }
+        return cut + "..."
     }
 }

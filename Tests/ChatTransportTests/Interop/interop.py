@@ -312,6 +312,59 @@ def upgrade_edges():
     summary(pollAnswer=pending["response"].text, getAfterUpgrade=after.status_code, secondClose=second_code)
 
 
+def malformed():
+    """Over WebSocket, a packet that breaks the protocol closes the session, after telling the client why; a
+    well-formed packet with an application error is answered with bad_request and the session stays."""
+    violations = [
+        ("abc", False), ("4abc", False), ("42" + json.dumps(["message:send", {}]), False), ("0", False), ("41", False),
+        ("42{}", True), ("42abc" + json.dumps(["message:send", {}]), True), ("42[1,2]", True), ("42[]", True),
+        ("43x[]", True), ("44{}", True), ("0", True),
+    ]
+    codes = []
+    for packet, connect in violations:
+        if connect:
+            ws = raw_connect(TOKENS["carol"])[0]
+        else:
+            ws = websocket.create_connection(WS_URL, timeout=5)
+            ws.recv()
+        ws.send(packet)
+        ws.settimeout(3)
+        frames = []
+        code = None
+        try:
+            while True:
+                opcode, data = ws.recv_data(control_frame=True)
+                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    code = int.from_bytes(data[:2], "big") if len(data) >= 2 else "no code"
+                    break
+                if opcode == websocket.ABNF.OPCODE_TEXT:
+                    frames.append(data.decode("utf-8"))
+        except websocket.WebSocketTimeoutException:
+            code = None
+        except (websocket.WebSocketConnectionClosedException, ConnectionError) as error:
+            code = repr(error)
+        ws.close()
+        check(code is not None, "%r (connected: %s) closes the session; it stayed open after %r" % (packet, connect, frames))
+        check(any("bad_request" in frame for frame in frames), "%r: the client is told why before the close: %r" % (packet, frames))
+        codes.append(code)
+    ws = raw_connect(TOKENS["carol"])[0]
+    for packet in ['421["no:such:event",{}]', '422["message:send",null]', '423["message:send",{"chatId":[]}]']:
+        ws.send(packet)
+    acks = []
+    while len(acks) < 3:
+        frame = ws.recv()
+        if frame.startswith("43"):
+            acks.append(frame)
+    check(all('"code":"bad_request"' in ack for ack in acks), "application errors are bad_request: %r" % acks)
+    ws.send("2")
+    frame = ws.recv()
+    while frame.startswith("42"):
+        frame = ws.recv()
+    check(frame == "3", "the session is still up after application errors: %r" % frame)
+    ws.close()
+    summary(closeCodes=codes, applicationAcks=len(acks))
+
+
 def hostile():
     """10,000 random and mutated packets from misbehaving clients; bystanders must not notice."""
     rng = random.Random(int(CONFIG.get("seed", 7)))
@@ -388,8 +441,8 @@ def hostile():
         else:
             packet = "".join(chr(rng.randrange(0, 0x250)) for _ in range(rng.randint(0, 64)))
         if not attacker.alive:
-            # The server closed a session that broke the protocol (a client OPEN, a bad frame); the misbehaving
-            # client comes back and carries on.
+            # The server closed a session that broke the protocol (a packet that does not parse, a first packet
+            # that is not CONNECT, a client OPEN); the misbehaving client comes back and carries on.
             attacker.open()
             reopened += 1
         try:
@@ -421,6 +474,7 @@ SCENARIOS = {
     "ping-timeout": ping_timeout,
     "oversized": oversized,
     "hostile": hostile,
+    "malformed": malformed,
     "crash-bytes": crash_bytes,
     "upgrade-edges": upgrade_edges,
 }
