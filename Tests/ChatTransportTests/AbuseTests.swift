@@ -205,9 +205,7 @@ struct AbuseTests {
         try await withLiveServer { live in
             var alice = PollingClient(live)
             _ = try await alice.connect(token: try await live.token(Harness.alice))
-            let waiting = alice
-            let pending = Task { try await waiting.poll() }
-            try await Task.sleep(for: .milliseconds(200))
+            let pending = try await alice.pendingPoll(live)
             try await alice.post(["427[\"message:send\",{\"chatId\":"])
             let answer = try await pending.value
             #expect(answer.status == 200)

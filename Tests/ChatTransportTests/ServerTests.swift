@@ -63,6 +63,18 @@ struct PollingClient {
         throw TestServerError("no matching packet")
     }
 
+    /// Starts a GET and returns once the server holds it waiting (a fixed sleep is not enough on a loaded machine).
+    func pendingPoll(_ live: LiveServer) async throws -> Task<(status: Int, packets: [String]), any Error> {
+        let client = self
+        let pending = Task { try await client.poll() }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while live.server.session(self.sid)?.hasWaitingPoll != true {
+            guard ContinuousClock.now < deadline else { throw TestServerError("the GET never reached the server") }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        return pending
+    }
+
     /// Handshake and Socket.IO CONNECT with `token`; returns the CONNECT reply.
     mutating func connect(token: String) async throws -> String {
         _ = try await self.open()
@@ -135,9 +147,7 @@ struct ServerTests {
         try await withLiveServer { live in
             var client = PollingClient(live)
             _ = try await client.connect(token: try await live.token(Harness.alice))
-            let waiting = client
-            let pending = Task { try await waiting.poll() }
-            try await Task.sleep(for: .milliseconds(200))
+            let pending = try await client.pendingPoll(live)
             try await client.post(["1"])
             let answer = try await pending.value
             #expect(answer.status == 200 && answer.packets == ["6"], "\(answer)")
@@ -159,9 +169,7 @@ struct ServerTests {
             } else {
                 _ = try await client.open()
             }
-            let waiting = client
-            let pending = Task { try await waiting.poll() }
-            try await Task.sleep(for: .milliseconds(100))
+            let pending = try await client.pendingPoll(live)
             let status = try await client.post(packets)
             let answer = try await pending.value
             // The payload itself was readable Engine.IO (except "abc"): the POST is answered 200 or 400, and
@@ -315,7 +323,8 @@ struct ServerTests {
     @Test("Sessions that never CONNECT are closed after connectTimeout")
     func connectTimeout() async throws {
         var socketIO = SocketIOConfiguration()
-        socketIO.connectTimeout = .milliseconds(300)
+        // Long enough that the session is surely still open when counted on a loaded machine.
+        socketIO.connectTimeout = .milliseconds(1500)
         try await withLiveServer(socketIO: socketIO) { live in
             var client = PollingClient(live)
             _ = try await client.open()

@@ -88,6 +88,9 @@ final class EngineSession: Sendable {
 
     var transport: TransportKind { self.state.withLock { $0.transport } }
     var isClosed: Bool { self.state.withLock { $0.closeReason != nil } }
+
+    /// Whether a long-polling GET is waiting for packets.
+    var hasWaitingPoll: Bool { self.state.withLock { $0.waiter != nil } }
     var socket: Socket? { self.state.withLock { $0.socket } }
 
     // MARK: Outbound
