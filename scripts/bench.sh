@@ -38,11 +38,11 @@ chatd="$root/.build/release/chatd"
 (cd Benchmarks/Suite && swift build -c release --product chatd-load >&2)
 load="$root/Benchmarks/Suite/.build/release/chatd-load"
 
+. scripts/lib/processes.sh
 work=$(mktemp -d)
 pids=()
 cleanup() {
-    for pid in "${pids[@]:-}"; do [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true; done
-    pkill -9 -f "$work" 2>/dev/null || true
+    stop_tree "${pids[@]:-}"
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -57,8 +57,12 @@ start_services() {
     pids+=($!)
     .venv/bin/nx-27017 --host 127.0.0.1 -p "$mongo_port" --db memory --log-file "$work/nx.log" --pid-file "$work/nx.pid" >/dev/null 2>&1 &
     pids+=($!)
+    # The node's own Erlang port mapper, started here so that it is stopped with the rest.
+    epmd_port=$((rabbit_port + 20000))
+    epmd -port "$epmd_port" -address 127.0.0.1 >/dev/null 2>&1 &
+    pids+=($!)
     (
-        export HOME="$work/rabbit" RABBITMQ_NODENAME="chatd-bench-$rabbit_port@localhost" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+        export ERL_EPMD_PORT="$epmd_port" HOME="$work/rabbit" RABBITMQ_NODENAME="chatd-bench-$rabbit_port@localhost" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
             RABBITMQ_NODE_PORT="$rabbit_port" RABBITMQ_DIST_PORT=$((rabbit_port + 10000)) RABBITMQ_MNESIA_BASE="$work/rabbit/mnesia" \
             RABBITMQ_LOG_BASE="$work/rabbit/log" RABBITMQ_PID_FILE="$work/rabbit/rabbit.pid" \
             RABBITMQ_ENABLED_PLUGINS_FILE="$work/rabbit/plugins" RABBITMQ_CONFIG_FILE="$work/rabbit/rabbitmq"
@@ -67,7 +71,7 @@ start_services() {
     ) &
     pids+=($!)
     wait_port "$redis_port"; wait_port "$mongo_port"; wait_port "$rabbit_port"
-    HOME="$work/rabbit" /usr/lib/rabbitmq/bin/rabbitmqctl -n "chatd-bench-$rabbit_port@localhost" await_startup >/dev/null 2>&1 || sleep 5
+    ERL_EPMD_PORT="$epmd_port" HOME="$work/rabbit" /usr/lib/rabbitmq/bin/rabbitmqctl -n "chatd-bench-$rabbit_port@localhost" await_startup >/dev/null 2>&1 || sleep 5
 }
 
 bench_secret="chatd-benchmark-secret-0123456789-abcdefgh"

@@ -54,13 +54,6 @@ if [ -n "$own_warnings" ]; then
 fi
 
 log "Running the test suites"
-# RabbitMQ nodes started by the tests leave Erlang's port mapper (epmd) behind; stop it when done, unless it
-# was running before.
-if pgrep -x epmd >/dev/null; then
-    trap 'rm -f "$build_log"' EXIT
-else
-    trap 'rm -f "$build_log"; pkill -x epmd 2>/dev/null || true' EXIT
-fi
 # Two phases on two cores: everything light in parallel, then the suites that start RabbitMQ nodes (each takes
 # a core for ~15 s to boot) or a whole chatd stack, and the heartbeat timing suite (tens of milliseconds), one test
 # at a time, so no broker boots while another test measures timeouts.

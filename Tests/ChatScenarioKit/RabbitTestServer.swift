@@ -11,6 +11,8 @@ public final class RabbitTestServer: OwnedTestServer, @unchecked Sendable {
     public let port: Int
     private let directory: URL
     private var process: Process?
+    /// The node's own Erlang port mapper, so no shared `epmd` daemon outlives the tests.
+    private var portMapper: Process?
     private var queues: [RabbitMQMessageQueue] = []
 
     private var nodeName: String { "chatd-test-\(self.port)@localhost" }
@@ -59,11 +61,30 @@ public final class RabbitTestServer: OwnedTestServer, @unchecked Sendable {
         environment["ERL_CRASH_DUMP"] = self.directory.appendingPathComponent("erl_crash.dump").path
         environment["RABBITMQ_ENABLED_PLUGINS_FILE"] = self.directory.appendingPathComponent("plugins").path
         environment["RABBITMQ_CONFIG_FILE"] = self.directory.appendingPathComponent("rabbitmq").path
+        // The node registers with the port mapper this server started (a child of the test process), instead of
+        // daemonizing one on 4369 that nobody stops.
+        environment["ERL_EPMD_PORT"] = "\(self.portMapperPort)"
         return environment
+    }
+
+    private var portMapperPort: Int { self.port + 20_000 }
+
+    /// Starts the node's own `epmd` in the foreground, as a child of the test process.
+    private func startPortMapper() throws {
+        guard self.portMapper == nil else { return }
+        let epmd = Process()
+        epmd.executableURL = URL(fileURLWithPath: "/usr/bin/epmd")
+        epmd.arguments = ["-port", "\(self.portMapperPort)", "-address", "127.0.0.1"]
+        epmd.standardInput = FileHandle.nullDevice
+        epmd.standardOutput = FileHandle.nullDevice
+        epmd.standardError = FileHandle.nullDevice
+        try epmd.run()
+        self.portMapper = epmd
     }
 
     /// Starts the node and waits (at most 60 s) until it accepts AMQP and a queue adapter can use it.
     private func launch() async throws {
+        try self.startPortMapper()
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.binary)
         process.environment = self.environment
@@ -90,16 +111,11 @@ public final class RabbitTestServer: OwnedTestServer, @unchecked Sendable {
     }
 
     /// Kills the node, as a crash would (its durable queues stay on disk: a confirmed persistent message must
-    /// survive this harsher stop too; a graceful `rabbitmqctl shutdown` takes about 30 s here).
+    /// survive this harsher stop too; a graceful `rabbitmqctl shutdown` takes about 30 s here). The launcher is a
+    /// shell whose child is the Erlang VM: the whole tree is stopped by process id, and reaped.
     public func stop() async {
         guard let process else { return }
-        // The launcher is a shell whose child is the Erlang VM; the VM's command line names the node's home
-        // directory (not the node name), so kill by that, then the launcher.
-        TestServers.kill(matching: [self.directory.path, self.nodeName])
-        let deadline = ContinuousClock.now + .seconds(10)
-        while ContinuousClock.now < deadline, !TestServers.hasExited(process.processIdentifier) {
-            try? await Task.sleep(for: .milliseconds(20))
-        }
+        await TestServers.stopTree(process.processIdentifier)
         self.process = nil
     }
 
@@ -113,6 +129,10 @@ public final class RabbitTestServer: OwnedTestServer, @unchecked Sendable {
         for queue in self.queues { await queue.close() }
         self.queues = []
         await self.stop()
+        if let portMapper {
+            await TestServers.stopTree(portMapper.processIdentifier)
+            self.portMapper = nil
+        }
         try? FileManager.default.removeItem(at: self.directory)
     }
 

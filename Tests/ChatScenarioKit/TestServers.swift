@@ -23,15 +23,53 @@ public enum TestServers {
         return result == pid || (result == -1 && errno == ECHILD)
     }
 
-    /// Kills every process whose command line contains one of `patterns` (`pkill -9 -f`).
-    public static func kill(matching patterns: [String]) {
-        for pattern in patterns {
-            let kill = Process()
-            kill.executableURL = URL(fileURLWithPath: "/usr/bin/pkill")
-            kill.arguments = ["-9", "-f", pattern]
-            try? kill.run()
-            kill.waitUntilExit()
+    /// The ids of `pid`'s descendants (its children, their children, ...), deepest first, read from /proc.
+    public static func descendants(of pid: Int32) -> [Int32] {
+        var children: [Int32: [Int32]] = [:]
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let process = Int32(entry),
+                let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                let end = stat.lastIndex(of: ")")
+            else { continue }
+            // `pid (comm) state ppid ...`; the command may hold spaces and parentheses, so read after the last ')'.
+            let fields = stat[stat.index(after: end)...].split(separator: " ")
+            guard fields.count > 1, let parent = Int32(fields[1]) else { continue }
+            children[parent, default: []].append(process)
         }
+        var result: [Int32] = []
+        func visit(_ parent: Int32) {
+            for child in children[parent] ?? [] {
+                visit(child)
+                result.append(child)
+            }
+        }
+        visit(pid)
+        return result
+    }
+
+    /// Stops `pid`, a child of this process, and every process it started: the descendants first, deepest first,
+    /// so that each is reaped by its own parent (a launcher shell waiting for its VM) rather than orphaned, then
+    /// `pid` itself, which is reaped here. Only these processes are signalled, by id.
+    public static func stopTree(_ pid: Int32, timeout: Duration = .seconds(10)) async {
+        let deadline = ContinuousClock.now + timeout
+        var remaining = Self.descendants(of: pid)
+        for descendant in remaining { kill(descendant, SIGKILL) }
+        while !remaining.isEmpty, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+            remaining = remaining.filter { Self.isRunning($0) }
+        }
+        if !Self.hasExited(pid) { kill(pid, SIGKILL) }
+        while !Self.hasExited(pid), ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    /// Whether `pid` (not necessarily a child of this process) still runs; a zombie does not.
+    static func isRunning(_ pid: Int32) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let end = stat.lastIndex(of: ")") else {
+            return false
+        }
+        return stat[stat.index(after: end)...].split(separator: " ").first != "Z"
     }
 }
 
