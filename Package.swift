@@ -105,21 +105,35 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         // The server: configuration, wiring and lifecycle only.
-        .executableTarget(
-            name: "chatd",
+        // chatd as a library: settings, the adapter table, the wiring and the Hummingbird application.
+        .target(
+            name: "ChatServer",
             dependencies: [
                 "ChatDomain",
                 "ChatTransport",
                 "ChatPresenceRedis",
                 "ChatStoreMongo",
                 "ChatBrokerAMQP",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        // The command line: flags and environment into settings, then build and run.
+        .executableTarget(
+            name: "chatd",
+            dependencies: [
+                "ChatDomain",
+                "ChatServer",
+                "ChatTransport",
+                "ChatBrokerAMQP",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSettings
         ),
@@ -215,6 +229,21 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             exclude: ["Clients"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "ChatServerTests",
+            dependencies: [
+                "ChatServer",
+                "ChatDomain",
+                "ChatTransport",
+                "ChatPresenceRedis",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -1,6 +1,7 @@
 import ArgumentParser
 import ChatBrokerAMQP
 import ChatDomain
+import ChatServer
 import ChatTransport
 import Foundation
 import Logging
@@ -20,9 +21,9 @@ struct Chatd: AsyncParsableCommand {
 }
 
 /// Reads the settings or exits with a message that names the bad variable.
-func loadSettings(_ flags: ConfigurationFlags) throws -> Settings {
+func loadSettings(_ flags: ConfigurationFlags) throws -> ChatServerSettings {
     do {
-        return try Settings.resolve(flags, environment: ProcessInfo.processInfo.environment)
+        return try ChatServerSettings.resolve(flags: flags.values, environment: ProcessInfo.processInfo.environment)
     } catch {
         throw ValidationError("chatd: \(error.description)")
     }

@@ -20,6 +20,8 @@ final class ChatdProcess: @unchecked Sendable {
     }
 
     let environment: [String: String]
+    /// Where chatd writes its port once listening (a new file for every start).
+    private let portFile: URL
     private(set) var child: ChildProcess
     private(set) var port = 0
     /// Logs of earlier runs (restarts), oldest first.
@@ -30,7 +32,8 @@ final class ChatdProcess: @unchecked Sendable {
 
     /// Starts chatd with `environment` (over a clean one: PORT 0, the test secret, LOG_LEVEL info).
     init(environment: [String: String] = [:]) async throws {
-        var base = ["PORT": "0", "HOST": "127.0.0.1", "JWT_SECRET": Self.secret, "LOG_LEVEL": "info", "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"]
+        self.portFile = FileManager.default.temporaryDirectory.appendingPathComponent("chatd-port-\(UUID().uuidString)")
+        var base = ["PORT": "0", "PORT_FILE": self.portFile.path, "HOST": "127.0.0.1", "JWT_SECRET": Self.secret, "LOG_LEVEL": "info", "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"]
         // Every test client runs on 127.0.0.1 and some send 1,000 messages in a burst: the per-address and
         // per-user limits are off unless a test sets them (they are tested in-process, and their defaults once
         // end to end).
@@ -43,12 +46,12 @@ final class ChatdProcess: @unchecked Sendable {
         try await self.waitUntilListening()
     }
 
+    /// Waits for the port chatd writes to `PORT_FILE` once it listens (the log's wording is for people).
     private func waitUntilListening() async throws {
         let deadline = ContinuousClock.now + .seconds(30)
         while ContinuousClock.now < deadline {
-            if let line = self.child.stderr.split(separator: "\n").first(where: { $0.contains("chatd listening on") }),
-                let range = line.range(of: #"127\.0\.0\.1:(\d+)"#, options: .regularExpression),
-                let port = Int(line[range].split(separator: ":").last ?? "")
+            if let text = try? String(contentsOf: self.portFile, encoding: .utf8), text.hasSuffix("\n"),
+                let port = Int(text.trimmingCharacters(in: .whitespacesAndNewlines))
             {
                 self.port = port
                 return
@@ -78,6 +81,7 @@ final class ChatdProcess: @unchecked Sendable {
         if self.child.exitStatus == nil { await self.crash() }
         self.previousLogs += self.child.stderr
         await self.child.cleanUp()
+        try? FileManager.default.removeItem(at: self.portFile)
         self.child = try ChildProcess(Self.binary, arguments: ["serve"], environment: self.environment, label: "chatd")
         try await self.waitUntilListening()
     }
@@ -101,7 +105,10 @@ final class ChatdProcess: @unchecked Sendable {
         return ((response as? HTTPURLResponse)?.statusCode ?? 0, try? JSONDecoder().decode(JSONValue.self, from: data))
     }
 
-    func cleanUp() async { await self.child.cleanUp() }
+    func cleanUp() async {
+        await self.child.cleanUp()
+        try? FileManager.default.removeItem(at: self.portFile)
+    }
 }
 
 /// Runs `body` with chatd, then stops it whatever happened.

@@ -1,0 +1,173 @@
+import ChatBrokerAMQP
+public import ChatDomain
+import ChatPresenceRedis
+import ChatStoreMongo
+public import ChatTransport
+import Foundation
+public import Hummingbird
+import HummingbirdWebSocket
+public import Logging
+import Metrics
+import NIOCore
+import Prometheus
+public import ServiceLifecycle
+
+/// chatd as one application: the adapters its settings name, the engine, the Socket.IO endpoint, the HTTP API,
+/// health and metrics. `chatd serve` builds it and runs it; tests build it in-process.
+///
+/// ```swift
+/// let server = try await ChatServer.build(settings: try ChatServerSettings.resolve(environment: [:]), logger: logger)
+/// try await server.run()
+/// ```
+public struct ChatServer: Sendable {
+    /// The Hummingbird application: Socket.IO at `/socket.io/`, the API at `/api`, `/healthz`, `/readyz`, `/metrics`.
+    public let application: Application<RouterResponder<ChatRequestContext>>
+    /// The delivery engine.
+    public let engine: ChatService
+    /// The Socket.IO endpoint.
+    public let socketIO: SocketIOServer
+    /// The services to run, in start order; they stop in reverse: Socket.IO closes its sessions first (drains in
+    /// flight hand their messages back to the queue), then HTTP stops, then the engine flushes, then the adapters
+    /// close.
+    public let services: [any Service]
+    /// The settings it was built from.
+    public let settings: ChatServerSettings
+    let logger: Logger
+
+    /// Every service but the HTTP server, for tests that drive the application through Hummingbird's router
+    /// test client.
+    var backgroundServices: [any Service] {
+        self.services.filter { !($0 is Application<RouterResponder<ChatRequestContext>>) }
+    }
+
+    /// Builds the application from `settings`; nothing connects or listens until ``run()``.
+    /// - Parameter onListening: called with the bound port once the server listens (after `PORT_FILE` is written).
+    /// - Throws: ``ChatServerSettings/Invalid`` when a setting cannot be used (a MongoDB URI the driver refuses).
+    public static func build(
+        settings: ChatServerSettings,
+        logger: Logger,
+        onListening: @escaping @Sendable (Int) async -> Void = { _ in }
+    ) async throws -> ChatServer {
+        let adapters = try Adapters(settings: settings)
+        let registry = PrometheusCollectorRegistry()
+        let metrics = PrometheusMetricsFactory(registry: registry)
+        let authenticator = try await TokenAuthenticator(configuration: settings.tokens)
+        let socketIO = try SocketIOServer(configuration: settings.socketIO, authenticator: authenticator, logger: Logger(label: "chatd.socketio"))
+        let engine = try ChatService(
+            configuration: settings.chatService,
+            dependencies: .init(
+                store: adapters.store,
+                queue: adapters.queue,
+                presence: adapters.presence,
+                transport: socketIO,
+                observer: MetricsObserver(factory: metrics)
+            ),
+            logger: Logger(label: "chatd.engine")
+        )
+        socketIO.serve(engine)
+
+        let router = Router(context: ChatRequestContext.self)
+        socketIO.addRoutes(to: router)
+        ChatHTTPAPI(
+            service: engine,
+            store: adapters.store,
+            authenticator: authenticator,
+            socketIO: socketIO,
+            limits: settings.httpAPI,
+            logger: Logger(label: "chatd.http")
+        )
+        .addRoutes(to: router)
+        router.get("/metrics") { _, _ in
+            var buffer: [UInt8] = []
+            registry.emit(into: &buffer)
+            return Response(
+                status: .ok,
+                headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: ResponseBody(byteBuffer: ByteBuffer(bytes: buffer))
+            )
+        }
+        let host = settings.host
+        let portFile = settings.portFile
+        let application = Application(
+            router: router,
+            server: socketIO.httpServer(router: router),
+            configuration: .init(address: .hostname(settings.host, port: settings.port), serverName: "chatd"),
+            onServerRunning: { channel in
+                let port = channel.localAddress?.port ?? 0
+                if let portFile {
+                    do {
+                        try Data("\(port)\n".utf8).write(to: URL(fileURLWithPath: portFile), options: .atomic)
+                    } catch {
+                        logger.error("Could not write PORT_FILE", metadata: ["file": "\(portFile)", "error": "\(error)"])
+                    }
+                }
+                logger.notice("chatd listening on \(host):\(port) (Socket.IO at /socket.io/, API at /api, /healthz, /readyz, /metrics)")
+                await onListening(port)
+            },
+            logger: Logger(label: "chatd.http")
+        )
+        let exporter = StatisticsExporter(service: engine, socketIO: socketIO, factory: metrics)
+        return ChatServer(
+            application: application,
+            engine: engine,
+            socketIO: socketIO,
+            services: adapters.services + [engine, exporter, application, socketIO],
+            settings: settings,
+            logger: logger
+        )
+    }
+
+    /// Runs every service until SIGTERM or SIGINT (or until the task is cancelled), then stops them in order.
+    public func run() async throws {
+        let group = ServiceGroup(
+            configuration: .init(
+                services: self.services.map { .init(service: $0) },
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: self.logger
+            )
+        )
+        try await group.run()
+    }
+}
+
+/// The adapter for each port: the configured service's, else the in-memory one. One table, one rule.
+struct Adapters {
+    var store: any MessageStore
+    var queue: any MessageQueue
+    var presence: any PresenceStore
+    /// The adapters that run as services (their threads and connections close on shutdown).
+    var services: [any Service] = []
+
+    init(settings: ChatServerSettings) throws {
+        var services: [any Service] = []
+        /// The configured adapter (which also runs as a service), or the in-memory fallback.
+        func choose<Configuration, Port, Adapter: Service>(
+            _ configuration: Configuration?,
+            _ make: (Configuration) throws -> Adapter,
+            as port: (Adapter) -> Port,
+            otherwise fallback: @autoclosure () -> Port
+        ) rethrows -> Port {
+            guard let configuration else { return fallback() }
+            let adapter = try make(configuration)
+            services.append(adapter)
+            return port(adapter)
+        }
+        var inMemoryQueue = InMemoryMessageQueue.Configuration()
+        inMemoryQueue.messageTTL = TimeInterval(settings.queueTTL.components.seconds)
+        inMemoryQueue.maxLength = settings.queueMaxLength
+
+        self.store = try choose(
+            settings.mongo, { try MongoMessageStore(configuration: $0, logger: Logger(label: "chatd.store")) },
+            as: { $0 as any MessageStore }, otherwise: InMemoryMessageStore()
+        )
+        self.queue = choose(
+            settings.rabbitMQ, { RabbitMQMessageQueue(configuration: $0, logger: Logger(label: "chatd.queue")) },
+            as: { $0 as any MessageQueue }, otherwise: InMemoryMessageQueue(configuration: inMemoryQueue)
+        )
+        self.presence = choose(
+            settings.redis, { RedisPresenceStore(configuration: $0, logger: Logger(label: "chatd.presence")) },
+            as: { $0 as any PresenceStore }, otherwise: InMemoryPresenceStore()
+        )
+        self.services = services
+    }
+}

@@ -1,0 +1,174 @@
+import ChatDomain
+import ChatPresenceRedis
+@testable import ChatServer
+import ChatTransport
+import Foundation
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import NIOCore
+import ServiceLifecycle
+import Testing
+
+/// chatd's whole application built in-process (no child process, no port scraped from a log line): the HTTP API,
+/// health, readiness and metrics through Hummingbird's router test client.
+@Suite("chatd application, in-process")
+struct ChatServerTests {
+    static let secret = "in-process-secret-0123456789-abcdefghij"
+
+    /// Builds chatd from `environment` (over the test secret, limits off), runs its services, and hands the
+    /// router test client to `body`.
+    func withServer(
+        _ environment: [String: String] = [:],
+        _ body: @Sendable (ChatServer, any TestClientProtocol) async throws -> Void
+    ) async throws {
+        var base = ["JWT_SECRET": Self.secret, "PORT": "0", "SEND_RATE_PER_USER": "0", "FANOUT_RATE_PER_USER": "0"]
+        base.merge(environment) { $1 }
+        let settings = try ChatServerSettings.resolve(environment: base)
+        var logger = Logger(label: "chatd.test")
+        logger.logLevel = .warning
+        let server = try await ChatServer.build(settings: settings, logger: logger)
+        let group = ServiceGroup(configuration: .init(services: server.backgroundServices.map { .init(service: $0) }, logger: logger))
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await group.run() }
+            do {
+                try await server.application.test(.router) { client in try await body(server, client) }
+            } catch {
+                await group.triggerGracefulShutdown()
+                throw error
+            }
+            await group.triggerGracefulShutdown()
+            try await tasks.waitForAll()
+        }
+    }
+
+    static func token(_ user: String) async throws -> String {
+        let authenticator = try await TokenAuthenticator(secret: Self.secret)
+        return try await authenticator.token(for: User(id: UserID(user), username: user), lifetime: .seconds(600))
+    }
+
+    static func headers(_ token: String?) -> HTTPFields {
+        var headers: HTTPFields = [.contentType: "application/json"]
+        if let token { headers[.authorization] = "Bearer \(token)" }
+        return headers
+    }
+
+    static func json(_ response: TestResponse) -> JSONValue? {
+        try? JSONDecoder().decode(JSONValue.self, from: Data(String(buffer: response.body).utf8))
+    }
+
+    @Test("/healthz and /readyz answer ok with every component up; /metrics is Prometheus text")
+    func health() async throws {
+        try await self.withServer { _, client in
+            let health = try await client.execute(uri: "/healthz", method: .get)
+            #expect(health.status == .ok)
+            let ready = try await client.execute(uri: "/readyz", method: .get)
+            #expect(ready.status == .ok)
+            #expect(Self.json(ready)?["components"] == .object(["store": "ok", "queue": "ok", "presence": "ok"]))
+            let metrics = try await client.execute(uri: "/metrics", method: .get)
+            #expect(metrics.status == .ok)
+            #expect(metrics.headers[.contentType]?.hasPrefix("text/plain") == true)
+        }
+    }
+
+    @Test("The HTTP API: 401, 400, 201, the list of a participant's chats, 403, 404, pages without gaps, receipts")
+    func httpAPI() async throws {
+        try await self.withServer { server, client in
+            let alice = try await Self.token("alice")
+            let carol = try await Self.token("carol")
+            #expect(try await client.execute(uri: "/api/chats", method: .get).status == .unauthorized)
+            let badType = try await client.execute(
+                uri: "/api/chats", method: .post, headers: Self.headers(alice), body: ByteBuffer(string: #"{"participants":"bob"}"#)
+            )
+            #expect(badType.status == .badRequest)
+            #expect(Self.json(badType)?["error"]?["message"] == "'participants' has the wrong type")
+            let created = try await client.execute(
+                uri: "/api/chats", method: .post, headers: Self.headers(alice), body: ByteBuffer(string: #"{"participants":["bob"]}"#)
+            )
+            #expect(created.status == .created)
+            guard case .string(let chat)? = Self.json(created)?["_id"] else {
+                Issue.record("no chat id: \(String(buffer: created.body))")
+                return
+            }
+            let listed = try await client.execute(uri: "/api/chats", method: .get, headers: Self.headers(try await Self.token("bob")))
+            #expect(Self.json(listed)?["chats"]?.arrayValue?.count == 1)
+            #expect(Self.json(try await client.execute(uri: "/api/chats", method: .get, headers: Self.headers(carol)))?["chats"] == .array([]))
+            #expect(try await client.execute(uri: "/api/chats/\(chat)/messages", method: .get, headers: Self.headers(carol)).status == .forbidden)
+            #expect(try await client.execute(uri: "/api/chats/nope/messages", method: .get, headers: Self.headers(alice)).status == .notFound)
+            #expect(try await client.execute(uri: "/api/chats/\(chat)/messages?limit=ten", method: .get, headers: Self.headers(alice)).status == .badRequest)
+
+            // Messages through the engine, as a connected client would send them.
+            let connection = ConnectionID("in-process-alice")
+            await server.engine.connect(connection, user: User(id: UserID("alice"), username: "alice"))
+            var ids: [String] = []
+            for index in 0..<25 {
+                let sent = await server.engine.send(SendMessageRequest(chatID: ChatID(chat), content: "m\(index)"), from: connection)
+                ids.append(try sent.get().messageID.hexString)
+            }
+            var seen: [String] = []
+            var before: String?
+            for expected in [10, 10, 5] {
+                let query = "?limit=10" + (before.map { "&before=\($0)" } ?? "")
+                let page = Self.json(try await client.execute(uri: "/api/chats/\(chat)/messages\(query)", method: .get, headers: Self.headers(alice)))
+                let messages = page?["messages"]?.arrayValue ?? []
+                #expect(messages.count == expected)
+                seen += messages.compactMap { $0["_id"]?.stringValue }
+                before = page?["nextBefore"]?.stringValue
+            }
+            #expect(seen == Array(ids.reversed()))
+            #expect(before == nil)
+            // bob never connected: the last message is sent (queued) to him, and only participants may see it.
+            let receipts = try await client.execute(uri: "/api/messages/\(ids.last!)/receipts", method: .get, headers: Self.headers(alice))
+            #expect(receipts.status == .ok)
+            #expect(Self.json(receipts)?["receipts"]?.arrayValue?.contains { $0["userId"] == "bob" } == true, "\(String(buffer: receipts.body))")
+            #expect(try await client.execute(uri: "/api/messages/\(ids.last!)/receipts", method: .get, headers: Self.headers(carol)).status == .forbidden)
+        }
+    }
+
+    @Test("/readyz is 503 with the store down while the configured MongoDB cannot be reached")
+    func readinessWithStoreDown() async throws {
+        try await self.withServer(["MONGODB_URI": "mongodb://127.0.0.1:9/chatd?serverSelectionTimeoutMS=200"]) { _, client in
+            let ready = try await client.execute(uri: "/readyz", method: .get)
+            #expect(ready.status == .serviceUnavailable)
+            #expect(Self.json(ready)?["components"]?["store"] == "down")
+            #expect(try await client.execute(uri: "/healthz", method: .get).status == .ok)
+        }
+    }
+
+    @Test("Settings: a bad value names its variable; a service without JWT_SECRET is refused; the adapters follow the settings")
+    func settings() async throws {
+        #expect(throws: ChatServerSettings.Invalid.self) { try ChatServerSettings.resolve(environment: ["PORT": "eighty"]) }
+        do {
+            _ = try ChatServerSettings.resolve(environment: ["REDIS_HOST": "127.0.0.1"])
+            Issue.record("a configured service without JWT_SECRET must be refused")
+        } catch {
+            #expect(error.description.contains("JWT_SECRET"))
+        }
+        let embedded = try Adapters(settings: ChatServerSettings.resolve(environment: [:]))
+        #expect(embedded.services.isEmpty && embedded.store is InMemoryMessageStore)
+        let redis = try Adapters(settings: ChatServerSettings.resolve(environment: ["REDIS_HOST": "127.0.0.1", "JWT_SECRET": Self.secret]))
+        #expect(redis.services.count == 1 && redis.store is InMemoryMessageStore && !(redis.presence is InMemoryPresenceStore))
+        await (redis.presence as? RedisPresenceStore)?.close()
+    }
+}
+
+extension JSONValue {
+    subscript(key: String) -> JSONValue? {
+        if case .object(let object) = self { return object[key] }
+        return nil
+    }
+
+    var arrayValue: [JSONValue]? {
+        if case .array(let value) = self { return value }
+        return nil
+    }
+
+    var stringValue: String? {
+        if case .string(let value) = self { return value }
+        return nil
+    }
+}
+
+extension JSONValue: ExpressibleByStringLiteral {
+    init(stringLiteral value: String) { self = .string(value) }
+}
