@@ -52,31 +52,24 @@ public struct ChatServer: Sendable {
         let registry = PrometheusCollectorRegistry()
         let metrics = PrometheusMetricsFactory(registry: registry)
         let authenticator = try await TokenAuthenticator(configuration: settings.tokens)
-        let socketIO = try SocketIOServer(configuration: settings.socketIO, authenticator: authenticator, logger: Logger(label: "chatd.socketio"))
-        let engine = try ChatService(
-            configuration: settings.chatService,
-            dependencies: .init(
-                store: adapters.store,
-                queue: adapters.queue,
-                presence: adapters.presence,
-                transport: socketIO,
-                observer: MetricsObserver(factory: metrics)
-            ),
-            logger: Logger(label: "chatd.engine")
-        )
-        socketIO.serve(engine)
-
+        let socketIO = try SocketIOServer(configuration: settings.socketIO, authenticator: authenticator, logger: Logger(label: "chatd.socketio")) {
+            transport in
+            try ChatService(
+                configuration: settings.chatService,
+                dependencies: .init(
+                    store: adapters.store,
+                    queue: adapters.queue,
+                    presence: adapters.presence,
+                    transport: transport,
+                    observer: MetricsObserver(factory: metrics)
+                ),
+                logger: Logger(label: "chatd.engine")
+            )
+        }
+        let engine = socketIO.chatService
         let router = Router(context: ChatRequestContext.self)
         socketIO.addRoutes(to: router)
-        ChatHTTPAPI(
-            service: engine,
-            store: adapters.store,
-            authenticator: authenticator,
-            socketIO: socketIO,
-            limits: settings.httpAPI,
-            logger: Logger(label: "chatd.http")
-        )
-        .addRoutes(to: router)
+        ChatHTTPAPI(service: engine, authenticator: authenticator, logger: Logger(label: "chatd.http")).addRoutes(to: router)
         router.get("/metrics") { _, _ in
             var buffer: [UInt8] = []
             registry.emit(into: &buffer)

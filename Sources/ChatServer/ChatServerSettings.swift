@@ -214,15 +214,6 @@ public struct ChatServerSettings: Sendable {
         return configuration
     }
 
-    /// The HTTP API's limits.
-    var httpAPI: ChatHTTPAPI.Limits {
-        var limits = ChatHTTPAPI.Limits()
-        limits.maxParticipants = self.maxChatParticipants
-        limits.maxChatsPerUser = self.maxChatsPerUser
-        limits.requireAcceptance = self.requireChatAcceptance
-        return limits
-    }
-
     /// The engine's configuration from these settings.
     var chatService: ChatServiceConfiguration {
         var configuration = ChatServiceConfiguration()
@@ -232,6 +223,9 @@ public struct ChatServerSettings: Sendable {
         configuration.deliveryConfirmation = .clientAcknowledgement(timeout: self.ackTimeout)
         configuration.sendRateLimit = self.sendRate
         configuration.fanOutRateLimit = self.fanOutRate
+        configuration.maxChatParticipants = self.maxChatParticipants
+        configuration.maxChatsPerUser = self.maxChatsPerUser
+        configuration.requireChatAcceptance = self.requireChatAcceptance
         return configuration
     }
 

@@ -313,9 +313,9 @@ struct PrivacyAPITests {
 
     @Test("With acceptance required, a chat reaches an invited user, and shares their presence, only once they accept")
     func acceptance() async throws {
-        var limits = ChatHTTPAPI.Limits()
-        limits.requireAcceptance = true
-        try await withLiveServer(httpLimits: limits) { live in
+        var chat = ChatServiceConfiguration()
+        chat.requireChatAcceptance = true
+        try await withLiveServer(chat: chat) { live in
             let alice = try await live.token(Harness.alice)
             let carol = try await live.token(Harness.carol)
             let created = try await Self.call(live, "POST", "/api/chats", token: alice, body: #"{"participants": ["carol"]}"#)
@@ -346,10 +346,10 @@ struct PrivacyAPITests {
 
     @Test("Chat size and chats per user are capped")
     func caps() async throws {
-        var limits = ChatHTTPAPI.Limits()
-        limits.maxParticipants = 3
-        limits.maxChatsPerUser = 3
-        try await withLiveServer(httpLimits: limits) { live in
+        var chat = ChatServiceConfiguration()
+        chat.maxChatParticipants = 3
+        chat.maxChatsPerUser = 3
+        try await withLiveServer(chat: chat) { live in
             let dave = try await live.token(Harness.dave)
             let big = try await Self.call(live, "POST", "/api/chats", token: dave, body: #"{"participants": ["a", "b", "c"]}"#)
             #expect(big.status == 400)

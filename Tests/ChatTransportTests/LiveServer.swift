@@ -42,28 +42,28 @@ struct LiveServer: Sendable {
 func withLiveServer(
     socketIO: SocketIOConfiguration = SocketIOConfiguration(),
     chat: ChatServiceConfiguration = ChatServiceConfiguration(),
-    httpLimits: ChatHTTPAPI.Limits = ChatHTTPAPI.Limits(),
     _ body: @Sendable (LiveServer) async throws -> Void
 ) async throws {
     let logs = LogCapture()
     let logger = logs.logger(label: "chatd.transport.test")
     let authenticator = try await TokenAuthenticator(secret: LiveServer.secret)
-    let server = try SocketIOServer(configuration: socketIO, authenticator: authenticator, logger: logger)
     let clock = SystemWallClock()
     let store = InMemoryMessageStore()
     let queue = InMemoryMessageQueue(configuration: .init(), clock: clock)
-    let service = try ChatService(
-        configuration: chat,
-        dependencies: .init(
-            store: store,
-            queue: queue,
-            presence: InMemoryPresenceStore(clock: clock),
-            transport: server,
-            wallClock: clock
-        ),
-        logger: logger
-    )
-    server.serve(service)
+    let server = try SocketIOServer(configuration: socketIO, authenticator: authenticator, logger: logger) { transport in
+        try ChatService(
+            configuration: chat,
+            dependencies: .init(
+                store: store,
+                queue: queue,
+                presence: InMemoryPresenceStore(clock: clock),
+                transport: transport,
+                wallClock: clock
+            ),
+            logger: logger
+        )
+    }
+    let service = server.chatService
     for user in [Harness.alice, Harness.bob, Harness.carol, Harness.dave] { try await store.saveUser(user) }
     try await store.saveChat(Chat(id: Harness.directChat, participants: [Harness.alice.id, Harness.bob.id]))
     try await store.saveChat(
@@ -72,8 +72,7 @@ func withLiveServer(
 
     let router = Router(context: ChatRequestContext.self)
     server.addRoutes(to: router)
-    ChatHTTPAPI(service: service, store: store, authenticator: authenticator, socketIO: server, limits: httpLimits, logger: logger)
-        .addRoutes(to: router)
+    ChatHTTPAPI(service: service, authenticator: authenticator, logger: logger).addRoutes(to: router)
     let port = Locked<Int?>(nil)
     let app = Application(
         router: router,

@@ -349,14 +349,21 @@ struct ServerTests {
         let authenticator = try await TokenAuthenticator(secret: LiveServer.secret)
         var socketIO = SocketIOConfiguration()
         socketIO.maxPayload = 10
-        #expect(throws: SocketIOConfigurationError.self) {
-            try SocketIOServer(configuration: socketIO, authenticator: authenticator, logger: .init(label: "test"))
-        }
+        var engineBuilt = false
         do {
-            _ = try SocketIOServer(configuration: socketIO, authenticator: authenticator, logger: .init(label: "test"))
-        } catch {
+            _ = try SocketIOServer(configuration: socketIO, authenticator: authenticator, logger: .init(label: "test")) { transport in
+                engineBuilt = true
+                return try ChatService(
+                    configuration: .init(),
+                    dependencies: .init(store: InMemoryMessageStore(), queue: InMemoryMessageQueue(), presence: InMemoryPresenceStore(), transport: transport),
+                    logger: .init(label: "test")
+                )
+            }
+            Issue.record("a maxPayload of 10 bytes must be refused")
+        } catch let error as SocketIOConfigurationError {
             #expect(error.message.contains("maxPayload"))
         }
+        #expect(!engineBuilt, "the engine is not built for a server whose settings are refused")
     }
 }
 

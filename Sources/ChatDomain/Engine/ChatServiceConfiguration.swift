@@ -37,6 +37,14 @@ public struct ChatServiceConfiguration: Sendable {
     /// costs 999), so a user cannot fill the queues through one huge chat. Nil for no limit; `chatd` sets one.
     public var fanOutRateLimit: RateLimit?
 
+    /// The most participants a chat may have, its creator included. Default 1,000.
+    public var maxChatParticipants = 1000
+    /// The most chats a user may be in and still create another. Default 1,000.
+    public var maxChatsPerUser = 1000
+    /// Whether the people a chat names must accept it (``ChatService/accept(_:user:)``) before it delivers to
+    /// them and shares their presence. Default false: a chat is live for everyone it names.
+    public var requireChatAcceptance = false
+
     /// The defaults.
     public init() {}
 
@@ -59,6 +67,12 @@ public struct ChatServiceConfiguration: Sendable {
         }
         try self.sendRateLimit?.validate("sendRateLimit")
         try self.fanOutRateLimit?.validate("fanOutRateLimit")
+        if self.maxChatParticipants < 2 {
+            throw ChatError(.badRequest, "maxChatParticipants must be at least 2 (got \(self.maxChatParticipants))")
+        }
+        if self.maxChatsPerUser < 1 {
+            throw ChatError(.badRequest, "maxChatsPerUser must be at least 1 (got \(self.maxChatsPerUser))")
+        }
         if self.allowedMessageTypes.isEmpty {
             throw ChatError(.badRequest, "allowedMessageTypes must not be empty")
         }

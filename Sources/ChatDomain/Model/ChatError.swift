@@ -38,6 +38,10 @@ public struct ChatError: Error, Sendable, CustomStringConvertible {
         /// The store answered, with an error that is not an outage: a malformed stored document, a write it
         /// refused. Nothing was stored; retrying will not help; the server's log names the document or command.
         public static let internalError = Code(rawValue: "internal_error")
+        /// The user is in as many chats as the server allows and may not create another.
+        public static let tooManyChats = Code(rawValue: "too_many_chats")
+        /// No message has the id given.
+        public static let messageNotFound = Code(rawValue: "message_not_found")
     }
 
     /// What went wrong, for machines.

@@ -23,6 +23,10 @@ public protocol Transport: Sendable {
 
     /// Returns once `connection` is writable again, or closed.
     func waitUntilWritable(_ connection: ConnectionID) async
+
+    /// `joined` became participants of `chat` and `left` stopped being ones: a transport with chat rooms moves
+    /// their connections in or out.
+    func chatMembershipChanged(_ chat: ChatID, joined: [UserID], left: [UserID])
 }
 
 extension Transport {
@@ -31,6 +35,9 @@ extension Transport {
 
     /// Returns at once.
     public func waitUntilWritable(_ connection: ConnectionID) async {}
+
+    /// Does nothing: for transports without rooms.
+    public func chatMembershipChanged(_ chat: ChatID, joined: [UserID], left: [UserID]) {}
 
     /// Queues `event` for `connection`, asking for no acknowledgement.
     public func emit(_ event: OutboundEvent, to connection: ConnectionID) throws {

@@ -13,41 +13,14 @@ public struct ChatHTTPAPI: Sendable {
     public static let maxPageSize = 200
     /// The page size when `limit` is absent.
     public static let defaultPageSize = 50
-    /// What one user may create.
-    public struct Limits: Sendable {
-        /// The most participants a chat may have, its creator included. Default 1,000.
-        public var maxParticipants = 1000
-        /// The most chats a user may be in and still create another. Default 1,000.
-        public var maxChatsPerUser = 1000
-        /// Whether the people a chat names must accept it (`POST /api/chats/{id}/accept`) before it delivers to
-        /// them and shares their presence. Default false: a chat is live for everyone it names.
-        public var requireAcceptance = false
-
-        /// The defaults.
-        public init() {}
-    }
-
     let service: ChatService
-    let store: any MessageStore
     let authenticator: TokenAuthenticator
-    let socketIO: SocketIOServer?
-    let limits: Limits
     let logger: Logger
 
-    /// An API over `service` and its `store`; with `socketIO`, connected users join the rooms of chats created here.
-    public init(
-        service: ChatService,
-        store: any MessageStore,
-        authenticator: TokenAuthenticator,
-        socketIO: SocketIOServer?,
-        limits: Limits = Limits(),
-        logger: Logger
-    ) {
+    /// An API over `service`: every request goes through the engine (its checks, its store, its transport).
+    public init(service: ChatService, authenticator: TokenAuthenticator, logger: Logger) {
         self.service = service
-        self.store = store
         self.authenticator = authenticator
-        self.socketIO = socketIO
-        self.limits = limits
         self.logger = logger
     }
 
@@ -104,58 +77,15 @@ public struct ChatHTTPAPI: Sendable {
     private func createChat(_ request: Request) async throws(APIError) -> Response {
         let caller = try await self.authenticate(request)
         let body: CreateChatBody = try await Self.decode(request)
-        var participants: [UserID] = [caller.id]
-        for raw in body.participants {
-            let id = raw.trimmingCharacters(in: .whitespaces)
-            guard !id.isEmpty, id.utf8.count <= 256, !id.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
-                throw APIError(.badRequest, .badRequest, "each participant must be a user id of 1 to 256 characters, without control characters")
-            }
-            if !participants.contains(UserID(id)) { participants.append(UserID(id)) }
+        let chat = try await self.call { () async throws(ChatError) in
+            try await self.service.createChat(by: caller, participants: body.participants, name: body.name)
         }
-        guard participants.count >= 2 else {
-            throw APIError(.badRequest, .badRequest, "a chat needs at least one participant besides you")
-        }
-        guard participants.count <= self.limits.maxParticipants else {
-            throw APIError(.badRequest, .badRequest, "a chat has at most \(self.limits.maxParticipants) participants")
-        }
-        if let name = body.name, name.utf8.count > 256 {
-            throw APIError(.badRequest, .badRequest, "name must be at most 256 characters")
-        }
-        let existing = try await self.storeCall { try await self.store.chats(of: caller.id) }
-        guard existing.count < self.limits.maxChatsPerUser else {
-            throw APIError(
-                .tooManyRequests,
-                ChatError.Code(rawValue: "too_many_chats"),
-                "you are in \(existing.count) chats, the most this server allows; leave one first"
-            )
-        }
-        let chat = Chat(
-            id: ChatID(MessageIDGenerator().next().hexString),
-            participants: participants,
-            name: body.name,
-            invited: self.limits.requireAcceptance ? participants.filter { $0 != caller.id } : []
-        )
-        try await self.storeCall {
-            // A user exists from the first time an id is used.
-            let known = try await self.store.users(participants)
-            for id in participants where known[id] == nil {
-                try await self.store.saveUser(id == caller.id ? caller : User(id: id, username: id.rawValue))
-            }
-            try await self.store.saveChat(chat)
-        }
-        for participant in participants {
-            self.socketIO?.join(user: participant, room: SocketIOServer.room(of: chat.id))
-        }
-        self.logger.info(
-            "Chat created",
-            metadata: ["chat.id": "\(chat.id)", "chat.user.id": "\(caller.id)", "chat.participants": "\(participants.count)"]
-        )
         return Self.json(.created, chat)
     }
 
     private func listChats(_ request: Request) async throws(APIError) -> Response {
         let caller = try await self.authenticate(request)
-        let chats = try await self.storeCall { try await self.store.chats(of: caller.id) }
+        let chats = try await self.call { () async throws(ChatError) in try await self.service.chats(of: caller.id) }
         return Self.json(.ok, ["chats": chats])
     }
 
@@ -182,8 +112,10 @@ public struct ChatHTTPAPI: Sendable {
             }
             limit = min(parsed, Self.maxPageSize)
         }
-        let chat = try await self.participantChat(ChatID(id), caller: caller)
-        let messages = try await self.storeCall { try await self.store.history(of: chat.id, before: before, limit: limit) }
+        let page = limit
+        let messages = try await self.call { () async throws(ChatError) in
+            try await self.service.history(of: ChatID(id), for: caller.id, before: before, limit: page)
+        }
         return Self.json(.ok, HistoryPage(messages: messages, nextBefore: messages.count == limit ? messages.last?.id : nil))
     }
 
@@ -198,70 +130,64 @@ public struct ChatHTTPAPI: Sendable {
         guard let messageID = MessageID(hex: id) else {
             throw APIError(.badRequest, .badRequest, "a message id is 24 hexadecimal digits")
         }
-        guard let message = try await self.storeCall({ try await self.store.message(messageID) }) else {
-            throw APIError(.notFound, ChatError.Code(rawValue: "message_not_found"), "no message \(LogSafe.quoted(id))")
-        }
-        _ = try await self.participantChat(message.chatID, caller: caller)
-        let receipts = try await self.storeCall { try await self.store.receipts(for: messageID) }
-        return Self.json(.ok, ReceiptsBody(messageId: messageID, chatId: message.chatID, receipts: receipts))
+        let found = try await self.call { () async throws(ChatError) in try await self.service.receipts(of: messageID, for: caller.id) }
+        return Self.json(.ok, ReceiptsBody(messageId: messageID, chatId: found.message.chatID, receipts: found.receipts))
     }
 
     /// The caller leaves the chat: they are no longer a participant, get none of its messages and share no
     /// presence through it. The chat goes on for the others.
     private func leave(_ request: Request, chat id: String) async throws(APIError) -> Response {
         let caller = try await self.authenticate(request)
-        var chat = try await self.participantChat(ChatID(id), caller: caller)
-        chat.participants.removeAll { $0 == caller.id }
-        chat.invited.removeAll { $0 == caller.id }
-        let updated = chat
-        try await self.storeCall { try await self.store.saveChat(updated) }
-        self.socketIO?.leave(user: caller.id, room: SocketIOServer.room(of: chat.id))
-        self.logger.info("Chat left", metadata: ["chat.id": "\(chat.id)", "chat.user.id": "\(LogSafe.value(caller.id.rawValue))"])
-        return Self.json(.ok, updated)
+        let chat = try await self.call { () async throws(ChatError) in try await self.service.leave(ChatID(id), user: caller.id) }
+        return Self.json(.ok, chat)
     }
 
     /// The caller accepts a chat they were invited to: from now on it delivers to them and shares their presence.
     private func accept(_ request: Request, chat id: String) async throws(APIError) -> Response {
         let caller = try await self.authenticate(request)
-        var chat = try await self.participantChat(ChatID(id), caller: caller)
-        chat.invited.removeAll { $0 == caller.id }
-        let updated = chat
-        try await self.storeCall { try await self.store.saveChat(updated) }
-        return Self.json(.ok, updated)
+        let chat = try await self.call { () async throws(ChatError) in try await self.service.accept(ChatID(id), user: caller.id) }
+        return Self.json(.ok, chat)
     }
 
     private func listBlocks(_ request: Request) async throws(APIError) -> Response {
         let caller = try await self.authenticate(request)
-        let blocked = try await self.storeCall { try await self.store.blockedUsers(of: caller.id) }
+        let blocked = try await self.call { () async throws(ChatError) in try await self.service.blockedUsers(of: caller.id) }
         return Self.json(.ok, ["blocked": blocked.map(\.rawValue).sorted()])
     }
 
-    /// Blocks or unblocks `other` for the caller: a blocked user's messages to the caller are refused (`blocked`)
-    /// or, in a group, not delivered to the caller, and the blocked user no longer sees the caller's presence.
+    /// Blocks or unblocks `other` for the caller.
     private func setBlocked(_ request: Request, other raw: String, blocked: Bool) async throws(APIError) -> Response {
         let caller = try await self.authenticate(request)
-        let other = raw.removingPercentEncoding ?? raw
-        guard !other.isEmpty, other.utf8.count <= 256, other != caller.id.rawValue else {
-            throw APIError(.badRequest, .badRequest, "name another user's id (1 to 256 characters)")
-        }
-        try await self.storeCall { try await self.store.setBlocked(UserID(other), by: caller.id, blocked: blocked) }
-        self.logger.info(
-            blocked ? "User blocked" : "User unblocked",
-            metadata: ["chat.user.id": "\(LogSafe.value(caller.id.rawValue))", "chat.blocked_user.id": "\(LogSafe.value(other))"]
-        )
+        let other = UserID(raw.removingPercentEncoding ?? raw)
+        try await self.call { () async throws(ChatError) in try await self.service.setBlocked(other, by: caller.id, blocked: blocked) }
         return Response(status: .noContent)
     }
 
     // MARK: Helpers
 
-    private func participantChat(_ id: ChatID, caller: User) async throws(APIError) -> Chat {
-        guard let chat = try await self.storeCall({ try await self.store.chat(id) }) else {
-            throw APIError(.notFound, .chatNotFound, "no chat \(LogSafe.quoted(id.rawValue))")
+    /// Runs an engine call; its ``ChatDomain/ChatError`` becomes the matching HTTP status.
+    private func call<T>(_ body: () async throws(ChatError) -> T) async throws(APIError) -> T {
+        do {
+            return try await body()
+        } catch {
+            let status: HTTPResponse.Status =
+                switch error.code {
+                case .badRequest: .badRequest
+                case .chatNotFound, .messageNotFound: .notFound
+                case .notAParticipant: .forbidden
+                case .tooManyChats, .rateLimited: .tooManyRequests
+                case .storeUnavailable, .unavailable: .serviceUnavailable
+                case .unauthorized: .unauthorized
+                default: .internalServerError
+                }
+            let message =
+                switch error.code {
+                case .storeUnavailable: "the message store could not be reached; retry later"
+                case .internalError: "the message store refused the request; the server's log says why"
+                default: error.message
+                }
+            throw APIError(status, error.code == .unavailable ? .storeUnavailable : error.code, message)
         }
-        guard chat.hasParticipant(caller.id) else {
-            throw APIError(.forbidden, .notAParticipant, "you are not a participant of chat \(LogSafe.quoted(id.rawValue))")
-        }
-        return chat
     }
 
     private func authenticate(_ request: Request) async throws(APIError) -> User {
@@ -271,18 +197,6 @@ public struct ChatHTTPAPI: Sendable {
         switch await self.authenticator.authenticate(token) {
         case .success(let user): return user
         case .failure(let failure): throw APIError(.unauthorized, .unauthorized, failure.description)
-        }
-    }
-
-    private func storeCall<T>(_ body: () async throws -> T) async throws(APIError) -> T {
-        do {
-            return try await body()
-        } catch let error as ChatError where error.code == .internalError {
-            self.logger.error("HTTP API store call failed", metadata: ["error": "\(LogSafe.value(String(describing: error), limit: 1024))"])
-            throw APIError(.internalServerError, .internalError, "the message store refused the request; the server's log says why")
-        } catch {
-            self.logger.warning("HTTP API store call failed", metadata: ["error": "\(error)"])
-            throw APIError(.serviceUnavailable, .storeUnavailable, "the message store could not be reached; retry later")
         }
     }
 

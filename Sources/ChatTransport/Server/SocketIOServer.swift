@@ -7,16 +7,16 @@ import Synchronization
 /// A Socket.IO v5 server over Engine.IO v4 (long-polling, WebSocket and the upgrade between them) that stock
 /// Socket.IO clients use unchanged, and the ``ChatDomain/Transport`` of a ``ChatDomain/ChatService``.
 ///
-/// Create it first, build the ``ChatDomain/ChatService`` with it as the transport, then ``serve(_:)`` that service,
-/// mount it on a Hummingbird router with ``addRoutes(to:)`` and run it as a service (it runs the ping timer):
+/// Create it together with its ``ChatDomain/ChatService`` (built with the server as its transport), mount it on a
+/// Hummingbird router with ``addRoutes(to:)`` and run both as services (the server runs the ping timer):
 ///
 /// ```swift
-/// let server = try SocketIOServer(authenticator: authenticator, logger: logger)
-/// let chat = ChatService(configuration: .init(), dependencies: .init(..., transport: server, ...), logger: logger)
-/// server.serve(chat)
-/// let router = Router(context: BasicWebSocketRequestContext.self)
+/// let server = try SocketIOServer(authenticator: authenticator, logger: logger) { transport in
+///     try ChatService(configuration: .init(), dependencies: .init(..., transport: transport, ...), logger: logger)
+/// }
+/// let router = Router(context: ChatRequestContext.self)
 /// server.addRoutes(to: router)
-/// let app = Application(router: router, server: server.httpServer(router: router), services: [chat, server])
+/// let app = Application(router: router, server: server.httpServer(router: router), services: [server.chatService, server])
 /// ```
 public final class SocketIOServer: Transport, Service, Sendable {
     /// The settings.
@@ -44,10 +44,22 @@ public final class SocketIOServer: Transport, Service, Sendable {
         var memberships: [ConnectionID: Set<String>] = [:]
     }
 
-    /// Creates a server.
-    /// - Throws: ``SocketIOConfigurationError`` naming a setting that is out of range.
-    public init(
+    /// Creates a server and its engine: `makeEngine` builds the engine with this server as its transport, so the
+    /// server never exists without the engine it hands client events to.
+    /// - Throws: ``SocketIOConfigurationError`` naming a setting that is out of range, or what `makeEngine` threw.
+    public convenience init(
         configuration: SocketIOConfiguration = SocketIOConfiguration(),
+        authenticator: TokenAuthenticator,
+        logger: Logger,
+        engine makeEngine: (SocketIOServer) throws -> ChatService
+    ) throws {
+        try self.init(configuration: configuration, authenticator: authenticator, logger: logger)
+        let engine = try makeEngine(self)
+        self.engine.withLock { $0 = engine }
+    }
+
+    private init(
+        configuration: SocketIOConfiguration,
         authenticator: TokenAuthenticator,
         logger: Logger
     ) throws(SocketIOConfigurationError) {
@@ -73,9 +85,10 @@ public final class SocketIOServer: Transport, Service, Sendable {
         self.logger.warning(message, metadata: metadata)
     }
 
-    /// Hands client events to `service`. Until this is called, CONNECT is refused with `unavailable`.
-    public func serve(_ service: ChatService) {
-        self.engine.withLock { $0 = service }
+    /// The engine this server hands client events to.
+    public var chatService: ChatService {
+        // Set by the only public initializer before it returns.
+        self.engine.withLock { $0! }
     }
 
     var service: ChatService? { self.engine.withLock { $0 } }
@@ -227,6 +240,13 @@ public final class SocketIOServer: Transport, Service, Sendable {
     public func leave(user: UserID, room: String) {
         let connections = self.registry.withLock { $0.users[user] ?? [] }
         for connection in connections { self.leave(connection, room: room) }
+    }
+
+    /// Moves the connections of `joined` into the chat's room and those of `left` out of it.
+    public func chatMembershipChanged(_ chat: ChatID, joined: [UserID], left: [UserID]) {
+        let room = Self.room(of: chat)
+        for user in joined { self.join(user: user, room: room) }
+        for user in left { self.leave(user: user, room: room) }
     }
 
     /// Removes `connection` from `room`.
