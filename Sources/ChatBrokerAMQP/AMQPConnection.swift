@@ -15,6 +15,8 @@ final class AMQPConnection: @unchecked Sendable {
     private let logger: Logger
     private var connection: amqp_connection_state_t?
     private var backoff: Duration
+    /// Whether the current outage was logged (once per outage, until a connect succeeds).
+    private var outageLogged = false
     private var nextAttempt: ContinuousClock.Instant = .now
     /// Bumped whenever the channel is replaced: delivery tags of an earlier channel mean nothing any more.
     private(set) var generation: UInt64 = 0
@@ -115,8 +117,17 @@ final class AMQPConnection: @unchecked Sendable {
         do {
             try self.connect()
             self.backoff = self.configuration.initialReconnectBackoff
+            self.outageLogged = false
             self.logger.info("Connected to RabbitMQ", metadata: ["amqp.endpoint": "\(self.endpoint)", "amqp.vhost": "\(self.configuration.virtualHost)"])
         } catch {
+            if !self.outageLogged {
+                // The product's own line, once per outage; the engine says what it means for delivery.
+                self.outageLogged = true
+                self.logger.warning(
+                    "RabbitMQ connection failed, offline messaging disabled",
+                    metadata: ["amqp.endpoint": "\(self.endpoint)", "error": "\(error)"]
+                )
+            }
             self.dropConnection()
             self.nextAttempt = ContinuousClock.now + self.backoff
             self.backoff = min(self.backoff * 2, self.configuration.maxReconnectBackoff)

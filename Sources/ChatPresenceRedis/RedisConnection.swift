@@ -49,6 +49,8 @@ final class RedisConnection: @unchecked Sendable {
     let incarnation: String
     private var context: UnsafeMutablePointer<redisContext>?
     private var backoff: Duration
+    /// Whether the current outage was logged (once per outage, until a connect succeeds).
+    private var outageLogged = false
     private var nextAttempt: ContinuousClock.Instant = .now
     private var scriptSHA: String?
     /// What this node registered; written again after every reconnect, because a restarted Redis lost it.
@@ -197,11 +199,20 @@ final class RedisConnection: @unchecked Sendable {
             try self.openContext()
             let reregistered = try self.setUp()
             self.backoff = self.configuration.initialReconnectBackoff
+            self.outageLogged = false
             self.logger.info(
                 "Connected to Redis",
                 metadata: ["redis.endpoint": "\(self.endpoint)", "redis.db": "\(self.configuration.database)", "presence.reregistered": "\(reregistered)"]
             )
         } catch {
+            if !self.outageLogged {
+                // The product's own line, once per outage; the engine says what it means for delivery.
+                self.outageLogged = true
+                self.logger.warning(
+                    "Redis connection failed, continuing without Redis",
+                    metadata: ["redis.endpoint": "\(self.endpoint)", "error": "\(error)"]
+                )
+            }
             self.close()
             self.nextAttempt = ContinuousClock.now + self.backoff
             self.backoff = min(self.backoff * 2, self.configuration.maxReconnectBackoff)

@@ -214,7 +214,7 @@ struct DeliveryReliabilityTests {
             try await h.send("one", from: alice)
             try await h.send("two", from: alice)
             #expect(h.contents(of: bob) == ["one", "two"])
-            #expect(h.logs.count(of: "Redis connection failed, continuing without Redis") == 1)
+            #expect(h.logs.count(of: "Presence store unreachable; continuing with this node's own presence") == 1)
             #expect(await h.service.health().presence == .degraded)
 
             h.memoryPresence!.setAvailable(true)
@@ -293,7 +293,7 @@ struct DrainPipelineTests {
             #expect(Set(contents) == Set((1...6).map { "m\($0)" }), "every message arrived")
             #expect(contents == contents.sorted(), "in order")
             #expect(delivered == 6)
-            #expect(h.logs.count(of: "RabbitMQ connection failed, offline messaging disabled") == 1)
+            #expect(h.logs.count(of: "Offline queue unreachable; offline messaging disabled") == 1)
         }
     }
 

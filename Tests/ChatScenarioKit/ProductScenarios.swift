@@ -151,7 +151,7 @@ public struct ProductScenario: Sendable, CustomTestStringConvertible {
 
         #expect(h.contents(of: bob) == ["while the broker is down", "and again"])
         #expect(h.transport.receivedMessages(of: bob).allSatisfy { $0.isNew })
-        #expect(h.logs.count(of: "RabbitMQ connection failed, offline messaging disabled") == 1)
+        #expect(h.logs.count(of: "Offline queue unreachable; offline messaging disabled") == 1)
         #expect(await h.service.health().queue == .degraded)
         #expect(try await h.pendingRecipients(of: sent.messageID).isSuperset(of: [Harness.carol.id, Harness.dave.id]))
 

@@ -160,6 +160,7 @@ struct BothModesTests {
                         #expect(sent["messageId"] != nil, "\(sent)")
                         expected.append("during \(index)")
                     }
+                    #expect(chatd.log.contains(service == .redis ? "Redis connection failed, continuing without Redis" : "RabbitMQ connection failed, offline messaging disabled"))
                     let component = service == .redis ? "presence" : "queue"
                     try await eventually("readyz to say \(component) is degraded") {
                         let ready = try await chatd.http("GET", "/readyz")

@@ -87,7 +87,9 @@ struct FullStackTests {
             let ready = try await chatd.http("GET", "/readyz")
             return ready.status == 200 && ready.json?["components"]?["queue"] == "degraded"
         }
-        #expect(chatd.log.contains("RabbitMQ"))
+        // The adapter says which product failed, in the product's words; the engine says what it means.
+        #expect(chatd.log.contains("RabbitMQ connection failed, offline messaging disabled"))
+        #expect(chatd.log.contains("Offline queue unreachable; offline messaging disabled"))
         // 9. RabbitMQ comes back.
         try await rabbit.restart()
         try await eventually("readyz to report the queue ok again", timeout: .seconds(20)) {

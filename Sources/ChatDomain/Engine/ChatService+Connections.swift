@@ -137,7 +137,10 @@ extension ChatService {
 
     func presenceFailed(_ error: any Error) {
         if self.presenceOutage.failed() == .wentDown {
-            self.logger.warning("Redis connection failed, continuing without Redis", metadata: ["error": "\(error)"])
+            self.logger.warning(
+                "Presence store unreachable; continuing with this node's own presence",
+                metadata: ["component": "presence", "error": "\(error)"]
+            )
         }
     }
 
@@ -155,7 +158,10 @@ extension ChatService {
 
     func queueFailed(_ error: any Error) {
         if self.queueOutage.failed() == .wentDown {
-            self.logger.warning("RabbitMQ connection failed, offline messaging disabled", metadata: ["error": "\(error)"])
+            self.logger.warning(
+                "Offline queue unreachable; offline messaging disabled",
+                metadata: ["component": "queue", "error": "\(error)"]
+            )
         }
     }
 

@@ -263,7 +263,7 @@ extension ChatService {
         let entry = deadLetter.entry
         let metadata: Logger.Metadata = [
             "chat.user.id": "\(entry.recipient)", "chat.message.id": "\(entry.message.id)",
-            "amqp.dead_letter.reason": "\(deadLetter.reason)",
+            "queue.dead_letter.reason": "\(deadLetter.reason)",
         ]
         let status: DeliveryStatus
         switch deadLetter.reason {
