@@ -11,6 +11,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "ChatDomain", targets: ["ChatDomain"]),
+        .library(name: "ChatAdapterSupport", targets: ["ChatAdapterSupport"]),
         .library(name: "ChatPresenceRedis", targets: ["ChatPresenceRedis"]),
         .library(name: "ChatStoreMongo", targets: ["ChatStoreMongo"]),
         .library(name: "ChatBrokerAMQP", targets: ["ChatBrokerAMQP"]),
@@ -45,9 +46,20 @@ let package = Package(
             name: "CHiredis",
             providers: [.apt(["libhiredis-dev"])]
         ),
+        // What the adapters share (they may not import each other): threads of their own for a C client's
+        // blocking calls, and the reconnect backoff.
+        .target(
+            name: "ChatAdapterSupport",
+            dependencies: [
+                "ChatDomain",
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strictSettings
+        ),
         .target(
             name: "ChatPresenceRedis",
             dependencies: [
+                "ChatAdapterSupport",
                 "ChatDomain",
                 "CHiredis",
                 .product(name: "Logging", package: "swift-log"),
@@ -80,6 +92,7 @@ let package = Package(
         .target(
             name: "ChatBrokerAMQP",
             dependencies: [
+                "ChatAdapterSupport",
                 "ChatDomain",
                 "CRabbitMQ",
                 .product(name: "Logging", package: "swift-log"),
@@ -96,6 +109,7 @@ let package = Package(
         .target(
             name: "ChatStoreMongo",
             dependencies: [
+                "ChatAdapterSupport",
                 "ChatDomain",
                 "CMongoc",
                 .product(name: "Logging", package: "swift-log"),
@@ -229,6 +243,11 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             exclude: ["Clients"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "ChatAdapterSupportTests",
+            dependencies: ["ChatAdapterSupport", "ChatDomain"],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -1,4 +1,5 @@
 import CRabbitMQ
+import ChatAdapterSupport
 import ChatDomain
 import Foundation
 import Logging
@@ -14,10 +15,9 @@ final class AMQPConnection: @unchecked Sendable {
     private let configuration: AMQPQueueConfiguration
     private let logger: Logger
     private var connection: amqp_connection_state_t?
-    private var backoff: Duration
+    private var backoff: ReconnectBackoff
     /// Whether the current outage was logged (once per outage, until a connect succeeds).
     private var outageLogged = false
-    private var nextAttempt: ContinuousClock.Instant = .now
     /// Bumped whenever the channel is replaced: delivery tags of an earlier channel mean nothing any more.
     private(set) var generation: UInt64 = 0
     private var nextPublishSequence: UInt64 = 1
@@ -26,7 +26,7 @@ final class AMQPConnection: @unchecked Sendable {
     init(configuration: AMQPQueueConfiguration, logger: Logger) {
         self.configuration = configuration
         self.logger = logger
-        self.backoff = configuration.initialReconnectBackoff
+        self.backoff = ReconnectBackoff(configuration.reconnectBackoff)
     }
 
     deinit {
@@ -107,16 +107,15 @@ final class AMQPConnection: @unchecked Sendable {
 
     private func ensureConnected() throws(AMQPQueueError) {
         guard self.connection == nil else { return }
-        let now = ContinuousClock.now
-        guard now >= self.nextAttempt else {
+        if let wait = self.backoff.remaining(at: .now) {
             throw AMQPQueueError(
                 code: .backingOff,
-                message: "RabbitMQ at \(self.endpoint) was unreachable; next attempt in \((self.nextAttempt - now).wholeMilliseconds) ms"
+                message: "RabbitMQ at \(self.endpoint) was unreachable; next attempt in \(wait.wholeMilliseconds) ms"
             )
         }
         do {
             try self.connect()
-            self.backoff = self.configuration.initialReconnectBackoff
+            self.backoff.succeeded()
             self.outageLogged = false
             self.logger.info("Connected to RabbitMQ", metadata: ["amqp.endpoint": "\(self.endpoint)", "amqp.vhost": "\(self.configuration.virtualHost)"])
         } catch {
@@ -129,8 +128,7 @@ final class AMQPConnection: @unchecked Sendable {
                 )
             }
             self.dropConnection()
-            self.nextAttempt = ContinuousClock.now + self.backoff
-            self.backoff = min(self.backoff * 2, self.configuration.maxReconnectBackoff)
+            self.backoff.failed(at: .now)
             throw error
         }
     }

@@ -1,3 +1,5 @@
+public import ChatAdapterSupport
+
 /// Where RabbitMQ is and how the offline queues are shaped.
 public struct AMQPQueueConfiguration: Sendable {
     /// The kind of per-user queue.
@@ -30,10 +32,8 @@ public struct AMQPQueueConfiguration: Sendable {
     public var confirmTimeout: Duration = .seconds(5)
     /// The AMQP heartbeat. Default 30 seconds.
     public var heartbeat: Duration = .seconds(30)
-    /// The first wait before reconnecting after a failed attempt; it doubles up to ``maxReconnectBackoff``.
-    public var initialReconnectBackoff: Duration = .milliseconds(100)
-    /// The longest wait between reconnect attempts. Default 5 seconds.
-    public var maxReconnectBackoff: Duration = .seconds(5)
+    /// The waits between reconnect attempts: 100 ms after the first failure, doubling up to 5 seconds.
+    public var reconnectBackoff = ReconnectBackoff.Configuration(initial: .milliseconds(100), maximum: .seconds(5))
     /// How often the dead-letter queue is read. Default 1 second.
     public var deadLetterPollInterval: Duration = .seconds(1)
 

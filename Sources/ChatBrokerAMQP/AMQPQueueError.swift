@@ -1,3 +1,6 @@
+public import ChatAdapterSupport
+public import ChatDomain
+
 /// What went wrong talking to RabbitMQ, in rabbitmq-c's or the broker's own words. The queue wraps it as the
 /// `underlying` error of a ``ChatDomain/ChatError`` with code `unavailable`, so the engine degrades.
 public struct AMQPQueueError: Error, Sendable, CustomStringConvertible {
@@ -29,4 +32,9 @@ public struct AMQPQueueError: Error, Sendable, CustomStringConvertible {
     public var message: String
 
     public var description: String { "\(self.code): \(self.message)" }
+}
+
+extension AMQPQueueError: AdapterError {
+    /// `unavailable`: whatever went wrong with RabbitMQ, the engine degrades and catches up from the store.
+    public var chatError: ChatError { ChatError(.unavailable, "offline queue: \(self.message)", underlying: self) }
 }

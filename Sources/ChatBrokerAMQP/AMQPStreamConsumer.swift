@@ -1,7 +1,7 @@
 import CRabbitMQ
+import ChatAdapterSupport
 import ChatDomain
 import Foundation
-import NIOPosix
 
 /// Reads one user's queue with `basic.consume` and a prefetch window (`basic.qos`), on a connection and thread of
 /// its own, so deliveries never mix with the publishing connection's frames.
@@ -11,7 +11,7 @@ import NIOPosix
 /// and returns nil when that is zero. Closing the consumer closes its connection: the broker returns every
 /// unacknowledged delivery to the queue.
 final class AMQPStreamConsumer: QueueConsumer {
-    private let pool: NIOThreadPool
+    private let threads: BlockingThreads
     private let state: State
     private let onClose: @Sendable (ObjectIdentifier) -> Void
 
@@ -125,8 +125,8 @@ final class AMQPStreamConsumer: QueueConsumer {
         private static let closed = AMQPQueueError(code: .staleConsumer, message: "this consumer is closed; open a new one")
     }
 
-    private init(pool: NIOThreadPool, state: State, onClose: @escaping @Sendable (ObjectIdentifier) -> Void) {
-        self.pool = pool
+    private init(threads: BlockingThreads, state: State, onClose: @escaping @Sendable (ObjectIdentifier) -> Void) {
+        self.threads = threads
         self.state = state
         self.onClose = onClose
     }
@@ -138,49 +138,38 @@ final class AMQPStreamConsumer: QueueConsumer {
         prefetch: Int,
         onClose: @escaping @Sendable (ObjectIdentifier) -> Void
     ) async throws -> AMQPStreamConsumer {
-        let pool = NIOThreadPool(numberOfThreads: 1)
-        pool.start()
+        let threads = BlockingThreads(role: "offline queue consumer")
         let state = State(queue: queue, waitForWindow: .seconds(2))
         do {
-            try await Self.run(pool) { try state.start(configuration, prefetch: prefetch) }
+            try await threads.run { try state.start(configuration, prefetch: prefetch) }
         } catch {
-            try? await pool.shutdownGracefully()
+            await threads.shutDown()
             throw error
         }
-        return AMQPStreamConsumer(pool: pool, state: state, onClose: onClose)
+        return AMQPStreamConsumer(threads: threads, state: state, onClose: onClose)
     }
 
     func next() async throws -> QueueDelivery? {
-        guard let got = try await Self.run(self.pool, { [state] in try state.next() }) else { return nil }
+        guard let got = try await self.threads.run({ [state] in try state.next() }) else { return nil }
         let entry = try JSONDecoder().decode(QueueEntry.self, from: Data(got.body))
         return QueueDelivery(entry: entry, tag: DeliveryTag(got.tag), redelivered: got.redelivered)
     }
 
     func ack(_ tag: DeliveryTag) async throws {
-        try await Self.run(self.pool) { [state] in try state.settle(tag.rawValue, requeue: nil) }
+        try await self.threads.run { [state] in try state.settle(tag.rawValue, requeue: nil) }
     }
 
     func ack(_ tags: [DeliveryTag]) async throws {
-        try await Self.run(self.pool) { [state] in try state.ack(tags.map(\.rawValue)) }
+        try await self.threads.run { [state] in try state.ack(tags.map(\.rawValue)) }
     }
 
     func nack(_ tag: DeliveryTag) async throws {
-        try await Self.run(self.pool) { [state] in try state.settle(tag.rawValue, requeue: true) }
+        try await self.threads.run { [state] in try state.settle(tag.rawValue, requeue: true) }
     }
 
     func close() async {
-        _ = try? await self.pool.runIfActive { [state] in state.close() }
-        try? await self.pool.shutdownGracefully()
+        await self.threads.runIfRunning { [state] in state.close() }
+        await self.threads.shutDown()
         self.onClose(ObjectIdentifier(self))
-    }
-
-    private static func run<Result: Sendable>(_ pool: NIOThreadPool, _ body: @escaping @Sendable () throws -> Result) async throws -> Result {
-        do {
-            return try await pool.runIfActive(body)
-        } catch let error as AMQPQueueError {
-            throw ChatError(.unavailable, "offline queue: \(error.message)", underlying: error)
-        } catch {
-            throw ChatError(.unavailable, "offline queue consumer is closed", underlying: error)
-        }
     }
 }

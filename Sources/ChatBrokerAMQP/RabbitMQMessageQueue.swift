@@ -1,7 +1,7 @@
+import ChatAdapterSupport
 public import ChatDomain
 import Foundation
 public import Logging
-import NIOPosix
 import Synchronization
 public import ServiceLifecycle
 
@@ -24,7 +24,7 @@ public final class RabbitMQMessageQueue: MessageQueue, Service {
     /// The settings the queue was created with.
     public let configuration: AMQPQueueConfiguration
     private let connection: AMQPConnection
-    private let pool: NIOThreadPool
+    private let threads: BlockingThreads
     private let logger: Logger
     private let deadLetterStream: AsyncStream<DeadLetter>
     private let deadLetterContinuation: AsyncStream<DeadLetter>.Continuation
@@ -37,8 +37,7 @@ public final class RabbitMQMessageQueue: MessageQueue, Service {
         self.logger = logger
         self.connection = AMQPConnection(configuration: configuration, logger: logger)
         // One thread: the rabbitmq-c connection is confined to it.
-        self.pool = NIOThreadPool(numberOfThreads: 1)
-        self.pool.start()
+        self.threads = BlockingThreads(role: "offline queue")
         (self.deadLetterStream, self.deadLetterContinuation) = AsyncStream.makeStream()
     }
 
@@ -114,8 +113,8 @@ public final class RabbitMQMessageQueue: MessageQueue, Service {
             return Array(consumers.values)
         }
         for consumer in open { await consumer.close() }
-        _ = try? await self.pool.runIfActive { [connection] in connection.close() }
-        try? await self.pool.shutdownGracefully()
+        await self.threads.runIfRunning { [connection] in connection.close() }
+        await self.threads.shutDown()
         self.deadLetterContinuation.finish()
     }
 
@@ -138,13 +137,7 @@ public final class RabbitMQMessageQueue: MessageQueue, Service {
         self.consumers.withLock { _ = $0.removeValue(forKey: id) }
     }
 
-    private func perform<Result: Sendable>(_ body: @escaping @Sendable (AMQPConnection) throws -> Result) async throws -> Result {
-        do {
-            return try await self.pool.runIfActive { [connection] in try body(connection) }
-        } catch let error as AMQPQueueError {
-            throw ChatError(.unavailable, "offline queue: \(error.message)", underlying: error)
-        } catch {
-            throw ChatError(.unavailable, "offline queue is closed", underlying: error)
-        }
+    private func perform<Result: Sendable>(_ body: @escaping @Sendable (AMQPConnection) throws -> Result) async throws(ChatError) -> Result {
+        try await self.threads.run { [connection] in try body(connection) }
     }
 }

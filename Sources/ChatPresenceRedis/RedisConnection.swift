@@ -1,4 +1,5 @@
 import CHiredis
+import ChatAdapterSupport
 import ChatDomain
 import Foundation
 import Logging
@@ -48,10 +49,9 @@ final class RedisConnection: @unchecked Sendable {
     /// connections of its previous life.
     let incarnation: String
     private var context: UnsafeMutablePointer<redisContext>?
-    private var backoff: Duration
+    private var backoff: ReconnectBackoff
     /// Whether the current outage was logged (once per outage, until a connect succeeds).
     private var outageLogged = false
-    private var nextAttempt: ContinuousClock.Instant = .now
     private var scriptSHA: String?
     /// What this node registered; written again after every reconnect, because a restarted Redis lost it.
     private var registrations: [ConnectionID: PresenceRecord] = [:]
@@ -61,7 +61,7 @@ final class RedisConnection: @unchecked Sendable {
     init(configuration: RedisPresenceConfiguration, logger: Logger) {
         self.configuration = configuration
         self.logger = logger
-        self.backoff = configuration.initialReconnectBackoff
+        self.backoff = ReconnectBackoff(configuration.reconnectBackoff)
         self.incarnation = String(UInt64.random(in: 1...UInt64.max), radix: 36)
     }
 
@@ -188,17 +188,16 @@ final class RedisConnection: @unchecked Sendable {
     }
 
     private func connect() throws(RedisPresenceError) {
-        let now = ContinuousClock.now
-        guard now >= self.nextAttempt else {
+        if let wait = self.backoff.remaining(at: .now) {
             throw RedisPresenceError(
                 code: .backingOff,
-                message: "Redis at \(self.endpoint) was unreachable; next attempt in \((self.nextAttempt - now).wholeMilliseconds) ms"
+                message: "Redis at \(self.endpoint) was unreachable; next attempt in \(wait.wholeMilliseconds) ms"
             )
         }
         do {
             try self.openContext()
             let reregistered = try self.setUp()
-            self.backoff = self.configuration.initialReconnectBackoff
+            self.backoff.succeeded()
             self.outageLogged = false
             self.logger.info(
                 "Connected to Redis",
@@ -214,8 +213,7 @@ final class RedisConnection: @unchecked Sendable {
                 )
             }
             self.close()
-            self.nextAttempt = ContinuousClock.now + self.backoff
-            self.backoff = min(self.backoff * 2, self.configuration.maxReconnectBackoff)
+            self.backoff.failed(at: .now)
             throw error
         }
     }

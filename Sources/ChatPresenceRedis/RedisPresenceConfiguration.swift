@@ -1,3 +1,5 @@
+public import ChatAdapterSupport
+
 /// Where the Redis server is and how the presence store uses it.
 public struct RedisPresenceConfiguration: Sendable {
     /// The server's host name or address. Default `localhost` (the product's `REDIS_HOST`).
@@ -14,10 +16,8 @@ public struct RedisPresenceConfiguration: Sendable {
     public var connectTimeout: Duration = .seconds(1)
     /// The limit on one command's round trip. Default 2 seconds.
     public var commandTimeout: Duration = .seconds(2)
-    /// The first wait before reconnecting after a failed attempt; it doubles up to ``maxReconnectBackoff``.
-    public var initialReconnectBackoff: Duration = .milliseconds(100)
-    /// The longest wait between reconnect attempts. Default 5 seconds.
-    public var maxReconnectBackoff: Duration = .seconds(5)
+    /// The waits between reconnect attempts: 100 ms after the first failure, doubling up to 5 seconds.
+    public var reconnectBackoff = ReconnectBackoff.Configuration(initial: .milliseconds(100), maximum: .seconds(5))
     /// The prefix of every key this store writes. Default `chatd:presence`.
     public var keyPrefix: String = "chatd:presence"
 

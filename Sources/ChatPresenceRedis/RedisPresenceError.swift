@@ -1,3 +1,6 @@
+public import ChatAdapterSupport
+public import ChatDomain
+
 /// What went wrong talking to Redis, in Redis' or hiredis' own words. The presence store wraps it as the
 /// `underlying` error of a ``ChatDomain/ChatError`` with code `unavailable`, so the engine degrades.
 public struct RedisPresenceError: Error, Sendable, CustomStringConvertible {
@@ -32,4 +35,9 @@ public struct RedisPresenceError: Error, Sendable, CustomStringConvertible {
     }
 
     public var description: String { "\(self.code): \(self.message)" }
+}
+
+extension RedisPresenceError: AdapterError {
+    /// `unavailable`: whatever went wrong with Redis, the engine degrades to this node's own presence.
+    public var chatError: ChatError { ChatError(.unavailable, "presence store: \(self.message)", underlying: self) }
 }

@@ -1,6 +1,6 @@
+import ChatAdapterSupport
 public import ChatDomain
 public import Logging
-import NIOPosix
 public import ServiceLifecycle
 
 /// A ``ChatDomain/PresenceStore`` on Redis, through hiredis.
@@ -12,12 +12,12 @@ public import ServiceLifecycle
 ///
 /// hiredis blocks, so every call runs on a thread of this store's own, never on Swift's cooperative pool. While
 /// Redis is unreachable calls fail fast with ``ChatDomain/ChatError`` code `unavailable` (reconnects back off
-/// up to ``RedisPresenceConfiguration/maxReconnectBackoff``); on every reconnect the store authenticates, selects
+/// up to ``RedisPresenceConfiguration/reconnectBackoff``); on every reconnect the store authenticates, selects
 /// the database and writes this node's live connections again, since a restarted Redis has lost them.
 ///
 /// Run it as a `Service` (or call ``close()``) so its thread stops.
 public final class RedisPresenceStore: PresenceStore, Service {
-    private let pool: NIOThreadPool
+    private let threads: BlockingThreads
     private let connection: RedisConnection
     private let logger: Logger
     /// The settings the store was created with.
@@ -29,8 +29,7 @@ public final class RedisPresenceStore: PresenceStore, Service {
         self.configuration = configuration
         self.connection = RedisConnection(configuration: configuration, logger: logger)
         // One thread: the hiredis context is confined to it.
-        self.pool = NIOThreadPool(numberOfThreads: 1)
-        self.pool.start()
+        self.threads = BlockingThreads(role: "presence store")
     }
 
     public func register(_ record: PresenceRecord) async throws {
@@ -62,19 +61,13 @@ public final class RedisPresenceStore: PresenceStore, Service {
 
     /// Closes the connection and stops the store's thread; later calls fail with `unavailable`.
     public func close() async {
-        _ = try? await self.pool.runIfActive { [connection] in connection.close() }
-        try? await self.pool.shutdownGracefully()
+        await self.threads.runIfRunning { [connection] in connection.close() }
+        await self.threads.shutDown()
     }
 
     private func perform<Result: Sendable>(
         _ body: @escaping @Sendable (RedisConnection) throws -> Result
-    ) async throws -> Result {
-        do {
-            return try await self.pool.runIfActive { [connection] in try body(connection) }
-        } catch let error as RedisPresenceError {
-            throw ChatError(.unavailable, "presence store: \(error.message)", underlying: error)
-        } catch {
-            throw ChatError(.unavailable, "presence store is closed", underlying: error)
-        }
+    ) async throws(ChatError) -> Result {
+        try await self.threads.run { [connection] in try body(connection) }
     }
 }

@@ -1,7 +1,7 @@
+import ChatAdapterSupport
 public import ChatDomain
 public import Foundation
 public import Logging
-import NIOPosix
 public import ServiceLifecycle
 import Synchronization
 
@@ -18,7 +18,7 @@ import Synchronization
 /// Run it as a `Service` (or call ``close()``) so its threads stop.
 public final class MongoMessageStore: MessageStore, Service {
     private let pool: MongoClientPool
-    private let threads: NIOThreadPool
+    private let threads: BlockingThreads
     private let logger: Logger
     private let maxPageSize: Int
     private let indexesReady = Mutex(false)
@@ -37,8 +37,7 @@ public final class MongoMessageStore: MessageStore, Service {
         }
         self.logger = logger
         self.maxPageSize = configuration.maxPageSize
-        self.threads = NIOThreadPool(numberOfThreads: max(configuration.threads, 1))
-        self.threads.start()
+        self.threads = BlockingThreads(count: configuration.threads, role: "message store")
     }
 
     /// Creates the indexes the store's queries need (also done on first use).
@@ -60,7 +59,7 @@ public final class MongoMessageStore: MessageStore, Service {
 
     /// Stops the store's threads; later calls fail with `unavailable`.
     public func close() async {
-        try? await self.threads.shutdownGracefully()
+        await self.threads.shutDown()
     }
 
     // MARK: MessageStore
@@ -283,23 +282,8 @@ public final class MongoMessageStore: MessageStore, Service {
     }
 
 
-    private func run<Result: Sendable>(_ body: @escaping @Sendable (MongoClientPool) throws -> Result) async throws -> Result {
-        do {
-            let result = try await self.threads.runIfActive { [pool] in try body(pool) }
-            return result
-        } catch let error as MongoStoreError {
-            switch error.code {
-            case .unavailable:
-                throw ChatError(.unavailable, error.message, underlying: error)
-            default:
-                // The server answered (with an error) or its answer was unreadable: not an outage.
-                throw ChatError(.internalError, error.message, underlying: error)
-            }
-        } catch let error as ChatError {
-            throw error
-        } catch {
-            throw ChatError(.unavailable, "the message store is closed", underlying: error)
-        }
+    private func run<Result: Sendable>(_ body: @escaping @Sendable (MongoClientPool) throws -> Result) async throws(ChatError) -> Result {
+        try await self.threads.run { [pool] in try body(pool) }
     }
 
     /// Creates the indexes; createIndexes is idempotent for identical definitions.

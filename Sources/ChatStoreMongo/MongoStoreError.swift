@@ -1,3 +1,6 @@
+public import ChatAdapterSupport
+public import ChatDomain
+
 /// What went wrong talking to MongoDB, with the server's own code and words when it answered. The store wraps it
 /// as the `underlying` error of a ``ChatDomain/ChatError``.
 public struct MongoStoreError: Error, Sendable, CustomStringConvertible {
@@ -29,5 +32,13 @@ public struct MongoStoreError: Error, Sendable, CustomStringConvertible {
 
     public var description: String {
         if let serverCode { "\(self.code) (\(serverCode)): \(self.message)" } else { "\(self.code): \(self.message)" }
+    }
+}
+
+extension MongoStoreError: AdapterError {
+    /// `unavailable` when MongoDB could not be reached; `internal_error` when it answered with an error or its
+    /// answer was unreadable (not an outage: retrying will not help).
+    public var chatError: ChatError {
+        ChatError(self.code == .unavailable ? .unavailable : .internalError, self.message, underlying: self)
     }
 }

@@ -40,7 +40,7 @@ public final class RabbitTestServer: OwnedTestServer, @unchecked Sendable {
     /// A queue adapter on this node; closed when the test ends.
     public func makeQueue(_ configure: (inout AMQPQueueConfiguration) -> Void = { _ in }) -> RabbitMQMessageQueue {
         var configuration = AMQPQueueConfiguration(host: "127.0.0.1", port: self.port)
-        configuration.maxReconnectBackoff = .milliseconds(200)
+        configuration.reconnectBackoff.maximum = .milliseconds(200)
         configure(&configuration)
         let queue = RabbitMQMessageQueue(configuration: configuration, logger: Logger(label: "amqp"))
         self.queues.append(queue)
@@ -94,8 +94,7 @@ public final class RabbitTestServer: OwnedTestServer, @unchecked Sendable {
         try process.run()
         self.process = process
         var configuration = AMQPQueueConfiguration(host: "127.0.0.1", port: self.port)
-        configuration.initialReconnectBackoff = .milliseconds(1)
-        configuration.maxReconnectBackoff = .milliseconds(1)
+        configuration.reconnectBackoff = .init(initial: .milliseconds(1), maximum: .milliseconds(1))
         let probe = RabbitMQMessageQueue(configuration: configuration, logger: Logger(label: "probe"))
         let deadline = ContinuousClock.now + .seconds(60)
         while ContinuousClock.now < deadline {

@@ -89,7 +89,7 @@ public final class RedisTestServer: OwnedTestServer, @unchecked Sendable {
     public func makeStore(_ configure: (inout RedisPresenceConfiguration) -> Void = { _ in }, label: String = "redis") -> RedisPresenceStore {
         var configuration = RedisPresenceConfiguration(host: "127.0.0.1", port: self.port)
         configuration.password = self.password
-        configuration.maxReconnectBackoff = .milliseconds(200)
+        configuration.reconnectBackoff.maximum = .milliseconds(200)
         configure(&configuration)
         let store = RedisPresenceStore(configuration: configuration, logger: Logger(label: label))
         self.stores.append(store)
