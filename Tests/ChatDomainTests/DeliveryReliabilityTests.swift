@@ -126,16 +126,18 @@ struct DeliveryReliabilityTests {
     @Test("A ghost connection that never acknowledges loses nothing: the message goes to the offline path")
     func ghostConnectionHandsToOfflinePath() async throws {
         var configuration = ChatServiceConfiguration()
-        // Long enough that both sends happen before the first times out on a loaded two-core machine (the
-        // timeout runs from the emit; 400 ms was not, beside the fuzz tests). A test clock for the deadlines
-        // would remove the wait.
-        configuration.deliveryConfirmation = .clientAcknowledgement(timeout: .milliseconds(1500))
-        try await withHarness(configuration: configuration) { h in
+        configuration.deliveryConfirmation = .clientAcknowledgement(timeout: .seconds(10))
+        // The deadlines run on a test clock: the timeout passes when the test says so, however loaded the machine.
+        let deadlines = ManualMonotonicClock()
+        try await withHarness(configuration: configuration, deadlines: deadlines) { h in
             let alice = await h.connect(Harness.alice)
             let ghost = await h.connect(Harness.bob) { _ in .ignore }
             try await h.send("one", from: alice)
             try await h.send("two", from: alice)
             #expect(h.contents(of: ghost) == ["one", "two"], "written to the half-open socket")
+            deadlines.advance(by: .seconds(9))
+            #expect(await h.service.currentStatistics().unconfirmedLive == 0, "not yet: the timeout has not passed")
+            deadlines.advance(by: .seconds(2))
 
             try await eventually("both are queued") { try await h.depth(of: Harness.bob) == 2 }
             #expect(await h.service.currentStatistics().unconfirmedLive == 2)

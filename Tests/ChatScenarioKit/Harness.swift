@@ -93,6 +93,7 @@ public struct Harness: Sendable {
         configuration: ChatServiceConfiguration = .init(),
         queueConfiguration: InMemoryMessageQueue.Configuration = .init(),
         clock: ManualWallClock = ManualWallClock(),
+        deadlines: any MonotonicClock = SystemMonotonicClock(),
         presence: (any PresenceStore)? = nil,
         store: (any MessageStore)? = nil,
         queue: (any MessageQueue)? = nil
@@ -114,7 +115,8 @@ public struct Harness: Sendable {
                 queue: self.queue,
                 presence: self.presence,
                 transport: self.transport,
-                wallClock: self.clock
+                wallClock: self.clock,
+                clock: deadlines
             ),
             logger: self.logs.logger()
         )
@@ -183,6 +185,7 @@ public func withHarness(
     configuration: ChatServiceConfiguration = .init(),
     queueConfiguration: InMemoryMessageQueue.Configuration = .init(),
     clock: ManualWallClock = ManualWallClock(),
+    deadlines: any MonotonicClock = SystemMonotonicClock(),
     presence: (any PresenceStore)? = nil,
     store: (any MessageStore)? = nil,
     queue: (any MessageQueue)? = nil,
@@ -192,6 +195,7 @@ public func withHarness(
         configuration: configuration,
         queueConfiguration: queueConfiguration,
         clock: clock,
+        deadlines: deadlines,
         presence: presence,
         store: store,
         queue: queue

@@ -8,23 +8,25 @@ import Synchronization
 /// nothing), instead of a sleeping task and a timer per delivered message.
 final class AcknowledgementDeadlines: Sendable {
     private struct State {
-        var pending: Deque<(deadline: ContinuousClock.Instant, acknowledgement: Acknowledgement)> = []
+        var pending: Deque<(deadline: Duration, acknowledgement: Acknowledgement)> = []
         var idle: CheckedContinuation<Void, Never>?
         var finished = false
     }
 
     let timeout: Duration
     private let slack: Duration
+    private let clock: any MonotonicClock
     private let state = Mutex(State())
 
-    init(timeout: Duration) {
+    init(timeout: Duration, clock: any MonotonicClock) {
         self.timeout = timeout
+        self.clock = clock
         self.slack = min(max(timeout / 20, .milliseconds(5)), .milliseconds(100))
     }
 
     /// Starts the clock of `acknowledgement`.
     func register(_ acknowledgement: Acknowledgement) {
-        let deadline = ContinuousClock.now + self.timeout
+        let deadline = self.clock.now() + self.timeout
         let (idle, finished) = self.state.withLock { state in
             state.pending.append((deadline, acknowledgement))
             defer { state.idle = nil }
@@ -37,10 +39,10 @@ final class AcknowledgementDeadlines: Sendable {
     /// Fails overdue acknowledgements until cancelled; then fails every pending one.
     func run() async {
         while !Task.isCancelled {
-            let head: ContinuousClock.Instant? = self.state.withLock { $0.pending.first?.deadline }
+            let head: Duration? = self.state.withLock { $0.pending.first?.deadline }
             if let head {
-                try? await Task.sleep(until: head + self.slack, clock: .continuous)
-                self.failOverdue(now: .now)
+                try? await self.clock.sleep(until: head + self.slack)
+                self.failOverdue(now: self.clock.now())
             } else {
                 await withTaskCancellationHandler {
                     await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
@@ -64,7 +66,7 @@ final class AcknowledgementDeadlines: Sendable {
         for entry in rest { entry.acknowledgement.fail(ChatError(.timeout, "the engine is shutting down")) }
     }
 
-    private func failOverdue(now: ContinuousClock.Instant) {
+    private func failOverdue(now: Duration) {
         let overdue = self.state.withLock { state in
             var overdue: [Acknowledgement] = []
             while let first = state.pending.first, first.deadline <= now {

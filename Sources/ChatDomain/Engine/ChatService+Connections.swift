@@ -129,7 +129,7 @@ extension ChatService {
             } catch {
                 self.presenceFailed(error)
             }
-            try? await Task.sleep(for: self.configuration.presenceHeartbeatInterval)
+            try? await self.clock.sleep(for: self.configuration.presenceHeartbeatInterval)
         }
     }
 

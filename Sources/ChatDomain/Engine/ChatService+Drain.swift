@@ -40,7 +40,7 @@ extension ChatService {
         guard let user = self.connectionUsers[connection]?.id else { return 0 }
         self.logger.info("User reconnection event received", metadata: ["chat.user.id": "\(user)"])
         guard self.lanes[user]?.beginDrain() == true else { return 0 }
-        let start = ContinuousClock.now
+        let start = self.clock.now()
         var delivered = 0
         var alreadyDelivered = Set<MessageID>()
         var interrupted = false
@@ -67,10 +67,10 @@ extension ChatService {
             metadata: [
                 "chat.user.id": "\(user)", "chat.message.count": "\(delivered)",
                 "chat.drain.interrupted": "\(interrupted)",
-                "chat.drain.duration_ms": "\((ContinuousClock.now - start) / .milliseconds(1))",
+                "chat.drain.duration_ms": "\((self.clock.now() - start) / .milliseconds(1))",
             ]
         )
-        self.observer?.drained(messages: delivered, duration: ContinuousClock.now - start)
+        self.observer?.drained(messages: delivered, duration: self.clock.now() - start)
         await self.broadcast(.userOnline(PresenceChange(userID: user, timestamp: self.wallClock.now())), about: user)
         self.removeLaneIfIdle(user)
         return delivered

@@ -21,6 +21,8 @@ public actor ChatService: Service {
         public var presence: any PresenceStore
         public var transport: any Transport
         public var wallClock: any WallClock
+        /// The time deadlines and durations are measured in (acknowledgement timeouts, the presence heartbeat).
+        public var clock: any MonotonicClock
         public var idGenerator: MessageIDGenerator
         /// Receives delivery latencies and drain durations (for metrics); none by default.
         public var observer: (any DeliveryObserver)?
@@ -32,6 +34,7 @@ public actor ChatService: Service {
             presence: any PresenceStore,
             transport: any Transport,
             wallClock: any WallClock = SystemWallClock(),
+            clock: any MonotonicClock = SystemMonotonicClock(),
             idGenerator: MessageIDGenerator? = nil,
             observer: (any DeliveryObserver)? = nil
         ) {
@@ -40,6 +43,7 @@ public actor ChatService: Service {
             self.presence = presence
             self.transport = transport
             self.wallClock = wallClock
+            self.clock = clock
             self.idGenerator = idGenerator ?? MessageIDGenerator(clock: wallClock)
             self.observer = observer
         }
@@ -53,6 +57,7 @@ public actor ChatService: Service {
     let presence: any PresenceStore
     let transport: any Transport
     let wallClock: any WallClock
+    let clock: any MonotonicClock
     let idGenerator: MessageIDGenerator
     let logger: Logger
     let validator: MessageValidator
@@ -91,6 +96,7 @@ public actor ChatService: Service {
         self.presence = dependencies.presence
         self.transport = dependencies.transport
         self.wallClock = dependencies.wallClock
+        self.clock = dependencies.clock
         self.idGenerator = dependencies.idGenerator
         self.observer = dependencies.observer
         self.logger = logger
@@ -99,7 +105,7 @@ public actor ChatService: Service {
             allowedMessageTypes: configuration.allowedMessageTypes
         )
         if case .clientAcknowledgement(let timeout) = configuration.deliveryConfirmation {
-            self.acknowledgementDeadlines = AcknowledgementDeadlines(timeout: timeout)
+            self.acknowledgementDeadlines = AcknowledgementDeadlines(timeout: timeout, clock: dependencies.clock)
         } else {
             self.acknowledgementDeadlines = nil
         }
