@@ -42,23 +42,24 @@ struct LiveServer: Sendable {
 func withLiveServer(
     socketIO: SocketIOConfiguration = SocketIOConfiguration(),
     chat: ChatServiceConfiguration = ChatServiceConfiguration(),
+    clock: any MonotonicClock = SystemMonotonicClock(),
     _ body: @Sendable (LiveServer) async throws -> Void
 ) async throws {
     let logs = LogCapture()
     let logger = logs.logger(label: "chatd.transport.test")
     let authenticator = try await TokenAuthenticator(secret: LiveServer.secret)
-    let clock = SystemWallClock()
+    let wallClock = SystemWallClock()
     let store = InMemoryMessageStore()
-    let queue = InMemoryMessageQueue(configuration: .init(), clock: clock)
-    let server = try SocketIOServer(configuration: socketIO, authenticator: authenticator, logger: logger) { transport in
+    let queue = InMemoryMessageQueue(configuration: .init(), clock: wallClock)
+    let server = try SocketIOServer(configuration: socketIO, authenticator: authenticator, logger: logger, clock: clock) { transport in
         try ChatService(
             configuration: chat,
             dependencies: .init(
                 store: store,
                 queue: queue,
-                presence: InMemoryPresenceStore(clock: clock),
+                presence: InMemoryPresenceStore(clock: wallClock),
                 transport: transport,
-                wallClock: clock
+                wallClock: wallClock
             ),
             logger: logger
         )

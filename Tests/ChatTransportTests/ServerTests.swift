@@ -323,12 +323,16 @@ struct ServerTests {
     @Test("Sessions that never CONNECT are closed after connectTimeout")
     func connectTimeout() async throws {
         var socketIO = SocketIOConfiguration()
-        // Long enough that the session is surely still open when counted on a loaded machine.
-        socketIO.connectTimeout = .milliseconds(1500)
-        try await withLiveServer(socketIO: socketIO) { live in
+        socketIO.connectTimeout = .seconds(45)
+        // The server's timers run on a test clock: the timeout passes when the test says so.
+        let clock = ManualMonotonicClock()
+        try await withLiveServer(socketIO: socketIO, clock: clock) { live in
             var client = PollingClient(live)
             _ = try await client.open()
-            #expect(live.server.sessionCount == 1)
+            clock.advance(by: .seconds(44))
+            try await Task.sleep(for: .milliseconds(50))
+            #expect(live.server.sessionCount == 1, "still open just before the timeout")
+            clock.advance(by: .seconds(2))
             await eventually("the idle session to be closed") { live.server.sessionCount == 0 }
         }
     }

@@ -44,10 +44,10 @@ final class EngineSession: Sendable {
         var waiter: CheckedContinuation<[String]?, Never>?
         var pollInProgress = false
         var closeReason: String?
-        var pingSentAt: ContinuousClock.Instant?
-        var nextPingAt: ContinuousClock.Instant
+        var pingSentAt: Duration?
+        var nextPingAt: Duration
         /// When the session last had no socket (its start, or the socket's DISCONNECT).
-        var socketlessSince: ContinuousClock.Instant?
+        var socketlessSince: Duration?
         var socket: Socket?
         var reconnectRunning = false
         /// Drains waiting for the client to read its backlog down (see ``waitUntilWritable()``).
@@ -67,6 +67,8 @@ final class EngineSession: Sendable {
     /// buffer.
     private let writableThreshold: Int
     private let state: Mutex<State>
+    /// The server's clock: every time the session keeps is a reading of it.
+    private let clock: any MonotonicClock
 
     init(
         id: String,
@@ -75,14 +77,16 @@ final class EngineSession: Sendable {
         address: String? = nil,
         pingInterval: Duration,
         maxBufferedBytes: Int,
-        maxReadBytes: Int = 1_000_000
+        maxReadBytes: Int = 1_000_000,
+        clock: any MonotonicClock
     ) {
+        self.clock = clock
         self.id = id
         self.bearerToken = bearerToken
         self.address = address
         self.maxBufferedBytes = maxBufferedBytes
         self.writableThreshold = min(maxReadBytes, maxBufferedBytes / 2)
-        let now = ContinuousClock.now
+        let now = clock.now()
         self.state = Mutex(State(transport: transport, nextPingAt: now + pingInterval, socketlessSince: now))
     }
 
@@ -340,7 +344,7 @@ final class EngineSession: Sendable {
         let socket: Socket? = self.state.withLock { state in
             defer {
                 state.socket = nil
-                state.socketlessSince = .now
+                state.socketlessSince = self.clock.now()
             }
             return state.socket
         }
@@ -378,12 +382,12 @@ final class EngineSession: Sendable {
     func pongReceived(pingInterval: Duration) {
         self.state.withLock { state in
             state.pingSentAt = nil
-            state.nextPingAt = .now + pingInterval
+            state.nextPingAt = self.clock.now() + pingInterval
         }
     }
 
     /// Decides, at `now`, whether the session needs a ping or has timed out.
-    func timerAction(now: ContinuousClock.Instant, pingTimeout: Duration, connectTimeout: Duration) -> TimerAction {
+    func timerAction(now: Duration, pingTimeout: Duration, connectTimeout: Duration) -> TimerAction {
         self.state.withLock { state in
             guard state.closeReason == nil else { return .none }
             if let sent = state.pingSentAt {

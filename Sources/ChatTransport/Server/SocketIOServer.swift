@@ -26,8 +26,8 @@ public final class SocketIOServer: Transport, Service, Sendable {
     private let registry: Mutex<Registry>
     private let engine = Mutex<ChatService?>(nil)
     let connectionGuard: ConnectionGuard
-    /// The zero of the seconds the rate limiters count in.
-    private let epoch = ContinuousClock.now
+    /// The time sessions, pings and rate limits are measured in.
+    let clock: any MonotonicClock
     /// Refusals of handshakes and connections logged at most once a second each, with a count of the rest.
     private let refusals = RefusalLog()
 
@@ -45,15 +45,17 @@ public final class SocketIOServer: Transport, Service, Sendable {
     }
 
     /// Creates a server and its engine: `makeEngine` builds the engine with this server as its transport, so the
-    /// server never exists without the engine it hands client events to.
+    /// server never exists without the engine it hands client events to. `clock` measures pings, timeouts and
+    /// rate limits (a ``ChatDomain/ManualMonotonicClock`` lets tests move it).
     /// - Throws: ``SocketIOConfigurationError`` naming a setting that is out of range, or what `makeEngine` threw.
     public convenience init(
         configuration: SocketIOConfiguration = SocketIOConfiguration(),
         authenticator: TokenAuthenticator,
         logger: Logger,
+        clock: any MonotonicClock = SystemMonotonicClock(),
         engine makeEngine: (SocketIOServer) throws -> ChatService
     ) throws {
-        try self.init(configuration: configuration, authenticator: authenticator, logger: logger)
+        try self.init(configuration: configuration, authenticator: authenticator, logger: logger, clock: clock)
         let engine = try makeEngine(self)
         self.engine.withLock { $0 = engine }
     }
@@ -61,8 +63,10 @@ public final class SocketIOServer: Transport, Service, Sendable {
     private init(
         configuration: SocketIOConfiguration,
         authenticator: TokenAuthenticator,
-        logger: Logger
+        logger: Logger,
+        clock: any MonotonicClock
     ) throws(SocketIOConfigurationError) {
+        self.clock = clock
         try configuration.validate()
         self.configuration = configuration
         self.authenticator = authenticator
@@ -110,7 +114,7 @@ public final class SocketIOServer: Transport, Service, Sendable {
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 self.timerTick()
-                try? await Task.sleep(for: tick)
+                try? await self.clock.sleep(for: tick)
             }
         }
         let sessions = self.registry.withLock { registry in
@@ -125,7 +129,7 @@ public final class SocketIOServer: Transport, Service, Sendable {
     }
 
     private func timerTick() {
-        let now = ContinuousClock.now
+        let now = self.clock.now()
         let sessions = self.registry.withLock { Array($0.sessions.values) }
         for session in sessions {
             switch session.timerAction(
@@ -302,9 +306,10 @@ public final class SocketIOServer: Transport, Service, Sendable {
             address: address,
             pingInterval: self.configuration.pingInterval,
             maxBufferedBytes: self.configuration.maxBufferedBytes,
-            maxReadBytes: self.configuration.maxPayload
+            maxReadBytes: self.configuration.maxPayload,
+            clock: self.clock
         )
-        let elapsed = ContinuousClock.now - self.epoch
+        let elapsed = self.clock.now()
         let now = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
         let refusal: HandshakeRefusal? = self.registry.withLock { registry in
             guard registry.accepting, registry.sessions.count < self.configuration.maxSessions else { return .serverFull }
