@@ -165,7 +165,7 @@ public struct ChatHTTPAPI: Sendable {
 
     // MARK: Helpers
 
-    /// Runs an engine call; its ``ChatDomain/ChatError`` becomes the matching HTTP status.
+    /// Runs an engine call; its `ChatError` becomes the matching HTTP status.
     private func call<T>(_ body: () async throws(ChatError) -> T) async throws(APIError) -> T {
         do {
             return try await body()

@@ -5,9 +5,9 @@ public import ServiceLifecycle
 import Synchronization
 
 /// A Socket.IO v5 server over Engine.IO v4 (long-polling, WebSocket and the upgrade between them) that stock
-/// Socket.IO clients use unchanged, and the ``ChatDomain/Transport`` of a ``ChatDomain/ChatService``.
+/// Socket.IO clients use unchanged, and the `Transport` of a `ChatService`.
 ///
-/// Create it together with its ``ChatDomain/ChatService`` (built with the server as its transport), mount it on a
+/// Create it together with its `ChatService` (built with the server as its transport), mount it on a
 /// Hummingbird router with ``addRoutes(to:)`` and run both as services (the server runs the ping timer):
 ///
 /// ```swift
@@ -46,7 +46,7 @@ public final class SocketIOServer: Transport, Service, Sendable {
 
     /// Creates a server and its engine: `makeEngine` builds the engine with this server as its transport, so the
     /// server never exists without the engine it hands client events to. `clock` measures pings, timeouts and
-    /// rate limits (a ``ChatDomain/ManualMonotonicClock`` lets tests move it).
+    /// rate limits (a `ManualMonotonicClock` lets tests move it).
     /// - Throws: ``SocketIOConfigurationError`` naming a setting that is out of range, or what `makeEngine` threw.
     public convenience init(
         configuration: SocketIOConfiguration = SocketIOConfiguration(),
@@ -154,7 +154,7 @@ public final class SocketIOServer: Transport, Service, Sendable {
     // MARK: Transport
 
     /// Queues `event` for `connection`, with a Socket.IO acknowledgement id when `acknowledgement` is given.
-    /// - Throws: ``ChatDomain/ChatError`` `connection_closed` when the connection is gone or is not reading (its
+    /// - Throws: `ChatError` `connection_closed` when the connection is gone or is not reading (its
     ///   buffer reached ``SocketIOConfiguration/maxBufferedBytes``; the connection is then closed).
     public func emit(_ event: OutboundEvent, to connection: ConnectionID, acknowledgement: Acknowledgement?) throws {
         guard let session = self.registry.withLock({ $0.connections[connection] }) else {
@@ -187,7 +187,7 @@ public final class SocketIOServer: Transport, Service, Sendable {
         self.registry.withLock { $0.connections[connection] }
     }
 
-    /// Whether `connection`'s client has read most of what it was sent (see ``ChatDomain/Transport/isWritable(_:)``).
+    /// Whether `connection`'s client has read most of what it was sent (see `Transport`).
     public func isWritable(_ connection: ConnectionID) -> Bool {
         self.registry.withLock { $0.connections[connection] }?.isWritable ?? true
     }

@@ -162,7 +162,7 @@ public struct TokenAuthenticator: Sendable {
     }
 
     /// Mints a token for `user` that expires after `lifetime`, with the configured issuer and audience.
-    /// - Throws: ``ChatDomain/ChatError`` `bad_request` when `lifetime` is over ``Configuration/maxLifetime``.
+    /// - Throws: `ChatError` `bad_request` when `lifetime` is over ``Configuration/maxLifetime``.
     public func token(for user: User, lifetime: Duration, now: Date = Date()) async throws(ChatError) -> String {
         if let maxLifetime = self.configuration.maxLifetime, lifetime > maxLifetime {
             throw ChatError(
