@@ -49,7 +49,7 @@ public final class MongoTestServer: OwnedTestServer, @unchecked Sendable {
         }
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         for _ in 0..<5 {
-            let port = Int.random(in: 20_000...40_000)
+            let port = TestServers.freePort()
             let server = MongoTestServer(uri: "mongodb://127.0.0.1:\(port)", isOwn: true, port: port, binary: binary, directory: directory)
             server.persistent = persistent
             if try await server.launch() { return server }

@@ -39,7 +39,7 @@ public final class RedisTestServer: OwnedTestServer, @unchecked Sendable {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("chatd-redis-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         for _ in 0..<5 {
-            let server = RedisTestServer(port: Int.random(in: 20_000...40_000), password: password, directory: directory)
+            let server = RedisTestServer(port: TestServers.freePort(), password: password, directory: directory)
             server.binary = binary
             if try await server.launch() { return server }
         }
@@ -67,7 +67,13 @@ public final class RedisTestServer: OwnedTestServer, @unchecked Sendable {
         let deadline = ContinuousClock.now + .seconds(5)
         while ContinuousClock.now < deadline {
             if !process.isRunning { return false }
-            if (try? self.cli("PING")) == "PONG" { return true }
+            // The server on the port must be this process: a random port may already hold another test's server,
+            // which would answer while this one fails to bind and exits.
+            if (try? self.cli("PING")) == "PONG" {
+                if (try? self.cli("INFO", "server"))?.contains("process_id:\(process.processIdentifier)") == true { return true }
+                if process.isRunning { process.terminate() }
+                return false
+            }
             try await Task.sleep(for: .milliseconds(20))
         }
         process.terminate()

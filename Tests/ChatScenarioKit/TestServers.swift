@@ -16,6 +16,24 @@ public enum TestServers {
         return nil
     }
 
+    /// A loopback TCP port no socket holds right now (the kernel's pick for a socket bound to port 0), for a test
+    /// server to listen on; a random pick could land on another test's server.
+    public static func freePort() -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return Int.random(in: 20_000...30_000) }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        guard bound else { return Int.random(in: 20_000...30_000) }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
     /// Whether the child `pid` exited; reaps it. (Foundation's `Process.isRunning` is not relied on.)
     public static func hasExited(_ pid: Int32) -> Bool {
         var status: Int32 = 0

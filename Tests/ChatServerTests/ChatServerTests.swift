@@ -135,6 +135,23 @@ struct ChatServerTests {
         }
     }
 
+    @Test("/readyz is 200 and degraded while the configured RabbitMQ and Redis cannot be reached; sends still succeed")
+    func readinessDegraded() async throws {
+        let unreachable = ["RABBITMQ_HOST": "127.0.0.1", "RABBITMQ_PORT": "9", "REDIS_HOST": "127.0.0.1", "REDIS_PORT": "9"]
+        try await self.withServer(unreachable) { server, client in
+            let ready = try await client.execute(uri: "/readyz", method: .get)
+            #expect(ready.status == .ok)
+            #expect(Self.json(ready)?["status"] == "degraded")
+            #expect(Self.json(ready)?["components"] == .object(["store": "ok", "queue": "degraded", "presence": "degraded"]))
+            // Degraded is not down: a message is stored and confirmed.
+            let alice = User(id: UserID("alice"), username: "alice")
+            let chat = try await server.engine.createChat(by: alice, participants: ["bob"], name: nil)
+            await server.engine.connect(ConnectionID("c1"), user: alice)
+            let sent = await server.engine.send(SendMessageRequest(chatID: chat.id, content: "stored anyway"), from: ConnectionID("c1"))
+            #expect((try? sent.get()) != nil, "\(sent)")
+        }
+    }
+
     @Test("Settings: a bad value names its variable; a service without JWT_SECRET is refused; the adapters follow the settings")
     func settings() async throws {
         #expect(throws: ChatServerSettings.Invalid.self) { try ChatServerSettings.resolve(environment: ["PORT": "eighty"]) }
