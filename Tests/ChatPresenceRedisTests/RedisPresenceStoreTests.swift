@@ -39,15 +39,16 @@ struct RedisPresenceStoreTests {
     func nodeCrash() async throws {
         try await withRedisServer { server in
             // A TTL long enough for a loaded two-core machine to look up in time, short enough for a test.
-            // (4 s: the suite runs beside the fuzz and load tests on two cores.)
-            let crashing = server.makeStore { $0.presenceTTL = .seconds(4) }
-            let survivor = server.makeStore { $0.presenceTTL = .seconds(4) }
+            // (6 s: the suite runs beside the fuzz and load tests on two cores, right after a clean build in CI,
+            // and 4 s once passed between a registration and the lookup after it.)
+            let crashing = server.makeStore { $0.presenceTTL = .seconds(6) }
+            let survivor = server.makeStore { $0.presenceTTL = .seconds(6) }
             try await crashing.register(Self.record("carol", "c1", on: "node-crash"))
             try await survivor.register(Self.record("dave", "d1", on: "node-ok"))
             #expect(try await survivor.lookup(["carol"])["carol"]?.count == 1)
 
             await crashing.close()  // no unregister, no more heartbeats: a crash
-            let expiry = ContinuousClock.now + .milliseconds(4600)
+            let expiry = ContinuousClock.now + .milliseconds(6600)
             while ContinuousClock.now < expiry {
                 try await survivor.heartbeat(node: "node-ok")
                 try await Task.sleep(for: .milliseconds(400))

@@ -73,7 +73,13 @@ extension SocketIOServer {
         case .connect:
             await self.connect(packet, on: session)
         case .disconnect:
-            // chatd serves one namespace: leaving it ends the session, as the reference server does.
+            // The engine hears of it before the next packet is read (a client that reconnects at once must not
+            // find its old connection still registered), then the session ends: chatd serves one namespace, and
+            // leaving it ends the session, as the reference server does.
+            if let socket = session.detach() {
+                self.unregister(socket)
+                if socket.engineKnows, let service = self.service { await service.disconnect(socket.connection) }
+            }
             self.closeSession(session, reason: "client disconnected", notifyClient: true)
         case .event:
             await self.receiveEvent(packet, on: session)
