@@ -61,6 +61,3 @@ heavy='RabbitMQMessageQueueTests|RabbitMQScenarioTests|FullStackTests|BothModesT
 swift test --skip-build --skip "$heavy"
 log "Running the broker and end-to-end suites, one test at a time"
 swift test --skip-build --filter "$heavy" --no-parallel
-# The DocC catalogs build without a warning (a broken symbol link fails the run).
-log "Building the documentation"
-./scripts/docs.sh
