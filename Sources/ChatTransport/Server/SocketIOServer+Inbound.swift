@@ -36,8 +36,8 @@ extension SocketIOServer {
         }
         // The hot path: a well-formed `message:send` is decoded in one pass; anything else (including every
         // malformed variant) takes the general path below, which says what is wrong.
-        if let (ackID, request) = Self.fastSend(text), let socket = session.socket, let service = self.service {
-            await self.send(request, ackID: ackID, socket: socket, session: session, service: service)
+        if let (ackID, request) = Self.fastSend(text), let socket = session.socket {
+            await self.send(request, ackID: ackID, socket: socket, session: session, service: self.chatService)
             return
         }
         // Binary packets are well-formed Socket.IO that chatd does not take: refused, the connection stays.
@@ -78,7 +78,7 @@ extension SocketIOServer {
             // leaving it ends the session, as the reference server does.
             if let socket = session.detach() {
                 self.unregister(socket)
-                if socket.engineKnows, let service = self.service { await service.disconnect(socket.connection) }
+                if socket.engineKnows { await self.chatService.disconnect(socket.connection) }
             }
             self.closeSession(session, reason: "client disconnected", notifyClient: true)
         case .event:
@@ -99,10 +99,7 @@ extension SocketIOServer {
             self.logger.notice("Socket.IO CONNECT on an already connected session ignored", metadata: ["engineio.session": "\(session.logID)"])
             return
         }
-        guard let service = self.service else {
-            self.refuseConnect(on: session, message: "unavailable", code: "starting", detail: "the server is starting; retry")
-            return
-        }
+        let service = self.chatService
         var token = session.bearerToken
         if case .object(let auth)? = packet.data, let value = auth["token"] {
             guard case .string(let string) = value else {
@@ -172,7 +169,8 @@ extension SocketIOServer {
     // MARK: EVENT
 
     private func receiveEvent(_ packet: SocketIOPacket, on session: EngineSession) async {
-        guard let socket = session.socket, let service = self.service else { return }
+        guard let socket = session.socket else { return }
+        let service = self.chatService
         guard let (name, arguments) = packet.eventNameAndArguments else { return }
         switch name {
         case "message:send":

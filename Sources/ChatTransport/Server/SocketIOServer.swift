@@ -95,8 +95,6 @@ public final class SocketIOServer: Transport, Service, Sendable {
         self.engine.withLock { $0! }
     }
 
-    var service: ChatService? { self.engine.withLock { $0 } }
-
     /// How many Engine.IO sessions are open.
     public var sessionCount: Int { self.registry.withLock { $0.sessions.count } }
 
@@ -372,7 +370,8 @@ public final class SocketIOServer: Transport, Service, Sendable {
         } else {
             self.logger.notice("Engine.IO session closed", metadata: metadata)
         }
-        if let socket, socket.engineKnows, let service = self.service {
+        if let socket, socket.engineKnows {
+            let service = self.chatService
             Task { await service.disconnect(socket.connection) }
         }
     }
