@@ -137,7 +137,7 @@ extension ChatService {
 
     /// Runs a store call; its failure becomes `store_unavailable` (an outage, tracked for health) or
     /// `internal_error` (the store refused it).
-    private func storeCall<T: Sendable>(_ body: () async throws -> T) async throws(ChatError) -> T {
+    func storeCall<T: Sendable>(_ body: () async throws -> T) async throws(ChatError) -> T {
         do {
             let result = try await body()
             self.storeSucceeded()

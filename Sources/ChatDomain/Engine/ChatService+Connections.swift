@@ -199,14 +199,7 @@ extension ChatService {
     /// The chats `user` takes part in; a transport joins their rooms when the user connects.
     /// - Throws: ``ChatError`` `store_unavailable` when the store cannot be reached.
     public func chats(of user: UserID) async throws(ChatError) -> [Chat] {
-        do {
-            let chats = try await self.store.chats(of: user)
-            self.storeSucceeded()
-            return chats
-        } catch {
-            self.storeFailed(error)
-            throw Self.storeError(error)
-        }
+        try await self.storeCall { try await self.store.chats(of: user) }
     }
 }
 
