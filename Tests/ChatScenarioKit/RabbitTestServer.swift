@@ -24,17 +24,41 @@ public final class RabbitTestServer: OwnedTestServer, @unchecked Sendable {
 
     public static let binary = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 
-    /// Starts a node; nil only when RabbitMQ is missing and this is not CI.
+    /// Starts a node; nil only when RabbitMQ is missing and this is not CI. A node that cannot boot (its ports
+    /// taken between the check and its start, or no AMQP within the bound) is stopped, its log printed, and another
+    /// started on other ports, at most three times.
     public static func start() async throws -> RabbitTestServer? {
         guard FileManager.default.isExecutableFile(atPath: Self.binary) else {
             _ = try TestServers.missing("rabbitmq-server is not installed; ./scripts/test.sh installs it (apt package rabbitmq-server)")
             return nil
         }
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("chatd-rabbit-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        let server = RabbitTestServer(port: Int.random(in: 20_000...30_000), directory: directory)
-        try await server.launch()
-        return server
+        var failures: [String] = []
+        for _ in 1...3 {
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("chatd-rabbit-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            let server = RabbitTestServer(port: try Self.freePorts(), directory: directory)
+            do {
+                try await server.launch()
+                return server
+            } catch {
+                failures.append("\(error)")
+                print("RabbitMQ test node did not boot, trying other ports: \(error)")
+                await server.shutDown()
+            }
+        }
+        throw TestServerError("no RabbitMQ test node booted in three attempts: \(failures.joined(separator: "; "))")
+    }
+
+    /// A port for AMQP whose next two (the node's distribution port and its `epmd`) are free too, all below the
+    /// kernel's ephemeral range, where the thousands of connections other suites make leave ports in TIME_WAIT.
+    private static func freePorts() throws -> Int {
+        let end = min(TestServers.ephemeralPortsStart, 65_536) - 3
+        guard end > 20_000 else { throw TestServerError("no port range below the ephemeral ports (\(end + 3)) for RabbitMQ") }
+        for _ in 0..<100 {
+            let port = Int.random(in: 20_000..<end)
+            if (0..<3).allSatisfy({ TestServers.isFree(port: port + $0) }) { return port }
+        }
+        throw TestServerError("no three free consecutive loopback ports between 20000 and \(end + 3) for RabbitMQ")
     }
 
     /// A queue adapter on this node; closed when the test ends.
@@ -53,7 +77,7 @@ public final class RabbitTestServer: OwnedTestServer, @unchecked Sendable {
         environment["RABBITMQ_NODENAME"] = self.nodeName
         environment["RABBITMQ_NODE_IP_ADDRESS"] = "127.0.0.1"
         environment["RABBITMQ_NODE_PORT"] = "\(self.port)"
-        environment["RABBITMQ_DIST_PORT"] = "\(self.port + 10_000)"
+        environment["RABBITMQ_DIST_PORT"] = "\(self.port + 1)"
         environment["RABBITMQ_MNESIA_BASE"] = self.directory.appendingPathComponent("mnesia").path
         environment["RABBITMQ_LOG_BASE"] = self.directory.appendingPathComponent("log").path
         environment["RABBITMQ_PID_FILE"] = self.directory.appendingPathComponent("rabbit.pid").path
@@ -67,7 +91,7 @@ public final class RabbitTestServer: OwnedTestServer, @unchecked Sendable {
         return environment
     }
 
-    private var portMapperPort: Int { self.port + 20_000 }
+    private var portMapperPort: Int { self.port + 2 }
 
     /// Starts the node's own `epmd` in the foreground, as a child of the test process.
     private func startPortMapper() throws {
@@ -97,16 +121,38 @@ public final class RabbitTestServer: OwnedTestServer, @unchecked Sendable {
         configuration.reconnectBackoff = .init(initial: .milliseconds(1), maximum: .milliseconds(1))
         let probe = RabbitMQMessageQueue(configuration: configuration, logger: Logger(label: "probe"))
         let deadline = ContinuousClock.now + .seconds(60)
+        var failure = "did not accept AMQP within 60 s"
         while ContinuousClock.now < deadline {
             if (try? await probe.deadLetterDepth()) != nil {
                 await probe.close()
                 return
             }
+            if let portMapper, TestServers.hasExited(portMapper.processIdentifier) {
+                failure = "its epmd on port \(self.portMapperPort) exited (port taken?)"
+                self.portMapper = nil
+                break
+            }
+            if TestServers.hasExited(process.processIdentifier) {
+                failure = "exited before accepting AMQP"
+                self.process = nil
+                break
+            }
             try await Task.sleep(for: .milliseconds(200))
         }
         await probe.close()
         await self.stop()
-        throw TestServerError("RabbitMQ on port \(self.port) did not accept AMQP within 60 s")
+        throw TestServerError("RabbitMQ on port \(self.port) \(failure); its log ends with:\n\(self.logTail())")
+    }
+
+    /// The last lines of the node's own log, for a node that did not boot.
+    private func logTail(lines: Int = 30) -> String {
+        let logs = self.directory.appendingPathComponent("log")
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: logs.path)) ?? []
+        let text = files.filter { $0.hasSuffix(".log") }.sorted().compactMap { name in
+            try? String(contentsOf: logs.appendingPathComponent(name), encoding: .utf8)
+        }.joined(separator: "\n")
+        let tail = text.split(separator: "\n", omittingEmptySubsequences: false).suffix(lines)
+        return tail.isEmpty ? "(no log written)" : tail.joined(separator: "\n")
     }
 
     /// Kills the node, as a crash would (its durable queues stay on disk: a confirmed persistent message must

@@ -34,6 +34,29 @@ public enum TestServers {
         return Int(UInt16(bigEndian: address.sin_port))
     }
 
+    /// The lowest port of the kernel's ephemeral range (`ip_local_port_range`), from which outgoing connections take
+    /// their local ports; 32768 when it cannot be read.
+    public static var ephemeralPortsStart: Int {
+        let range = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)) ?? ""
+        return range.split(whereSeparator: \.isWhitespace).first.flatMap { Int($0) } ?? 32_768
+    }
+
+    /// Whether a listening socket could bind `port` on loopback right now. Checked without `SO_REUSEADDR`, so a port
+    /// that a closed connection still holds in TIME_WAIT counts as taken: `epmd` refuses such a port ("there is
+    /// already a epmd running"), and a test suite that made thousands of connections leaves many.
+    public static func isFree(port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = UInt16(port).bigEndian
+        return withUnsafePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        }
+    }
+
     /// Whether the child `pid` exited; reaps it. (Foundation's `Process.isRunning` is not relied on.)
     public static func hasExited(_ pid: Int32) -> Bool {
         var status: Int32 = 0
