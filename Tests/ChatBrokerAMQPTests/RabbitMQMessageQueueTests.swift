@@ -4,13 +4,14 @@ import ChatScenarioKit
 import Foundation
 import Testing
 
-/// The RabbitMQ offline queue against a real broker on loopback. One broker per test; tests run one at a time
-/// to keep the two cores for the brokers.
+/// The RabbitMQ offline queue against a real broker on loopback. Tests that stop or restart the broker have a node
+/// of their own; the others (``RabbitMQSharedNodeTests``) share one. Tests run one at a time to keep the two cores
+/// for the brokers.
 @Suite("RabbitMQ offline queue", .serialized)
 struct RabbitMQMessageQueueTests {
-    private static let sender = User(id: "alice", username: "Alice")
+    fileprivate static let sender = User(id: "alice", username: "Alice")
 
-    private static func entries(_ count: Int, for user: UserID = "bob") -> [QueueEntry] {
+    fileprivate static func entries(_ count: Int, for user: UserID = "bob") -> [QueueEntry] {
         let generator = MessageIDGenerator()
         return (0..<count).map { index in
             let message = Message(id: generator.next(), chatID: "c", senderID: "alice", content: "m\(index) ✓", createdAt: Date())
@@ -18,7 +19,7 @@ struct RabbitMQMessageQueueTests {
         }
     }
 
-    private static func drain(_ consumer: any QueueConsumer) async throws -> [QueueDelivery] {
+    fileprivate static func drain(_ consumer: any QueueConsumer) async throws -> [QueueDelivery] {
         var deliveries: [QueueDelivery] = []
         while let delivery = try await consumer.next() { deliveries.append(delivery) }
         return deliveries
@@ -75,12 +76,19 @@ struct RabbitMQMessageQueueTests {
             #expect(try await queue.depth(for: "carol").ready >= 2, "the first entry survived, the new one arrived")
         }
     }
+}
+
+/// The RabbitMQ offline queue's behaviours that need no broker restart: one node for the suite, a virtual host
+/// for each test.
+@Suite("RabbitMQ offline queue on a shared node", .serialized, .sharedRabbitNode)
+struct RabbitMQSharedNodeTests {
+    private typealias Fixtures = RabbitMQMessageQueueTests
 
     @Test("TTL: an undrained entry is dead-lettered and reported expired")
     func ttl() async throws {
-        try await withRabbitServer { server in
-            let queue = server.makeQueue { $0.messageTTL = .seconds(1) }
-            let entries = Self.entries(1, for: "dave")
+        try await withIsolatedRabbitHost { host in
+            let queue = host.makeQueue { $0.messageTTL = .seconds(1) }
+            let entries = Fixtures.entries(1, for: "dave")
             _ = try await queue.enqueue(entries, for: "dave")
             try await Task.sleep(for: .milliseconds(1000))
             await eventually("the entry expired") { (try? await queue.depth(for: "dave").ready) == 0 }
@@ -96,14 +104,14 @@ struct RabbitMQMessageQueueTests {
 
     @Test("Overflow: with max length 10 the 11th enqueue is refused and reported; nothing queued is dropped")
     func overflow() async throws {
-        try await withRabbitServer { server in
-            let queue = server.makeQueue { $0.maxLength = 10 }
-            let entries = Self.entries(11, for: "erin")
+        try await withIsolatedRabbitHost { host in
+            let queue = host.makeQueue { $0.maxLength = 10 }
+            let entries = Fixtures.entries(11, for: "erin")
             let refused = try await queue.enqueue(entries, for: "erin")
             #expect(refused == [entries[10].message.id])
             #expect(try await queue.depth(for: "erin").ready == 10)
             let consumer = try await queue.consumer(for: "erin", prefetch: 20)
-            #expect(try await Self.drain(consumer).map(\.entry) == Array(entries.prefix(10)))
+            #expect(try await Fixtures.drain(consumer).map(\.entry) == Array(entries.prefix(10)))
 
             // On the same broker: delivery events land in message_delivery, confirmed.
             let events = entries.prefix(3).map { DeliveryEvent(messageID: $0.message.id, userID: "erin", status: .sent, timestamp: Date()) }
@@ -114,11 +122,11 @@ struct RabbitMQMessageQueueTests {
 
     @Test("A drain cut off by a closed connection leaves its unacknowledged entries in the queue")
     func interruptedDrain() async throws {
-        try await withRabbitServer { server in
-            let writer = server.makeQueue()
-            let entries = Self.entries(5, for: "frank")
+        try await withIsolatedRabbitHost { host in
+            let writer = host.makeQueue()
+            let entries = Fixtures.entries(5, for: "frank")
             _ = try await writer.enqueue(entries, for: "frank")
-            let reader = server.makeQueue()
+            let reader = host.makeQueue()
             let consumer = try await reader.consumer(for: "frank", prefetch: 5)
             let first = try #require(try await consumer.next())
             try await consumer.ack(first.tag)
@@ -127,7 +135,7 @@ struct RabbitMQMessageQueueTests {
             await reader.close()  // the connection goes away mid-drain
 
             let fresh = try await writer.consumer(for: "frank", prefetch: 5)
-            let rest = try await Self.drain(fresh)
+            let rest = try await Fixtures.drain(fresh)
             #expect(rest.map(\.entry) == Array(entries.dropFirst()))
             #expect(rest.prefix(2).allSatisfy { $0.redelivered })
         }
@@ -143,15 +151,17 @@ func eventually(_ description: String, timeout: Duration = .seconds(20), _ condi
     Issue.record("timed out waiting until \(description)")
 }
 
-/// The product scenarios that any queue can run (the others switch the queue off or move its clock), on one
-/// broker per scenario.
-@Suite("Product scenarios on RabbitMQ", .serialized)
-struct RabbitMQScenarioTests {
-    @Test("The product scenarios pass with the RabbitMQ queue", arguments: ProductScenario.portable)
-    func productScenarios(_ scenario: ProductScenario) async throws {
-        try await withRabbitServer { server in
-            let queue = server.makeQueue()
-            try await scenario.run(queue: { queue })
+extension RabbitMQSharedNodeTests {
+    /// The product scenarios that any queue can run (the others switch the queue off or move its clock), on the
+    /// shared node, each scenario in a virtual host of its own.
+    @Suite("Product scenarios on RabbitMQ", .serialized)
+    struct Scenarios {
+        @Test("The product scenarios pass with the RabbitMQ queue", arguments: ProductScenario.portable)
+        func productScenarios(_ scenario: ProductScenario) async throws {
+            try await withIsolatedRabbitHost { host in
+                let queue = host.makeQueue()
+                try await scenario.run(queue: { queue })
+            }
         }
     }
 }

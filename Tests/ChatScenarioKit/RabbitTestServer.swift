@@ -1,19 +1,23 @@
 public import ChatBrokerAMQP
 import Foundation
 import Logging
-import Testing
+public import Testing
 
 /// A RabbitMQ node of the test's own on loopback ports, with its data in a temporary directory.
 ///
 /// Without rabbitmq-server installed the tests fail in CI (`CI` set) and, run by hand, say why and return early.
 public final class RabbitTestServer: OwnedTestServer, @unchecked Sendable {
-    // Mutable state is only touched by the one test that owns the server, one call at a time.
+    // `process` and `portMapper` are only touched by the one test that owns the server, one call at a time; what
+    // tests sharing a node reach is behind `lock`.
     public let port: Int
     private let directory: URL
     private var process: Process?
     /// The node's own Erlang port mapper, so no shared `epmd` daemon outlives the tests.
     private var portMapper: Process?
     private var queues: [RabbitMQMessageQueue] = []
+    private var handedOutVirtualHosts = 0
+    /// Guards `queues` and `handedOutVirtualHosts`, which the tests sharing a node reach.
+    private let lock = NSLock()
 
     private var nodeName: String { "chatd-test-\(self.port)@localhost" }
 
@@ -61,14 +65,49 @@ public final class RabbitTestServer: OwnedTestServer, @unchecked Sendable {
         throw TestServerError("no three free consecutive loopback ports between 20000 and \(end + 3) for RabbitMQ")
     }
 
-    /// A queue adapter on this node; closed when the test ends.
+    /// A queue adapter on this node; closed when the node is shut down.
     public func makeQueue(_ configure: (inout AMQPQueueConfiguration) -> Void = { _ in }) -> RabbitMQMessageQueue {
         var configuration = AMQPQueueConfiguration(host: "127.0.0.1", port: self.port)
         configuration.reconnectBackoff.maximum = .milliseconds(200)
         configure(&configuration)
         let queue = RabbitMQMessageQueue(configuration: configuration, logger: Logger(label: "amqp"))
-        self.queues.append(queue)
+        self.lock.withLock { self.queues.append(queue) }
         return queue
+    }
+
+    /// The virtual hosts every node has besides `/`, so that tests sharing a node do not see each other's queues.
+    public static let isolatedVirtualHosts = (1...16).map { "isolated-\($0)" }
+
+    /// A virtual host of this node that no other caller got (queues, exchanges and dead letters are per virtual
+    /// host). Throws once all of ``isolatedVirtualHosts`` are handed out.
+    public func isolatedVirtualHost() throws -> String {
+        try self.lock.withLock {
+            guard self.handedOutVirtualHosts < Self.isolatedVirtualHosts.count else {
+                throw TestServerError("all \(Self.isolatedVirtualHosts.count) isolated virtual hosts of the shared node are in use; add more")
+            }
+            defer { self.handedOutVirtualHosts += 1 }
+            return Self.isolatedVirtualHosts[self.handedOutVirtualHosts]
+        }
+    }
+
+    /// Writes the node's configuration: its definitions (loaded at boot) hold the default `guest` user, `/` and
+    /// the isolated virtual hosts, with full permissions on each. A node that loads definitions does not seed the
+    /// default user, hence `guest` here, with its password hashed as RabbitMQ does (SHA-256 of a 4-byte salt, here
+    /// zeros, followed by the password; base64 of salt and digest).
+    private func writeConfiguration() throws {
+        let hosts = ["/"] + Self.isolatedVirtualHosts
+        let definitions: [String: Any] = [
+            "users": [[
+                "name": "guest", "password_hash": "AAAAAPEoQ8a3jY6DABRiJzkoKooQbXiBp2iGLke7d+FVKzJx",
+                "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ["administrator"],
+            ]],
+            "vhosts": hosts.map { ["name": $0] },
+            "permissions": hosts.map { ["user": "guest", "vhost": $0, "configure": ".*", "write": ".*", "read": ".*"] },
+        ]
+        let definitionsFile = self.directory.appendingPathComponent("definitions.json")
+        try JSONSerialization.data(withJSONObject: definitions).write(to: definitionsFile)
+        let configuration = "definitions.import_backend = local_filesystem\ndefinitions.local.path = \(definitionsFile.path)\n"
+        try Data(configuration.utf8).write(to: self.directory.appendingPathComponent("rabbitmq.conf"))
     }
 
     private var environment: [String: String] {
@@ -109,6 +148,7 @@ public final class RabbitTestServer: OwnedTestServer, @unchecked Sendable {
     /// Starts the node and waits (at most 60 s) until it accepts AMQP and a queue adapter can use it.
     private func launch() async throws {
         try self.startPortMapper()
+        try self.writeConfiguration()
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.binary)
         process.environment = self.environment
@@ -171,8 +211,11 @@ public final class RabbitTestServer: OwnedTestServer, @unchecked Sendable {
     }
 
     public func shutDown() async {
-        for queue in self.queues { await queue.close() }
-        self.queues = []
+        let queues = self.lock.withLock {
+            defer { self.queues = [] }
+            return self.queues
+        }
+        for queue in queues { await queue.close() }
         await self.stop()
         if let portMapper {
             await TestServers.stopTree(portMapper.processIdentifier)
@@ -188,3 +231,67 @@ public func withRabbitServer(_ body: (RabbitTestServer) async throws -> Void) as
     try await withTestServer({ try await RabbitTestServer.start() }, body)
 }
 
+
+/// A suite trait: one RabbitMQ node for every test of the suite, booted before the first and stopped after the last
+/// (a boot takes a core for 7–15 s). Tests reach it as ``SharedRabbitNode/current`` and keep apart by taking a
+/// virtual host each (``RabbitTestServer/isolatedVirtualHost()``); a test that stops or restarts its broker needs a
+/// node of its own (``withRabbitServer(_:)``).
+public struct SharedRabbitNode: SuiteTrait, TestScoping {
+    /// What a suite with this trait provides to its tests.
+    public struct Scope: Sendable {
+        /// The suite's node; nil when RabbitMQ is missing and this is not CI (the skip was printed).
+        public let server: RabbitTestServer?
+    }
+
+    /// The scope of the suite being run; nil outside a suite with this trait.
+    @TaskLocal public static var current: Scope?
+
+    public var isRecursive: Bool { false }
+
+    public func provideScope(
+        for test: Test,
+        testCase: Test.Case?,
+        performing function: @Sendable () async throws -> Void
+    ) async throws {
+        guard let server = try await RabbitTestServer.start() else {
+            try await Self.$current.withValue(Scope(server: nil)) { try await function() }
+            return
+        }
+        do {
+            try await Self.$current.withValue(Scope(server: server)) { try await function() }
+        } catch {
+            await server.shutDown()
+            throw error
+        }
+        await server.shutDown()
+    }
+}
+
+extension Trait where Self == SharedRabbitNode {
+    /// One RabbitMQ node for the whole suite; see ``SharedRabbitNode``.
+    public static var sharedRabbitNode: Self { SharedRabbitNode() }
+}
+
+/// A virtual host of its own on the suite's shared node, for one test.
+public struct IsolatedRabbitHost: Sendable {
+    public let server: RabbitTestServer
+    public let virtualHost: String
+
+    /// A queue adapter in this virtual host; closed when the node is shut down.
+    public func makeQueue(_ configure: (inout AMQPQueueConfiguration) -> Void = { _ in }) -> RabbitMQMessageQueue {
+        self.server.makeQueue {
+            $0.virtualHost = self.virtualHost
+            configure(&$0)
+        }
+    }
+}
+
+/// Runs `body` with a virtual host of its own on the suite's shared node (``SharedRabbitNode``); returns at once
+/// when RabbitMQ is missing and this is not CI.
+public func withIsolatedRabbitHost(_ body: (IsolatedRabbitHost) async throws -> Void) async throws {
+    guard let scope = SharedRabbitNode.current else {
+        throw TestServerError("no shared RabbitMQ node here: give the suite the .sharedRabbitNode trait")
+    }
+    guard let server = scope.server else { return }
+    try await body(IsolatedRabbitHost(server: server, virtualHost: try server.isolatedVirtualHost()))
+}
