@@ -5,6 +5,8 @@
 #
 #   ./scripts/bench.sh            # the whole suite (about 15 minutes after the builds)
 #   ./scripts/bench.sh quick      # one repetition, embedded only, smaller counts (a smoke run; writes nothing)
+#   ./scripts/bench.sh embedded   # the embedded half of the suite, three repetitions (prints; writes nothing)
+#   CHATD=/tmp/chatd-before ./scripts/bench.sh embedded   # the same against another chatd binary
 #   ./scripts/bench.sh micro      # the micro-benchmarks (ordo-one/benchmark): codec, JSON, engine
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +22,7 @@ if [ "$mode" = micro ]; then
     exec swift package --disable-sandbox benchmark --target ChatMicro
 fi
 
-if [ "$mode" != quick ]; then
+if [ "$mode" = full ]; then
     for package in redis-server rabbitmq-server python3-venv; do
         dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing="${missing:-} $package"
     done
@@ -32,9 +34,15 @@ if [ "$mode" != quick ]; then
     [ -x .venv/bin/python ] || python3 -m venv .venv
     [ -x .venv/bin/nx-27017 ] || .venv/bin/pip install --quiet nx-27017
 fi
-log "Building chatd and chatd-load (release)"
-swift build -c release --product chatd >&2
-chatd="$root/.build/release/chatd"
+# CHATD=<path> measures that binary instead of building this tree's (for a before/after comparison).
+if [ -n "${CHATD:-}" ]; then
+    chatd=$CHATD
+else
+    log "Building chatd (release)"
+    swift build -c release --product chatd >&2
+    chatd="$root/.build/release/chatd"
+fi
+log "Building chatd-load (release)"
 (cd Benchmarks/Suite && swift build -c release --product chatd-load >&2)
 load="$root/Benchmarks/Suite/.build/release/chatd-load"
 
@@ -52,18 +60,20 @@ results="$work/results.jsonl"
 wait_port() { for _ in $(seq 1 600); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
 
 start_services() {
-    redis_port=$((21000 + RANDOM % 5000)); mongo_port=$((26000 + RANDOM % 3000)); rabbit_port=$((30000 + RANDOM % 2000))
+    # Every port below the kernel's ephemeral range (32768 and up), where closed connections linger in TIME_WAIT:
+    # epmd refuses a port in that state.
+    redis_port=$((21000 + RANDOM % 2000)); mongo_port=$((23000 + RANDOM % 2000)); rabbit_port=$((25000 + RANDOM % 2000))
     redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" --logfile "$work/redis.log" --daemonize no >/dev/null 2>&1 &
     pids+=($!)
     .venv/bin/nx-27017 --host 127.0.0.1 -p "$mongo_port" --db memory --log-file "$work/nx.log" --pid-file "$work/nx.pid" >/dev/null 2>&1 &
     pids+=($!)
     # The node's own Erlang port mapper, started here so that it is stopped with the rest.
-    epmd_port=$((rabbit_port + 20000))
+    epmd_port=$((rabbit_port + 4000))
     epmd -port "$epmd_port" -address 127.0.0.1 >/dev/null 2>&1 &
     pids+=($!)
     (
         export ERL_EPMD_PORT="$epmd_port" HOME="$work/rabbit" RABBITMQ_NODENAME="chatd-bench-$rabbit_port@localhost" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
-            RABBITMQ_NODE_PORT="$rabbit_port" RABBITMQ_DIST_PORT=$((rabbit_port + 10000)) RABBITMQ_MNESIA_BASE="$work/rabbit/mnesia" \
+            RABBITMQ_NODE_PORT="$rabbit_port" RABBITMQ_DIST_PORT=$((rabbit_port + 2000)) RABBITMQ_MNESIA_BASE="$work/rabbit/mnesia" \
             RABBITMQ_LOG_BASE="$work/rabbit/log" RABBITMQ_PID_FILE="$work/rabbit/rabbit.pid" \
             RABBITMQ_ENABLED_PLUGINS_FILE="$work/rabbit/plugins" RABBITMQ_CONFIG_FILE="$work/rabbit/rabbitmq"
         mkdir -p "$HOME"
@@ -130,7 +140,7 @@ run() {
 reps=3
 [ "$mode" = quick ] && reps=1
 for rep in $(seq 1 "$reps"); do run embedded "$rep"; done
-if [ "$mode" != quick ]; then
+if [ "$mode" = full ]; then
     log "Starting RabbitMQ, Redis and nx-27017 on loopback"
     start_services
     for rep in $(seq 1 "$reps"); do run full "$rep"; done
@@ -139,7 +149,7 @@ fi
 machine="$(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr)"
 table=$(python3 "$root/scripts/bench-table.py" "$results" "$machine" "$(date -u +%Y-%m-%d)" "./scripts/bench.sh")
 echo "$table"
-if [ "$mode" != quick ]; then
+if [ "$mode" = full ]; then
     python3 - "$root/Docs/PERFORMANCE.md" "$table" <<'PY'
 import re, sys
 path, table = sys.argv[1], sys.argv[2]
