@@ -148,6 +148,7 @@ func eventually(_ description: String, timeout: Duration = .seconds(20), _ condi
         if await condition() { return }
         try? await Task.sleep(for: .milliseconds(50))
     }
+    if await condition() { return }
     Issue.record("timed out waiting until \(description)")
 }
 

@@ -56,7 +56,7 @@ struct RedisPresenceStoreTests {
             let online = try await survivor.lookup(["carol", "dave"])
             #expect(online["carol"] == [], "offline once the crashed node's heartbeat expired")
             #expect(online["dave"]?.count == 1, "a node that heartbeats keeps its users")
-            #expect(try server.cli("HLEN", "chatd:presence:user:carol") == "0", "the dead entry was removed")
+            #expect(try await server.cli("HLEN", "chatd:presence:user:carol") == "0", "the dead entry was removed")
         }
     }
 
@@ -80,10 +80,10 @@ struct RedisPresenceStoreTests {
             for user in users.prefix(500) { try await store.register(Self.record(user, ConnectionID("c-\(user)"), on: "n")) }
 
             let tripsBefore = try await store.roundTripCount()
-            let scriptCallsBefore = try server.calls(of: "evalsha")
+            let scriptCallsBefore = try await server.calls(of: "evalsha")
             let online = try await store.lookup(users)
             #expect(try await store.roundTripCount() - tripsBefore == 1)
-            #expect(try server.calls(of: "evalsha") - scriptCallsBefore == 1)
+            #expect(try await server.calls(of: "evalsha") - scriptCallsBefore == 1)
             #expect(online.count == 1000)
             #expect(online.values.count { $0.count == 1 } == 500)
         }
@@ -109,7 +109,7 @@ struct RedisPresenceStoreTests {
             }
 
             try await server.restart()
-            #expect(try server.cli("EXISTS", "chatd:presence:user:frank") == "0", "Redis lost everything")
+            #expect(try await server.cli("EXISTS", "chatd:presence:user:frank") == "0", "Redis lost everything")
             await eventually("the store reconnects by itself") { (try? await store.heartbeat(node: "node-1")) != nil }
             let online = try await store.lookup(["frank"])
             #expect(online["frank"]?.map(\.connectionID) == ["f1"], "registered again without calling register")

@@ -66,29 +66,41 @@ public final class RedisTestServer: OwnedTestServer, @unchecked Sendable {
         self.process = process
         let deadline = ContinuousClock.now + .seconds(5)
         while ContinuousClock.now < deadline {
-            if !process.isRunning { return false }
+            if TestServers.hasExited(process.processIdentifier) {
+                self.process = nil
+                return false
+            }
             // The server on the port must be this process: a random port may already hold another test's server,
             // which would answer while this one fails to bind and exits.
-            if (try? self.cli("PING")) == "PONG" {
-                if (try? self.cli("INFO", "server"))?.contains("process_id:\(process.processIdentifier)") == true { return true }
-                if process.isRunning { process.terminate() }
+            if (try? await self.cli("PING")) == "PONG" {
+                if (try? await self.cli("INFO", "server"))?.contains("process_id:\(process.processIdentifier)") == true { return true }
+                await self.kill()
                 return false
             }
             try await Task.sleep(for: .milliseconds(20))
         }
-        process.terminate()
+        await self.kill()
         throw TestServerError("redis-server on port \(self.port) did not answer PING within 5 s")
+    }
+
+    /// Kills the process and reaps it. SIGKILL, since a child can inherit a signal mask that blocks SIGTERM (it
+    /// did: servers that ignored `terminate()` outlived their tests).
+    private func kill() async {
+        guard let process else { return }
+        await TestServers.stopTree(process.processIdentifier)
+        self.process = nil
     }
 
     /// Stops the server (its data is gone: it persists nothing) and waits, at most 5 s, until it no longer answers.
     public func stop() async {
         guard self.process != nil else { return }
-        _ = try? self.cli("SHUTDOWN", "NOSAVE")
+        _ = try? await self.cli("SHUTDOWN", "NOSAVE")
         let deadline = ContinuousClock.now + .seconds(5)
-        while ContinuousClock.now < deadline, (try? self.cli("PING")) == "PONG" {
+        while ContinuousClock.now < deadline, (try? await self.cli("PING")) == "PONG" {
             try? await Task.sleep(for: .milliseconds(10))
         }
-        self.process = nil
+        // Reaped, and killed if SHUTDOWN did not end it.
+        await self.kill()
     }
 
     /// A presence store on this server; closed when the test ends.
@@ -116,25 +128,28 @@ public final class RedisTestServer: OwnedTestServer, @unchecked Sendable {
         guard try await self.launch() else { throw TestServerError("redis-server could not restart on port \(self.port)") }
     }
 
-    /// Runs one command through redis-cli and returns its output, trimmed.
-    public func cli(_ arguments: String...) throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/redis-cli")
+    /// Runs one command through redis-cli and returns its output, trimmed; waits on a thread of its own.
+    public func cli(_ arguments: String...) async throws -> String {
         var all = ["-p", "\(self.port)", "--no-auth-warning"]
         if let password { all += ["-a", password] }
-        process.arguments = all + arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = Pipe()
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        all += arguments
+        return try await TestServers.offPool { [all] in
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/redis-cli")
+            process.arguments = all
+            let pipe = Pipe()
+            process.standardOutput = pipe
+            process.standardError = Pipe()
+            try process.run()
+            let data = pipe.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        }
     }
 
     /// How many times Redis ran `command` (from INFO commandstats).
-    public func calls(of command: String) throws -> Int {
-        let info = try self.cli("INFO", "commandstats")
+    public func calls(of command: String) async throws -> Int {
+        let info = try await self.cli("INFO", "commandstats")
         guard let line = info.split(whereSeparator: \.isNewline).first(where: { $0.hasPrefix("cmdstat_\(command):") }),
             let field = line.split(separator: ",").first(where: { $0.contains("calls=") }),
             let value = Int(field.split(separator: "=").last ?? "")

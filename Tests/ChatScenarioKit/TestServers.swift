@@ -57,6 +57,14 @@ public enum TestServers {
         }
     }
 
+    /// Runs `work`, which blocks (a child process it waits for), on a thread of its own, so that it never holds one
+    /// of the cooperative pool's threads (two here: two blocked ones stall every test of the process).
+    public static func offPool<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+            Thread { continuation.resume(with: Result(catching: work)) }.start()
+        }
+    }
+
     /// Whether the child `pid` exited; reaps it. (Foundation's `Process.isRunning` is not relied on.)
     public static func hasExited(_ pid: Int32) -> Bool {
         var status: Int32 = 0

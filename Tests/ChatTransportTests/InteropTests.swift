@@ -26,7 +26,7 @@ struct InteropTests {
 
     @Test("Two users exchange messages with and without acks", arguments: [0, 1, 2])
     func exchange(transport index: Int) async throws {
-        guard try PythonClient.available() else { return }
+        guard try await PythonClient.available() else { return }
         let (name, transports) = Self.transports[index]
         try await withLiveServer { live in
             var extra: [String: JSONValue] = [:]
@@ -51,7 +51,7 @@ struct InteropTests {
 
     @Test("The exact bytes that once crashed the server, over polling and WebSocket, are refused; it keeps serving")
     func crashBytes() async throws {
-        guard try PythonClient.available() else { return }
+        guard try await PythonClient.available() else { return }
         try await withLiveServer { live in
             let outcome = try await PythonClient.run("crash-bytes", config: try await self.config(live))
             #expect(outcome.succeeded, "\(outcome.report)")
@@ -61,7 +61,7 @@ struct InteropTests {
 
     @Test("Over WebSocket a packet that breaks the protocol closes the session after saying why; application errors keep it")
     func malformedClosesWebSocket() async throws {
-        guard try PythonClient.available() else { return }
+        guard try await PythonClient.available() else { return }
         try await withLiveServer { live in
             let outcome = try await PythonClient.run("malformed", config: try await self.config(live))
             #expect(outcome.succeeded, "\(outcome.report)")
@@ -73,7 +73,7 @@ struct InteropTests {
 
     @Test("Upgrade edges: the probe's noop goes to the pending poll only; a second WebSocket is accepted and closed")
     func upgradeEdges() async throws {
-        guard try PythonClient.available() else { return }
+        guard try await PythonClient.available() else { return }
         try await withLiveServer { live in
             let outcome = try await PythonClient.run("upgrade-edges", config: try await self.config(live))
             #expect(outcome.succeeded, "\(outcome.report)")
@@ -84,7 +84,7 @@ struct InteropTests {
 
     @Test("Missing, malformed, forged and expired tokens get CONNECT_ERROR unauthorized with a reason code")
     func authenticationFailures() async throws {
-        guard try PythonClient.available() else { return }
+        guard try await PythonClient.available() else { return }
         try await withLiveServer { live in
             let forger = try await TokenAuthenticator(secret: "another-secret-0123456789abcdef-0123")
             let forged = try await forger.token(for: Harness.alice, lifetime: .seconds(3600))
@@ -114,7 +114,7 @@ struct InteropTests {
 
     @Test("Unknown events, non-object payloads and wrong types get message:error bad_request; the socket stays up")
     func badRequests() async throws {
-        guard try PythonClient.available() else { return }
+        guard try await PythonClient.available() else { return }
         try await withLiveServer { live in
             let outcome = try await PythonClient.run("bad-requests", config: try await self.config(live))
             #expect(outcome.succeeded, "\(outcome.report)")
@@ -131,7 +131,7 @@ struct InteropTests {
 
     @Test("user:reconnected delivers what was queued while the client was away", arguments: [0, 1, 2])
     func reconnect(transport index: Int) async throws {
-        guard try PythonClient.available() else { return }
+        guard try await PythonClient.available() else { return }
         let (name, transports) = Self.transports[index]
         try await withLiveServer { live in
             var extra: [String: JSONValue] = [:]
@@ -151,7 +151,7 @@ struct InteropTests {
 
     @Test("A client that stops answering pings is closed, and the engine sees it leave")
     func pingTimeout() async throws {
-        guard try PythonClient.available() else { return }
+        guard try await PythonClient.available() else { return }
         var socketIO = SocketIOConfiguration()
         socketIO.pingInterval = .milliseconds(300)
         socketIO.pingTimeout = .milliseconds(300)
@@ -166,7 +166,7 @@ struct InteropTests {
 
     @Test("A frame or POST over maxPayload closes only that session")
     func oversizedPayload() async throws {
-        guard try PythonClient.available() else { return }
+        guard try await PythonClient.available() else { return }
         var socketIO = SocketIOConfiguration()
         socketIO.maxPayload = 100_000
         try await withLiveServer(socketIO: socketIO) { live in
@@ -187,7 +187,7 @@ struct InteropTests {
 struct HostileInputTests {
     @Test("10,000 random and mutated packets: no crash, bystanders unaffected, memory bounded")
     func hostilePackets() async throws {
-        guard try PythonClient.available() else { return }
+        guard try await PythonClient.available() else { return }
         try await withLiveServer { live in
             let before = Self.residentBytes()
             var config: [String: JSONValue] = [

@@ -121,22 +121,25 @@ enum PythonClient {
     }
 
     /// Whether the client is installed; run by hand without it the caller skips (and says so), in CI it fails.
-    static func available() throws -> Bool {
-        let ready = FileManager.default.isExecutableFile(atPath: self.python.path)
-            && self.check("import socketio, websocket, requests")
-        if ready { return true }
+    static func available() async throws -> Bool {
+        if FileManager.default.isExecutableFile(atPath: self.python.path), await self.check("import socketio, websocket, requests") {
+            return true
+        }
         return try TestServers.missing("python-socketio is not installed in .venv; run ./scripts/test.sh once") != nil
     }
 
-    private static func check(_ code: String) -> Bool {
-        let process = Process()
-        process.executableURL = self.python
-        process.arguments = ["-c", code]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        guard (try? process.run()) != nil else { return false }
-        process.waitUntilExit()
-        return process.terminationStatus == 0
+    private static func check(_ code: String) async -> Bool {
+        let python = self.python
+        return (try? await TestServers.offPool {
+            let process = Process()
+            process.executableURL = python
+            process.arguments = ["-c", code]
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            process.waitUntilExit()
+            return process.terminationStatus == 0
+        }) == true
     }
 
     /// Runs one scenario of `interop.py` with `config` and waits for it (at most `timeout`).

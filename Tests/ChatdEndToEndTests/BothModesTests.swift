@@ -209,7 +209,7 @@ struct BothModesTests {
         if service == .redis, let redis = stack.redis {
             // The node wrote its connections again: both users are present in Redis.
             try await eventually("Redis to know \(a) and \(b) again", timeout: .seconds(15)) {
-                let keys = try redis.cli("KEYS", "*")
+                let keys = try await redis.cli("KEYS", "*")
                 return keys.contains(a) && keys.contains(b)
             }
         }
