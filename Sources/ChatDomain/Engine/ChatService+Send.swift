@@ -90,20 +90,31 @@ extension ChatService {
         // Issued in the same actor turn as the id, so tickets follow id order.
         let ticket = self.sequencer.issue()
         self.unrouted.insert(message.id)
-        async let presence = self.lookupPresence(recipients)
+        // Presence is asked only about recipients this node holds no connection of (alongside the insert); the
+        // others are pushed to here whatever it says.
+        let elsewhere = recipients.filter { self.lanes[$0]?.connections.isEmpty ?? true }
+        let inserted: Result<InsertOutcome, any Error>
+        let online: [UserID: [PresenceRecord]]?
+        if elsewhere.isEmpty {
+            inserted = await self.insert(message, pendingFor: recipients)
+            online = [:]
+        } else {
+            async let presence = self.lookupPresence(elsewhere)
+            inserted = await self.insert(message, pendingFor: recipients)
+            online = await presence
+        }
         let outcome: InsertOutcome
-        do {
-            outcome = try await self.store.insert(message, pendingFor: recipients)
+        switch inserted {
+        case .success(let value):
+            outcome = value
             self.storeSucceeded()
-        } catch {
+        case .failure(let error):
             self.storeFailed(error)
             self.finishTicket(ticket, message: message.id)
-            _ = await presence
             return .failure(Self.storeError(error))
         }
         if case .duplicate(let first) = outcome {
             self.finishTicket(ticket, message: message.id)
-            _ = await presence
             guard first.isSameSend(as: message) else {
                 // A reused key with other content is a client bug; answering with the first message would drop
                 // this one silently.
@@ -118,7 +129,6 @@ extension ChatService {
             )
             return .success(MessageSent(messageID: first.id, chatID: first.chatID, timestamp: first.createdAt, clientMessageID: first.clientMessageID))
         }
-        let online = await presence
         await self.waitForTurn(ticket)
         let flushers = self.route(message, from: sender, to: recipients, presence: online)
         self.finishTicket(ticket, message: message.id)
@@ -128,6 +138,14 @@ extension ChatService {
             await self.runEnqueueFlusher(for: recipient)
         }
         return .success(MessageSent(messageID: message.id, chatID: message.chatID, timestamp: message.createdAt, clientMessageID: message.clientMessageID))
+    }
+
+    private func insert(_ message: Message, pendingFor recipients: [UserID]) async -> Result<InsertOutcome, any Error> {
+        do {
+            return .success(try await self.store.insert(message, pendingFor: recipients))
+        } catch {
+            return .failure(error)
+        }
     }
 
     /// Charges one message and its fan-out to `sender`; the error when either limit is exhausted.
@@ -155,6 +173,8 @@ extension ChatService {
     ) -> [UserID] {
         var flushers: [UserID] = []
         let now = self.wallClock.now()
+        // Encoded once for every recipient that is pushed to.
+        var received: PreparedEvent?
         for recipient in recipients {
             let entry = QueueEntry(message: message, sender: sender, recipient: recipient, enqueuedAt: now)
             var lane = self.lanes[recipient, default: RecipientLane()]
@@ -162,12 +182,9 @@ extension ChatService {
             self.lanes[recipient] = lane
             switch route {
             case .push(let connections):
-                let received = OutboundEvent.messageReceived(ReceivedMessage(message: message, sender: sender, isNew: true))
-                let attempt = self.emit(received, to: connections)
-                self.submit { [self] in
-                    let confirmed = await attempt.isConfirmed()
-                    await self.livePushSettled(message.id, for: recipient, confirmed: confirmed)
-                }
+                let event = received ?? self.transport.prepare(.messageReceived(ReceivedMessage(message: message, sender: sender, isNew: true)))
+                received = event
+                self.push(event, message: message.id, to: recipient, connections: connections)
             case .enqueue(let startFlusher):
                 if let records = presence?[recipient], records.contains(where: { $0.nodeID != self.configuration.nodeID }) {
                     // Routing to another node's socket is not built yet; its user catches up from the queue.
@@ -182,8 +199,84 @@ extension ChatService {
         return flushers
     }
 
+    /// Emits a live message to the connections of `recipient`; its confirmation (the first client acknowledgement,
+    /// or the write itself) arrives later as a settlement, without a task waiting for it.
+    private func push(_ event: PreparedEvent, message: MessageID, to recipient: UserID, connections: [ConnectionID]) {
+        guard case .clientAcknowledgement = self.configuration.deliveryConfirmation else {
+            var written = false
+            for connection in connections {
+                do {
+                    try self.transport.emit(event, to: connection, acknowledgement: nil)
+                    written = true
+                } catch {
+                    self.emitFailed(event.event, to: connection, error)
+                }
+            }
+            self.pushSettled(message, for: recipient, confirmed: written)
+            return
+        }
+        let confirmation = PushConfirmation(connections: connections.count) { [self] confirmed in
+            self.pushSettled(message, for: recipient, confirmed: confirmed)
+        }
+        for connection in connections {
+            let acknowledgement = Acknowledgement(onCompletion: confirmation.record)
+            do {
+                try self.transport.emit(event, to: connection, acknowledgement: acknowledgement)
+                self.acknowledgementDeadlines?.register(acknowledgement)
+            } catch {
+                self.emitFailed(event.event, to: connection, error)
+                acknowledgement.fail(ChatError(.connectionClosed, "the event could not be written"))
+            }
+        }
+    }
+
+    private func emitFailed(_ event: OutboundEvent, to connection: ConnectionID, _ error: any Error) {
+        self.logger.debug(
+            "Emit to connection failed",
+            metadata: ["chat.connection.id": "\(connection)", "event": "\(event.name)", "error": "\(error)"]
+        )
+    }
+
+    /// A live push was confirmed or not: buffered, and applied in one engine turn with the others that arrive
+    /// meanwhile. Called from any thread (the transport completes acknowledgements on its own).
+    nonisolated func pushSettled(_ message: MessageID, for recipient: UserID, confirmed: Bool) {
+        let schedule = self.settlements.withLock { buffer in
+            buffer.items.append(PushSettlement(messageID: message, recipient: recipient, confirmed: confirmed))
+            defer { buffer.scheduled = true }
+            return !buffer.scheduled
+        }
+        if schedule {
+            // When the engine is shutting down this fails and the settlements wait for `run()`'s last step.
+            self.submit { [self] in await self.applySettlements(runFlushers: false) }
+        }
+    }
+
+    /// Applies the buffered settlements; the enqueue flushers they start run as jobs of their own, or here when
+    /// `runFlushers` is set (at shutdown, when no job runs any more).
+    func applySettlements(runFlushers: Bool) async {
+        let items = self.settlements.withLock { buffer in
+            defer {
+                buffer.items = []
+                buffer.scheduled = false
+            }
+            return buffer.items
+        }
+        var flushers: [UserID] = []
+        for item in items where self.settleLivePush(item.messageID, for: item.recipient, confirmed: item.confirmed) {
+            flushers.append(item.recipient)
+        }
+        for recipient in flushers {
+            if runFlushers {
+                await self.runEnqueueFlusher(for: recipient)
+            } else {
+                self.submit { [self] in await self.runEnqueueFlusher(for: recipient) }
+            }
+        }
+    }
+
     /// Emits `event` to `connections` and returns the attempt whose confirmation decides delivery.
     func emit(_ event: OutboundEvent, to connections: [ConnectionID]) -> DeliveryAttempt {
+        let event = self.transport.prepare(event)
         var acknowledgements: [Acknowledgement] = []
         var written = 0
         for connection in connections {
@@ -197,18 +290,16 @@ extension ChatService {
                     self.acknowledgementDeadlines?.register(acknowledgement)
                 }
             } catch {
-                self.logger.debug(
-                    "Emit to connection failed",
-                    metadata: ["chat.connection.id": "\(connection)", "event": "\(event.name)", "error": "\(error)"]
-                )
+                self.emitFailed(event.event, to: connection, error)
             }
         }
         return DeliveryAttempt(confirmation: self.configuration.deliveryConfirmation, written: written, acknowledgements: acknowledgements)
     }
 
     /// A live push was confirmed or not; records deliveries and hands unconfirmed messages to the offline path.
-    func livePushSettled(_ messageID: MessageID, for recipient: UserID, confirmed: Bool) async {
-        guard var lane = self.lanes[recipient] else { return }
+    /// Returns whether the caller must run the recipient's enqueue flusher.
+    private func settleLivePush(_ messageID: MessageID, for recipient: UserID, confirmed: Bool) -> Bool {
+        guard var lane = self.lanes[recipient] else { return false }
         let now = self.wallClock.now()
         let resolution = lane.resolvePush(messageID, confirmed: confirmed, now: now)
         self.lanes[recipient] = lane
@@ -228,10 +319,8 @@ extension ChatService {
                 metadata: ["chat.user.id": "\(recipient)", "chat.message.count": "\(resolution.requeued.count)"]
             )
         }
-        if resolution.startFlusher {
-            await self.runEnqueueFlusher(for: recipient)
-        }
         self.removeLaneIfIdle(recipient)
+        return resolution.startFlusher
     }
 
     /// Writes `recipient`'s buffered queue entries, batch after batch, in order, until none are left. Entries the

@@ -1,6 +1,7 @@
 import Foundation
 public import Logging
 public import ServiceLifecycle
+import Synchronization
 
 /// The delivery engine: accepts messages, delivers them live or through the offline path, and catches
 /// reconnecting users up, through the four ports.
@@ -66,6 +67,8 @@ public actor ChatService: Service {
     /// The one timer behind every client acknowledgement's timeout.
     let acknowledgementDeadlines: AcknowledgementDeadlines?
     let eventWriter: BatchWriter<DeliveryEvent>
+    /// Live pushes confirmed or not, waiting for the engine's next turn (see `pushSettled`).
+    let settlements = Mutex(SettlementBuffer())
     private let jobs: AsyncStream<Job>
     private let jobsContinuation: AsyncStream<Job>.Continuation
 
@@ -157,6 +160,9 @@ public actor ChatService: Service {
             // Outstanding confirmations fail on cancellation and hand their messages to the offline path.
             group.cancelAll()
         }
+        // No job runs any more: the settlements that came last (acknowledgements failed by the shutdown) are
+        // applied here, their enqueue flushers included.
+        await self.applySettlements(runFlushers: true)
         self.markWriter.finish()
         self.eventWriter.finish()
     }
@@ -187,13 +193,16 @@ public actor ChatService: Service {
         self.lanes[user]?.connections ?? []
     }
 
-    /// Runs `job` in ``run()``'s task group.
-    nonisolated func submit(_ job: @escaping Job) {
+    /// Runs `job` in ``run()``'s task group; false when the engine is shutting down and the job will not run.
+    @discardableResult
+    nonisolated func submit(_ job: @escaping Job) -> Bool {
         if case .terminated = self.jobsContinuation.yield(job) {
-            // Shutting down: nobody waits for this confirmation. The message stays pending in the store for its
-            // recipient, who is caught up from there on their next reconnect.
-            self.logger.debug("Engine is shutting down; confirmation left to the next catch-up")
+            // Shutting down: the job's work is left to run()'s last step, or, at worst, to the recipient's next
+            // catch-up (every message stays pending in the store until confirmed).
+            self.logger.debug("Engine is shutting down; work left to the shutdown or the next catch-up")
+            return false
         }
+        return true
     }
 
     func removeLaneIfIdle(_ user: UserID) {
@@ -201,4 +210,17 @@ public actor ChatService: Service {
             self.lanes[user] = nil
         }
     }
+}
+
+/// A live push's outcome, waiting to be applied to its recipient's lane.
+struct PushSettlement: Sendable {
+    var messageID: MessageID
+    var recipient: UserID
+    var confirmed: Bool
+}
+
+/// Settlements buffered between engine turns; `scheduled` while a job to apply them is on its way.
+struct SettlementBuffer: Sendable {
+    var items: [PushSettlement] = []
+    var scheduled = false
 }

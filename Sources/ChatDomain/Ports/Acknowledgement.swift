@@ -10,9 +10,18 @@ public final class Acknowledgement: Sendable {
     }
 
     private let state = Mutex<State>(.pending(nil))
+    private let onCompletion: (@Sendable (_ acknowledged: Bool) -> Void)?
 
     /// Creates a pending acknowledgement.
-    public init() {}
+    public init() {
+        self.onCompletion = nil
+    }
+
+    /// Creates a pending acknowledgement that calls `onCompletion` once, when it completes, with whether the client
+    /// acknowledged; it runs on the completing thread, so it must be short.
+    public init(onCompletion: @escaping @Sendable (_ acknowledged: Bool) -> Void) {
+        self.onCompletion = onCompletion
+    }
 
     /// The client acknowledged.
     public func succeed() {
@@ -82,11 +91,15 @@ public final class Acknowledgement: Sendable {
     }
 
     private func complete(_ result: Result<Void, ChatError>) {
-        let continuation = self.state.withLock { state -> CheckedContinuation<Void, any Error>? in
-            guard case .pending(let continuation) = state else { return nil }
+        let (completed, continuation) = self.state.withLock { state -> (Bool, CheckedContinuation<Void, any Error>?) in
+            guard case .pending(let continuation) = state else { return (false, nil) }
             state = .done(result)
-            return continuation
+            return (true, continuation)
         }
+        guard completed else { return }
         continuation?.resume(with: result)
+        if let onCompletion {
+            if case .success = result { onCompletion(true) } else { onCompletion(false) }
+        }
     }
 }

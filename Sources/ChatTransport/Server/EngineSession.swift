@@ -96,6 +96,8 @@ final class EngineSession: Sendable {
     /// Whether a long-polling GET is waiting for packets.
     var hasWaitingPoll: Bool { self.state.withLock { $0.waiter != nil } }
     var socket: Socket? { self.state.withLock { $0.socket } }
+    /// Whether a Socket.IO socket is open on the session (cheaper than copying it out).
+    var hasSocket: Bool { self.state.withLock { $0.socket != nil } }
 
     // MARK: Outbound
 

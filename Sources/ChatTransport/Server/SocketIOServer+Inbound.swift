@@ -29,8 +29,8 @@ extension SocketIOServer {
     }
 
     private func receiveSocketIO(_ text: String, on session: EngineSession) async {
-        // The hottest path: a client's ACK of `message:received` (`43<id>[...]`); its data is not used.
-        if let ackID = Self.fastAck(text) {
+        // The hottest path: a client's ACK of `message:received` (`3<id>[...]`); its data is not used.
+        if let ackID = Self.fastAck(text), session.hasSocket {
             session.takeAcknowledgement(ackID)?.succeed()
             return
         }
@@ -208,7 +208,7 @@ extension SocketIOServer {
         guard let ackID else { return }
         switch result {
         case .success(let sent):
-            self.acknowledge(ackID, on: session, payload: sent)
+            try? session.enqueue("43\(ackID)[" + WireEncoder.sent(sent) + "]")
         case .failure(let error):
             self.acknowledge(ackID, on: session, payload: MessageErrorPayload(error, chatID: request.chatID, clientMessageID: request.clientMessageID))
         }
@@ -224,22 +224,24 @@ extension SocketIOServer {
         return UInt64(Substring(digits))
     }
 
-    /// The id of `43<id>[...]` on the default namespace; nil for anything else.
+    /// The id of the Socket.IO ACK `3<id>[...]` on the default namespace (`43<id>[...]` on the wire, inside an
+    /// Engine.IO message); nil for anything else.
     static func fastAck(_ text: String) -> UInt64? {
         let utf8 = text.utf8
-        guard utf8.count > 3, utf8.starts(with: "43".utf8) else { return nil }
-        let digits = utf8.dropFirst(2).prefix { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
+        guard utf8.count > 2, utf8.first == UInt8(ascii: "3") else { return nil }
+        let digits = utf8.dropFirst(1).prefix { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
         guard !digits.isEmpty, digits.count <= SocketIOPacket.maxAckIDDigits, utf8[digits.endIndex...].first == UInt8(ascii: "[") else {
             return nil
         }
         return UInt64(Substring(digits))
     }
 
-    /// `42[<ackId>]["message:send",{...}]` on the default namespace, decoded in one pass; nil for anything else.
+    /// The Socket.IO EVENT `2[<ackId>]["message:send",{...}]` on the default namespace (`42...` on the wire),
+    /// decoded in one pass; nil for anything else.
     static func fastSend(_ text: String) -> (ackID: UInt64?, request: SendMessageRequest)? {
         let utf8 = text.utf8
-        guard utf8.count > 2, utf8.starts(with: "42".utf8) else { return nil }
-        let afterType = utf8.index(utf8.startIndex, offsetBy: 2)
+        guard utf8.count > 1, utf8.first == UInt8(ascii: "2") else { return nil }
+        let afterType = utf8.index(after: utf8.startIndex)
         let digits = utf8[afterType...].prefix { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
         guard digits.count <= SocketIOPacket.maxAckIDDigits else { return nil }
         let json = utf8[digits.endIndex...]
@@ -249,6 +251,8 @@ extension SocketIOServer {
             guard let value = UInt64(Substring(digits)) else { return nil }
             ackID = value
         }
+        // The common shape without Foundation; attachments, replyTo and the like through JSONDecoder.
+        if let request = SendDecoder.decode(Substring(json).utf8) { return (ackID, request) }
         guard let envelope = try? JSONDecoder().decode(SendEnvelope.self, from: Data(json)), let request = envelope.request else {
             return nil
         }

@@ -161,6 +161,22 @@ public final class SocketIOServer: Transport, Service, Sendable {
         try self.enqueue(Self.encodeEvent(event), on: session, acknowledgement: acknowledgement)
     }
 
+    /// Encodes `event` once, for every connection it is emitted to. An event that cannot be encoded is prepared
+    /// without its text; emitting it then fails as `emit(_:to:acknowledgement:)` with the event does.
+    public func prepare(_ event: OutboundEvent) -> PreparedEvent {
+        PreparedEvent(event, encoded: try? Self.encodeEvent(event))
+    }
+
+    /// Queues a prepared event for `connection`, with its text as ``prepare(_:)`` encoded it.
+    /// - Throws: `ChatError` `connection_closed` as `emit(_:to:acknowledgement:)` with the event does.
+    public func emit(_ event: PreparedEvent, to connection: ConnectionID, acknowledgement: Acknowledgement?) throws {
+        guard let session = self.registry.withLock({ $0.connections[connection] }) else {
+            throw ChatError(.connectionClosed, "connection \(connection) is not open")
+        }
+        let text = try (event.encoded as? String) ?? Self.encodeEvent(event.event)
+        try self.enqueue(text, on: session, acknowledgement: acknowledgement)
+    }
+
     /// Queues an encoded event on `session`; a session whose buffer is full is closed.
     private func enqueue(_ text: String, on session: EngineSession, acknowledgement: Acknowledgement?) throws(ChatError) {
         do {
@@ -265,14 +281,9 @@ public final class SocketIOServer: Transport, Service, Sendable {
         self.registry.withLock { $0.rooms[room] ?? [] }
     }
 
+    /// `["<name>",<payload>]`, the argument list of the event's Socket.IO EVENT packet.
     static func encodeEvent(_ event: OutboundEvent) throws(ChatError) -> String {
-        let payload: Data
-        do {
-            payload = try WireJSON.encode(event.payload)
-        } catch {
-            throw ChatError(.badRequest, "could not encode \(event.name): \(error)")
-        }
-        return "[\"\(event.name)\"," + String(decoding: payload, as: UTF8.self) + "]"
+        try WireEncoder.event(event)
     }
 
     // MARK: Sessions
