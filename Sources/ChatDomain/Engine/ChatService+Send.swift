@@ -246,8 +246,8 @@ extension ChatService {
             return !buffer.scheduled
         }
         if schedule {
-            // When the engine is shutting down this fails and the settlements wait for `run()`'s last step.
-            self.submit { [self] in await self.applySettlements(runFlushers: false) }
+            // When the engine is shutting down nobody listens, and the settlements wait for `run()`'s last step.
+            self.settlementSignalContinuation.yield()
         }
     }
 

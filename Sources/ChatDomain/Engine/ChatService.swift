@@ -69,6 +69,9 @@ public actor ChatService: Service {
     let eventWriter: BatchWriter<DeliveryEvent>
     /// Live pushes confirmed or not, waiting for the engine's next turn (see `pushSettled`).
     let settlements = Mutex(SettlementBuffer())
+    /// Wakes the settlement loop: one signal stands for every settlement buffered until the loop takes them.
+    private let settlementSignal: AsyncStream<Void>
+    let settlementSignalContinuation: AsyncStream<Void>.Continuation
     private let jobs: AsyncStream<Job>
     private let jobsContinuation: AsyncStream<Job>.Continuation
 
@@ -131,6 +134,7 @@ public actor ChatService: Service {
             write: { try await queue.publishDeliveryEvents($0) }
         )
         (self.jobs, self.jobsContinuation) = AsyncStream.makeStream()
+        (self.settlementSignal, self.settlementSignalContinuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
         self.sendLimiter = configuration.sendRateLimit.map { KeyedRateLimiter(limit: $0) }
         self.fanOutLimiter = configuration.fanOutRateLimit.map { KeyedRateLimiter(limit: $0) }
     }
@@ -146,6 +150,7 @@ public actor ChatService: Service {
             group.addTask { await self.eventWriter.run() }
             group.addTask { await self.consumeDeadLetters() }
             group.addTask { await self.heartbeatLoop() }
+            group.addTask { await self.settlementLoop() }
             await withGracefulShutdownHandler {
                 await withTaskCancellationHandler {
                     for await job in self.jobs {
@@ -153,9 +158,11 @@ public actor ChatService: Service {
                     }
                 } onCancel: {
                     self.jobsContinuation.finish()
+                    self.settlementSignalContinuation.finish()
                 }
             } onGracefulShutdown: {
                 self.jobsContinuation.finish()
+                self.settlementSignalContinuation.finish()
             }
             // Outstanding confirmations fail on cancellation and hand their messages to the offline path.
             group.cancelAll()
@@ -165,6 +172,14 @@ public actor ChatService: Service {
         await self.applySettlements(runFlushers: true)
         self.markWriter.finish()
         self.eventWriter.finish()
+    }
+
+    /// Applies buffered settlements whenever signalled, on the engine's actor: one wake-up for every settlement
+    /// that arrived since the last pass, without a task per batch.
+    private func settlementLoop() async {
+        for await _ in self.settlementSignal {
+            await self.applySettlements(runFlushers: false)
+        }
     }
 
     /// Records confirmed deliveries: `readBy` writes (batched) and `delivered` events.
@@ -219,7 +234,8 @@ struct PushSettlement: Sendable {
     var confirmed: Bool
 }
 
-/// Settlements buffered between engine turns; `scheduled` while a job to apply them is on its way.
+/// Settlements buffered between engine turns; `scheduled` while the settlement loop has been signalled and not yet
+/// taken them.
 struct SettlementBuffer: Sendable {
     var items: [PushSettlement] = []
     var scheduled = false
