@@ -74,6 +74,11 @@ class Recorder:
             return [payload for event, payload in self.events if event == name]
 
     def disconnect(self):
+        # python-engineio's write loop checks its state before each send: a disconnect() that starts while a POST
+        # (an acknowledgement, say) is in flight makes the loop exit with the DISCONNECT and CLOSE still queued and
+        # unsent, and the server then learns of the leave only by ping timeout (45 s). So first wait until
+        # everything queued so far was sent.
+        self.client.eio.queue.join()
         self.client.disconnect()
 
 

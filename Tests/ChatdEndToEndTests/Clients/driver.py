@@ -53,6 +53,14 @@ class User:
                 self.events.append(["disconnect", None])
 
 
+def leave(client):
+    # python-engineio's write loop checks its state before each send: a disconnect() that starts while a send is
+    # in flight makes it exit with the DISCONNECT still queued and unsent (the server then sees the leave only by
+    # ping timeout). Wait until everything queued so far was sent first.
+    client.eio.queue.join()
+    client.disconnect()
+
+
 def command(name, body):
     user = body.get("user")
     if name == "connect":
@@ -62,14 +70,14 @@ def command(name, body):
             clients[user] = client
         if old is not None:
             try:
-                old.client.disconnect()
+                leave(old.client)
             except Exception:
                 pass
         client.client.connect(body["url"], auth={"token": body["token"]}, transports=body.get("transports"), wait_timeout=10)
         return {"sid": client.client.get_sid()}
     client = clients[user]
     if name == "disconnect":
-        client.client.disconnect()
+        leave(client.client)
         return {}
     if name == "send":
         payload = {"chatId": body["chatId"], "content": body["content"]}
