@@ -76,9 +76,12 @@ class Recorder:
     def disconnect(self):
         # python-engineio's write loop checks its state before each send: a disconnect() that starts while a POST
         # (an acknowledgement, say) is in flight makes the loop exit with the DISCONNECT and CLOSE still queued and
-        # unsent, and the server then learns of the leave only by ping timeout (45 s). So first wait until
-        # everything queued so far was sent.
-        self.client.eio.queue.join()
+        # unsent, and the server then learns of the leave only by ping timeout (45 s). So first wait (boundedly,
+        # and only while connected: a closed WebSocket leaves its queue unfinished for good) until everything
+        # queued so far was sent.
+        deadline = time.monotonic() + 5
+        while self.client.connected and self.client.eio.queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
         self.client.disconnect()
 
 

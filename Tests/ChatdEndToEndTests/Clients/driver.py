@@ -56,8 +56,11 @@ class User:
 def leave(client):
     # python-engineio's write loop checks its state before each send: a disconnect() that starts while a send is
     # in flight makes it exit with the DISCONNECT still queued and unsent (the server then sees the leave only by
-    # ping timeout). Wait until everything queued so far was sent first.
-    client.eio.queue.join()
+    # ping timeout). Wait (boundedly, and only while connected: a closed WebSocket leaves its queue unfinished for
+    # good) until everything queued so far was sent first.
+    deadline = time.monotonic() + 5
+    while client.connected and client.eio.queue.unfinished_tasks and time.monotonic() < deadline:
+        time.sleep(0.005)
     client.disconnect()
 
 
