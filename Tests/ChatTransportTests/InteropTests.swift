@@ -208,13 +208,25 @@ struct HostileInputTests {
             #expect(outcome.summary["sent"] == .number(10_000))
             // The packets reached the server: each was refused with a log line, and each that broke the protocol
             // closed its session (the attacker came back). Packets sent into a session the server was closing are
-            // not read, so not every one of the 10,000 is counted.
+            // not read, so not every one of the 10,000 is counted; how many depends on the machine's load (the
+            // client syncs with the server every 300 packets to bound it): about 2,800 here, 1,881 once in CI.
             let refused = live.logs.count(of: "Client event refused") + live.logs.count(of: "Unsupported packet refused")
             let closed = live.logs.count(of: "Malformed packet; closing the session")
-            #expect(refused + closed > 2_000, "only \(refused) refusals and \(closed) closes for 10,000 packets; \(outcome.stdout)")
+            #expect(refused + closed > 1_000, "only \(refused) refusals and \(closed) closes for 10,000 packets; \(outcome.stdout)")
             #expect(closed > 500, "\(closed) sessions closed for breaking the protocol")
-            if case .number(let reopened)? = outcome.summary["reopened"] {
+            // Every close an attacker saw was the server's, for a protocol violation it logged, or one the attacker
+            // asked for (an Engine.IO CLOSE) or made (a probe left unanswered); the attackers came back after them.
+            if case .number(let reopened)? = outcome.summary["reopened"],
+                case .number(let unanswered)? = outcome.summary["probesUnanswered"],
+                case .number(let closeRequests)? = outcome.summary["closeRequests"]
+            {
+                #expect(
+                    Int(reopened) <= closed + Int(closeRequests) + Int(unanswered),
+                    "the attackers saw \(Int(reopened)) closes; the server logged \(closed), the attackers asked for \(Int(closeRequests))"
+                )
                 #expect(Int(reopened) >= closed / 2, "the attackers came back after \(Int(reopened)) of \(closed) closes")
+            } else {
+                Issue.record("the hostile client's summary lacks its counts: \(outcome.stdout)")
             }
             // Every misbehaving session is closed again, nothing is left behind.
             await eventually("the attackers' sessions to close") { live.server.sessionCount == 0 }
