@@ -4,23 +4,22 @@ import ChatPresenceRedis
 import ChatTransport
 import Foundation
 import Hummingbird
-import HummingbirdTesting
 import Logging
 import NIOCore
 import ServiceLifecycle
 import Testing
 
 /// chatd's whole application built in-process (no child process, no port scraped from a log line): the HTTP API,
-/// health, readiness and metrics through Hummingbird's router test client.
+/// health, readiness and metrics through the application's router (``RouterClient``).
 @Suite("chatd application, in-process")
 struct ChatServerTests {
     static let secret = "in-process-secret-0123456789-abcdefghij"
 
     /// Builds chatd from `environment` (over the test secret, limits off), runs its services, and hands the
-    /// router test client to `body`.
+    /// application's router client to `body`.
     func withServer(
         _ environment: [String: String] = [:],
-        _ body: @Sendable (ChatServer, any TestClientProtocol) async throws -> Void
+        _ body: @Sendable (ChatServer, RouterClient) async throws -> Void
     ) async throws {
         var base = ["JWT_SECRET": Self.secret, "PORT": "0", "SEND_RATE_PER_USER": "0", "FANOUT_RATE_PER_USER": "0"]
         base.merge(environment) { $1 }
@@ -32,7 +31,7 @@ struct ChatServerTests {
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }
             do {
-                try await server.application.test(.router) { client in try await body(server, client) }
+                try await body(server, RouterClient(server.application))
             } catch {
                 await group.triggerGracefulShutdown()
                 throw error
@@ -53,7 +52,7 @@ struct ChatServerTests {
         return headers
     }
 
-    static func json(_ response: TestResponse) -> JSONValue? {
+    static func json(_ response: RouterClient.Response) -> JSONValue? {
         try? JSONDecoder().decode(JSONValue.self, from: Data(String(buffer: response.body).utf8))
     }
 
