@@ -150,7 +150,8 @@ public struct Harness: Sendable {
         await self.service.disconnect(connection)
     }
 
-    /// Sends `content` and expects it accepted.
+    /// Sends `content`, expects it accepted, and waits until its offline-queue writes (if any) landed, so the
+    /// test sees the queue as the send left it.
     @discardableResult
     public func send(
         _ content: String,
@@ -163,11 +164,14 @@ public struct Harness: Sendable {
             SendMessageRequest(chatID: chat, content: content, clientMessageID: clientMessageID),
             from: connection
         )
+        await self.service.offlineWritesSettled()
         return try #require(try? result.get(), "send of '\(content)' failed: \(result)", sourceLocation: sourceLocation)
     }
 
+    /// The queue's depth for `user` once the engine's offline-queue writes so far have landed.
     public func depth(of user: User) async throws -> Int {
-        try await self.queue.depth(for: user.id).total
+        await self.service.offlineWritesSettled()
+        return try await self.queue.depth(for: user.id).total
     }
 
     /// The recipients a message is still on its way to, read through the store's receipts.

@@ -134,9 +134,9 @@ extension ChatService {
         self.finishTicket(ticket, message: message.id)
         self.statistics.messagesSent += 1
         self.eventWriter.record(recipients.map { DeliveryEvent(messageID: message.id, userID: $0, status: .sent, timestamp: message.createdAt) })
-        for recipient in flushers {
-            await self.runEnqueueFlusher(for: recipient)
-        }
+        // The queue writes run as jobs of their own: `message:sent` needs the store's insert (done), not the
+        // queue's confirm (a failed queue write leaves the message pending in the store for the catch-up).
+        await self.startEnqueueFlushers(for: flushers)
         return .success(MessageSent(messageID: message.id, chatID: message.chatID, timestamp: message.createdAt, clientMessageID: message.clientMessageID))
     }
 
@@ -251,9 +251,9 @@ extension ChatService {
         }
     }
 
-    /// Applies the buffered settlements; the enqueue flushers they start run as jobs of their own, or here when
-    /// `runFlushers` is set (at shutdown, when no job runs any more).
-    func applySettlements(runFlushers: Bool) async {
+    /// Applies the buffered settlements; the enqueue flushers they start run as jobs of their own (or here, at
+    /// shutdown, when no job runs any more).
+    func applySettlements() async {
         let items = self.settlements.withLock { buffer in
             defer {
                 buffer.items = []
@@ -265,13 +265,7 @@ extension ChatService {
         for item in items where self.settleLivePush(item.messageID, for: item.recipient, confirmed: item.confirmed) {
             flushers.append(item.recipient)
         }
-        for recipient in flushers {
-            if runFlushers {
-                await self.runEnqueueFlusher(for: recipient)
-            } else {
-                self.submit { [self] in await self.runEnqueueFlusher(for: recipient) }
-            }
-        }
+        await self.startEnqueueFlushers(for: flushers)
     }
 
     /// Emits `event` to `connections` and returns the attempt whose confirmation decides delivery.
@@ -323,6 +317,14 @@ extension ChatService {
         return resolution.startFlusher
     }
 
+    /// Starts the enqueue flusher of each of `recipients` as a job of its own; during shutdown, when no job runs
+    /// any more, runs it here (a lane whose flusher never ran would keep a reconnect's drain waiting for it).
+    func startEnqueueFlushers(for recipients: [UserID]) async {
+        for recipient in recipients where !self.submit({ [self] in await self.runEnqueueFlusher(for: recipient) }) {
+            await self.runEnqueueFlusher(for: recipient)
+        }
+    }
+
     /// Writes `recipient`'s buffered queue entries, batch after batch, in order, until none are left. Entries the
     /// queue cannot take stay pending in the store and are caught up from there.
     func runEnqueueFlusher(for recipient: UserID) async {
@@ -357,6 +359,17 @@ extension ChatService {
             waiter.resume()
         }
         self.removeLaneIfIdle(recipient)
+    }
+
+    /// Returns once every offline-queue write the engine has started so far has landed, failed or been refused.
+    ///
+    /// `message:sent` does not wait for the queue (the store holds the message pending until it is confirmed), so
+    /// a test that looks at the queue right after a send, or changes the queue's behaviour between two sends,
+    /// waits here first.
+    public func offlineWritesSettled() async {
+        for (recipient, lane) in self.lanes where lane.enqueueInFlight {
+            await self.waitUntilEnqueueIdle(recipient)
+        }
     }
 
     /// Returns once no enqueue for `recipient` is buffered or in flight.

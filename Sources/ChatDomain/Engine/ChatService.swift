@@ -169,7 +169,7 @@ public actor ChatService: Service {
         }
         // No job runs any more: the settlements that came last (acknowledgements failed by the shutdown) are
         // applied here, their enqueue flushers included.
-        await self.applySettlements(runFlushers: true)
+        await self.applySettlements()
         self.markWriter.finish()
         self.eventWriter.finish()
     }
@@ -178,7 +178,7 @@ public actor ChatService: Service {
     /// that arrived since the last pass, without a task per batch.
     private func settlementLoop() async {
         for await _ in self.settlementSignal {
-            await self.applySettlements(runFlushers: false)
+            await self.applySettlements()
         }
     }
 
