@@ -199,7 +199,8 @@ final class ConnectionGuardHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 }
 
-/// A server child channel that puts a ``ConnectionGuardHandler`` in front of `base`'s pipeline.
+/// A server child channel that puts a ``ConnectionGuardHandler`` and a ``FlushCoalescingHandler`` in front of
+/// `base`'s pipeline.
 struct GuardedChildChannel<Base: ServerChildChannel>: ServerChildChannel {
     typealias Value = Base.Value
 
@@ -209,6 +210,8 @@ struct GuardedChildChannel<Base: ServerChildChannel>: ServerChildChannel {
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         let connectionGuard = self.connectionGuard
         return channel.eventLoop.makeCompletedFuture {
+            // Pipeline: head, the guard, the flush coalescer, then HTTP (and WebSocket after an upgrade).
+            try channel.pipeline.syncOperations.addHandler(FlushCoalescingHandler(), position: .first)
             try channel.pipeline.syncOperations.addHandler(ConnectionGuardHandler(connectionGuard), position: .first)
         }.flatMap {
             self.base.setup(channel: channel, logger: logger)
