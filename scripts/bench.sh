@@ -8,6 +8,9 @@
 #   ./scripts/bench.sh embedded   # the embedded half of the suite, three repetitions (prints; writes nothing)
 #   CHATD=/tmp/chatd-before ./scripts/bench.sh embedded   # the same against another chatd binary
 #   ./scripts/bench.sh micro      # the micro-benchmarks (ordo-one/benchmark): codec, JSON, engine
+#   ./scripts/bench.sh compare <before> <after> [rounds]   # two chatd binaries, embedded, run in turns (ABAB...,
+#                                 # 6 rounds by default): on a machine whose speed drifts by tens of percent over
+#                                 # minutes, only interleaved runs compare two builds fairly
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -35,7 +38,12 @@ if [ "$mode" = full ]; then
     [ -x .venv/bin/nx-27017 ] || .venv/bin/pip install --quiet nx-27017
 fi
 # CHATD=<path> measures that binary instead of building this tree's (for a before/after comparison).
-if [ -n "${CHATD:-}" ]; then
+if [ "$mode" = compare ]; then
+    before=${2:?"usage: ./scripts/bench.sh compare <before-binary> <after-binary> [rounds]"}
+    after=${3:?"usage: ./scripts/bench.sh compare <before-binary> <after-binary> [rounds]"}
+    rounds=${4:-6}
+    chatd=$before
+elif [ -n "${CHATD:-}" ]; then
     chatd=$CHATD
 else
     log "Building chatd (release)"
@@ -112,7 +120,11 @@ run() {
             log "scenario $name failed: $(tail -3 "$work/load.err")"
         fi
     }
-    if [ "$mode" = quick ]; then
+    if [ "$mode" = compare ]; then
+        scenario latency --scenario latency --messages 5000 --rate 1000
+        scenario throughput --scenario throughput --messages 40000 --pairs 8 --window 64
+        scenario drain-1000 --scenario drain --messages 1000
+    elif [ "$mode" = quick ]; then
         scenario latency --scenario latency --messages 2000 --rate 1000
         scenario throughput --scenario throughput --messages 10000 --pairs 4 --window 64
         scenario drain-1000 --scenario drain --messages 1000
@@ -139,7 +151,18 @@ run() {
 
 reps=3
 [ "$mode" = quick ] && reps=1
-for rep in $(seq 1 "$reps"); do run embedded "$rep"; done
+if [ "$mode" = compare ]; then
+    # Each round runs both binaries, alternately first, on fresh processes.
+    for round in $(seq 1 "$rounds"); do
+        if [ $((round % 2)) -eq 1 ]; then order=(before after); else order=(after before); fi
+        for which in "${order[@]}"; do
+            if [ "$which" = before ]; then chatd=$before; else chatd=$after; fi
+            run "$which" "$round"
+        done
+    done
+else
+    for rep in $(seq 1 "$reps"); do run embedded "$rep"; done
+fi
 if [ "$mode" = full ]; then
     log "Starting RabbitMQ, Redis and nx-27017 on loopback"
     start_services
