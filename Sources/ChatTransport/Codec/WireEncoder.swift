@@ -57,8 +57,13 @@ private struct WireText {
     mutating func string(_ value: String) {
         self.text += "\""
         let utf8 = value.utf8
-        // Most strings need no escaping: append them whole.
-        guard utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) else {
+        // Most strings need no escaping: append them whole. (Scanned as raw bytes where the string is contiguous,
+        // as native strings are: the `UTF8View` iterator cost more than the rest of the encoding.)
+        let needsEscaping =
+            utf8.withContiguousStorageIfAvailable { bytes in
+                bytes.contains { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }
+            } ?? utf8.contains { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }
+        guard needsEscaping else {
             self.text += value
             self.text += "\""
             return
