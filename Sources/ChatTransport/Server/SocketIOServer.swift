@@ -155,10 +155,7 @@ public final class SocketIOServer: Transport, Service, Sendable {
     /// - Throws: `ChatError` `connection_closed` when the connection is gone or is not reading (its
     ///   buffer reached ``SocketIOConfiguration/maxBufferedBytes``; the connection is then closed).
     public func emit(_ event: OutboundEvent, to connection: ConnectionID, acknowledgement: Acknowledgement?) throws {
-        guard let session = self.registry.withLock({ $0.connections[connection] }) else {
-            throw ChatError(.connectionClosed, "connection \(connection) is not open")
-        }
-        try self.enqueue(Self.encodeEvent(event), on: session, acknowledgement: acknowledgement)
+        try self.enqueue(Self.encodeEvent(event), on: self.requireSession(of: connection), acknowledgement: acknowledgement)
     }
 
     /// Encodes `event` once, for every connection it is emitted to. An event that cannot be encoded is prepared
@@ -170,11 +167,18 @@ public final class SocketIOServer: Transport, Service, Sendable {
     /// Queues a prepared event for `connection`, with its text as ``prepare(_:)`` encoded it.
     /// - Throws: `ChatError` `connection_closed` as `emit(_:to:acknowledgement:)` with the event does.
     public func emit(_ event: PreparedEvent, to connection: ConnectionID, acknowledgement: Acknowledgement?) throws {
-        guard let session = self.registry.withLock({ $0.connections[connection] }) else {
-            throw ChatError(.connectionClosed, "connection \(connection) is not open")
-        }
+        let session = try self.requireSession(of: connection)
         let text = try (event.encoded as? String) ?? Self.encodeEvent(event.event)
         try self.enqueue(text, on: session, acknowledgement: acknowledgement)
+    }
+
+    /// The session `connection` is open on.
+    /// - Throws: `ChatError` `connection_closed` when it is not open (any more).
+    private func requireSession(of connection: ConnectionID) throws(ChatError) -> EngineSession {
+        guard let session = self.session(of: connection) else {
+            throw ChatError(.connectionClosed, "connection \(connection) is not open")
+        }
+        return session
     }
 
     /// Queues an encoded event on `session`; a session whose buffer is full is closed.
@@ -191,7 +195,7 @@ public final class SocketIOServer: Transport, Service, Sendable {
 
     /// Closes `connection`: the client gets a Socket.IO DISCONNECT, then the session ends with `reason`.
     public func disconnect(_ connection: ConnectionID, reason: String) async {
-        guard let session = self.registry.withLock({ $0.connections[connection] }) else { return }
+        guard let session = self.session(of: connection) else { return }
         try? session.enqueue(EngineIOPacket(.message, SocketIOPacket(.disconnect).encoded).encoded)
         self.closeSession(session, reason: reason, notifyClient: true)
     }
@@ -203,7 +207,7 @@ public final class SocketIOServer: Transport, Service, Sendable {
 
     /// Whether `connection`'s client has read most of what it was sent (see `Transport`).
     public func isWritable(_ connection: ConnectionID) -> Bool {
-        self.registry.withLock { $0.connections[connection] }?.isWritable ?? true
+        self.session(of: connection)?.isWritable ?? true
     }
 
     /// Returns once `connection`'s backlog is down to what one read takes, or it closed.
