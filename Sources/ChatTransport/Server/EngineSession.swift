@@ -5,7 +5,8 @@ import Synchronization
 /// One Engine.IO session: its outbound buffer, its transport, its ping state and the Socket.IO socket on it.
 ///
 /// Everything a client is sent goes through ``enqueue(_:)`` (synchronous, so the engine's emit order is the wire
-/// order) and leaves through ``take(maxBytes:)``, which a long-polling GET or the WebSocket writer awaits.
+/// order) and leaves through ``take(maxBytes:)``, which a long-polling GET awaits, or, over WebSocket, through
+/// writer tasks started when there is something to write (``useWriter(_:)``).
 final class EngineSession: Sendable {
     enum TransportKind: String, Sendable {
         case polling
@@ -52,6 +53,22 @@ final class EngineSession: Sendable {
         var reconnectRunning = false
         /// Drains waiting for the client to read its backlog down (see ``waitUntilWritable()``).
         var writableWaiters: [CheckedContinuation<Void, Never>] = []
+        /// Over WebSocket: starts a writer task (see ``useWriter(_:)``).
+        var startWriter: (@Sendable () -> Task<Void, Never>)?
+        var writer: Task<Void, Never>?
+        var writerRunning = false
+        var writerFinished = false
+        var writerFinishedWaiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    /// What the WebSocket writer does next (see ``nextWrite()``).
+    enum WriterStep {
+        /// Write these packets, then ask again.
+        case write([String])
+        /// Nothing to write: the writer ends; the next packet starts another.
+        case idle
+        /// The session is closed and everything was written: close the WebSocket (with the reason) and finish.
+        case close(String?)
     }
 
     /// The Engine.IO session id. Over long-polling it is the session's only credential, so it is never logged.
@@ -132,6 +149,7 @@ final class EngineSession: Sendable {
             } else {
                 state.outbound.append(contentsOf: packets)
                 state.outboundBytes += size
+                Self.wakeWriter(&state)
             }
         }
     }
@@ -144,7 +162,15 @@ final class EngineSession: Sendable {
         } else {
             state.outbound.append(packet)
             state.outboundBytes += packet.utf8.count
+            Self.wakeWriter(&state)
         }
+    }
+
+    /// Starts a WebSocket writer when none is running. (Inside the lock: starting one only creates its task.)
+    private static func wakeWriter(_ state: inout State) {
+        guard !state.writerRunning, let start = state.startWriter else { return }
+        state.writerRunning = true
+        state.writer = start()
     }
 
     /// Queues a Socket.IO EVENT for the socket, with an acknowledgement id when `acknowledgement` is given.
@@ -218,6 +244,64 @@ final class EngineSession: Sendable {
                 state.waiter?.resume(returning: [])
                 state.waiter = nil
             }
+        }
+    }
+
+    // MARK: WebSocket writer
+
+    /// From now on packets leave through writer tasks that `start` creates: one runs while there is something to
+    /// write (or the close to send) and ends when the buffer is empty, so an idle WebSocket holds no writer task
+    /// (and none of the stack a writer's frames need). Starts one at once when packets are waiting or the session
+    /// is closed.
+    func useWriter(_ start: @escaping @Sendable () -> Task<Void, Never>) {
+        self.state.withLock { state in
+            state.startWriter = start
+            if !state.outbound.isEmpty || state.closeReason != nil {
+                state.writerRunning = true
+                state.writer = start()
+            }
+        }
+    }
+
+    /// Cancels the running writer, if any (one waiting for a client that stopped reading gives up).
+    func cancelWriter() {
+        self.state.withLock { $0.writer }?.cancel()
+    }
+
+    /// The writer's next step; `idle` ends the writer (the next packet starts another).
+    func nextWrite() -> WriterStep {
+        self.state.withLock { state in
+            if !state.outbound.isEmpty { return .write(self.takeBuffered(&state, maxBytes: Int.max)) }
+            if let reason = state.closeReason {
+                state.startWriter = nil
+                return .close(reason)
+            }
+            state.writerRunning = false
+            state.writer = nil
+            return .idle
+        }
+    }
+
+    /// The writer closed the WebSocket, or gave up on it: nothing more leaves this session.
+    func writerFinished() {
+        let waiters = self.state.withLock { state in
+            state.writerFinished = true
+            state.startWriter = nil
+            state.writer = nil
+            defer { state.writerFinishedWaiters = [] }
+            return state.writerFinishedWaiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// Returns once a writer has closed the WebSocket (see ``writerFinished()``).
+    func waitUntilWriterFinished() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let finished = self.state.withLock { state in
+                if !state.writerFinished { state.writerFinishedWaiters.append(continuation) }
+                return state.writerFinished
+            }
+            if finished { continuation.resume() }
         }
     }
 
@@ -419,6 +503,7 @@ final class EngineSession: Sendable {
             state.waiter = nil
             for writable in state.writableWaiters { writable.resume() }
             state.writableWaiters = []
+            Self.wakeWriter(&state)
             return (true, socket, waiter)
         }
         result.2?.resume(returning: nil)

@@ -313,59 +313,76 @@ extension SocketIOServer {
         try await self.pump(session, messages: &messages, outbound: outbound)
     }
 
-    /// Moves packets both ways until either side closes: a writer task sends what is queued for the session,
-    /// this task reads the client's messages.
+    /// Moves packets both ways until either side closes: this task reads the client's messages; writer tasks,
+    /// started when there is something to write and ended when the buffer is empty, send what is queued for the
+    /// session (an idle WebSocket holds no writer task).
     private func pump(
         _ session: EngineSession,
         messages: inout WebSocketInboundMessageStream.AsyncIterator,
         outbound: WebSocketOutboundWriter
     ) async throws {
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask {
-                while let packets = await session.take(maxBytes: Int.max) {
-                    do {
-                        for packet in packets { try await outbound.write(.text(packet)) }
-                    } catch {
-                        self.closeSession(session, reason: "transport error: \(error)", notifyClient: false)
-                        return
+        session.useWriter { [self] in
+            Task { await self.runWriter(session, outbound: outbound) }
+        }
+        do {
+            while let message = try await messages.next() {
+                switch message {
+                case .text(let text):
+                    switch Result(catching: { () throws(CodecError) in try EngineIOPacket.decode(Substring(text)) }) {
+                    case .success(let packet): await self.receive(packet, on: session)
+                    case .failure(let error): self.protocolViolation(on: session, error)
                     }
+                case .binary:
+                    self.reject(on: session, CodecError("binary messages are not supported; send JSON text"))
                 }
-                try? await outbound.close(.normalClosure, reason: session.closeReason.map(Self.closeFrameReason))
+                if session.isClosed { break }
             }
-            do {
-                while let message = try await messages.next() {
-                    switch message {
-                    case .text(let text):
-                        switch Result(catching: { () throws(CodecError) in try EngineIOPacket.decode(Substring(text)) }) {
-                        case .success(let packet): await self.receive(packet, on: session)
-                        case .failure(let error): self.protocolViolation(on: session, error)
-                        }
-                    case .binary:
-                        self.reject(on: session, CodecError("binary messages are not supported; send JSON text"))
-                    }
-                    if session.isClosed { break }
+            self.closeSession(session, reason: "client closed", notifyClient: false)
+        } catch {
+            // Oversized messages (over maxPayload) and protocol violations end here; rethrowing lets the
+            // WebSocket layer close with the matching code (1009 for a message too large).
+            self.logger.notice(
+                "WebSocket read failed (oversized or malformed message, or a broken connection); closing the session",
+                metadata: ["engineio.session": "\(session.logID)", "engineio.max_payload": "\(self.configuration.maxPayload)", "error": "\(error)"]
+            )
+            // Errors found while collating a message (text that is not UTF-8, an oversized continuation)
+            // reach us as WSCore's package-internal close error; closing with its code, before the writer
+            // closes normally, is what RFC 6455 asks (1007, 1009), where rethrowing ends in a normal closure.
+            let description = String(describing: error)
+            let codes: [(name: String, code: UInt16)] = [("dataInconsistentWithMessage", 1007), ("messageTooLarge", 1009), ("protocolError", 1002)]
+            let match = codes.first { description.contains($0.name) }
+            if let match { try? await outbound.close(.unknown(match.code), reason: nil) }
+            self.closeSession(session, reason: "WebSocket read failed: \(error)", notifyClient: false)
+            // A writer waiting for a client that stopped reading must not hold the connection open.
+            session.cancelWriter()
+            await session.waitUntilWriterFinished()
+            if match != nil { return }
+            throw error
+        }
+        // The handler's return closes the WebSocket: first let the writer send what is left, and the close.
+        await session.waitUntilWriterFinished()
+    }
+
+    /// Writes what the session has queued until its buffer is empty (then ends: the next packet starts another
+    /// writer), or, once the session is closed and drained, closes the WebSocket with the session's reason.
+    private func runWriter(_ session: EngineSession, outbound: WebSocketOutboundWriter) async {
+        while true {
+            switch session.nextWrite() {
+            case .idle:
+                return
+            case .write(let packets):
+                do {
+                    for packet in packets { try await outbound.write(.text(packet)) }
+                } catch {
+                    self.closeSession(session, reason: "transport error: \(error)", notifyClient: false)
+                    session.writerFinished()
+                    return
                 }
-                self.closeSession(session, reason: "client closed", notifyClient: false)
-            } catch {
-                // Oversized messages (over maxPayload) and protocol violations end here; rethrowing lets the
-                // WebSocket layer close with the matching code (1009 for a message too large).
-                self.logger.notice(
-                    "WebSocket read failed (oversized or malformed message, or a broken connection); closing the session",
-                    metadata: ["engineio.session": "\(session.logID)", "engineio.max_payload": "\(self.configuration.maxPayload)", "error": "\(error)"]
-                )
-                // Errors found while collating a message (text that is not UTF-8, an oversized continuation)
-                // reach us as WSCore's package-internal close error; closing with its code, before the writer
-                // closes normally, is what RFC 6455 asks (1007, 1009), where rethrowing ends in a normal closure.
-                let description = String(describing: error)
-                let codes: [(name: String, code: UInt16)] = [("dataInconsistentWithMessage", 1007), ("messageTooLarge", 1009), ("protocolError", 1002)]
-                let match = codes.first { description.contains($0.name) }
-                if let match { try? await outbound.close(.unknown(match.code), reason: nil) }
-                self.closeSession(session, reason: "WebSocket read failed: \(error)", notifyClient: false)
-                group.cancelAll()
-                if match != nil { return }
-                throw error
+            case .close(let reason):
+                try? await outbound.close(.normalClosure, reason: reason.map(Self.closeFrameReason))
+                session.writerFinished()
+                return
             }
-            try await group.waitForAll()
         }
     }
 
