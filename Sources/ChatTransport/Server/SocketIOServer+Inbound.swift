@@ -211,7 +211,7 @@ extension SocketIOServer {
         guard let ackID else { return }
         switch result {
         case .success(let sent):
-            try? session.enqueue("43\(ackID)[" + WireEncoder.sent(sent) + "]")
+            try? session.enqueue(Self.ackPacket(ackID, json: WireEncoder.sent(sent)))
         case .failure(let error):
             self.acknowledge(ackID, on: session, payload: MessageErrorPayload(error, chatID: request.chatID, clientMessageID: request.clientMessageID))
         }
@@ -279,7 +279,12 @@ extension SocketIOServer {
 
     private func acknowledge(_ ackID: UInt64, on session: EngineSession, payload: some Encodable) {
         guard let data = try? WireJSON.encode(payload) else { return }
-        try? session.enqueue("43\(ackID)[" + String(decoding: data, as: UTF8.self) + "]")
+        try? session.enqueue(Self.ackPacket(ackID, json: String(decoding: data, as: UTF8.self)))
+    }
+
+    /// The Engine.IO message carrying the Socket.IO ACK `ackID` with one argument, `json`.
+    static func ackPacket(_ ackID: UInt64, json: String) -> String {
+        "43\(ackID)[" + json + "]"
     }
 
     /// A packet that breaks the protocol (does not parse, or is not allowed where it came): the client is told
@@ -296,7 +301,7 @@ extension SocketIOServer {
             let payload = MessageErrorPayload(error)
             if let event = try? Self.encodeEvent(.messageError(payload)) { last.append("42" + event) }
             if let ackID, let data = try? WireJSON.encode(payload) {
-                last.append("43\(ackID)[" + String(decoding: data, as: UTF8.self) + "]")
+                last.append(Self.ackPacket(ackID, json: String(decoding: data, as: UTF8.self)))
             }
         } else {
             last.append(EngineIOPacket(.message, Self.connectError(error).encoded).encoded)
