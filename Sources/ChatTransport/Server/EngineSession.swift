@@ -53,10 +53,10 @@ final class EngineSession: Sendable {
         var reconnectRunning = false
         /// Drains waiting for the client to read its backlog down (see ``waitUntilWritable()``).
         var writableWaiters: [CheckedContinuation<Void, Never>] = []
-        /// Over WebSocket: starts a writer task (see ``useWriter(_:)``).
+        /// Over WebSocket: starts a writer task (see ``useWriter(_:)``); nil before, and once the writer finished.
         var startWriter: (@Sendable () -> Task<Void, Never>)?
+        /// The running writer; nil while none runs.
         var writer: Task<Void, Never>?
-        var writerRunning = false
         var writerFinished = false
         var writerFinishedWaiters: [CheckedContinuation<Void, Never>] = []
     }
@@ -68,7 +68,7 @@ final class EngineSession: Sendable {
         /// Nothing to write: the writer ends; the next packet starts another.
         case idle
         /// The session is closed and everything was written: close the WebSocket (with the reason) and finish.
-        case close(String?)
+        case close(String)
     }
 
     /// The Engine.IO session id. Over long-polling it is the session's only credential, so it is never logged.
@@ -168,8 +168,7 @@ final class EngineSession: Sendable {
 
     /// Starts a WebSocket writer when none is running. (Inside the lock: starting one only creates its task.)
     private static func wakeWriter(_ state: inout State) {
-        guard !state.writerRunning, let start = state.startWriter else { return }
-        state.writerRunning = true
+        guard state.writer == nil, let start = state.startWriter else { return }
         state.writer = start()
     }
 
@@ -256,10 +255,7 @@ final class EngineSession: Sendable {
     func useWriter(_ start: @escaping @Sendable () -> Task<Void, Never>) {
         self.state.withLock { state in
             state.startWriter = start
-            if !state.outbound.isEmpty || state.closeReason != nil {
-                state.writerRunning = true
-                state.writer = start()
-            }
+            if !state.outbound.isEmpty || state.closeReason != nil { Self.wakeWriter(&state) }
         }
     }
 
@@ -272,11 +268,7 @@ final class EngineSession: Sendable {
     func nextWrite() -> WriterStep {
         self.state.withLock { state in
             if !state.outbound.isEmpty { return .write(self.takeBuffered(&state, maxBytes: Int.max)) }
-            if let reason = state.closeReason {
-                state.startWriter = nil
-                return .close(reason)
-            }
-            state.writerRunning = false
+            if let reason = state.closeReason { return .close(reason) }
             state.writer = nil
             return .idle
         }

@@ -379,7 +379,7 @@ extension SocketIOServer {
                     return
                 }
             case .close(let reason):
-                try? await outbound.close(.normalClosure, reason: reason.map(Self.closeFrameReason))
+                try? await outbound.close(.normalClosure, reason: Self.closeFrameReason(reason))
                 session.writerFinished()
                 return
             }
