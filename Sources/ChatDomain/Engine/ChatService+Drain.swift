@@ -225,7 +225,7 @@ extension ChatService {
                         var message = item.message
                         message.markRead(by: user, at: self.wallClock.now())
                         let event = OutboundEvent.messageReceived(ReceivedMessage(message: message, sender: item.sender, isNew: false))
-                        inFlight.append((item, self.emit(event, to: connections)))
+                        inFlight.append((item, self.emit(self.transport.prepare(event), to: connections)))
                     }
                 } catch {
                     sourceError = error

@@ -203,16 +203,8 @@ extension ChatService {
     /// or the write itself) arrives later as a settlement, without a task waiting for it.
     private func push(_ event: PreparedEvent, message: MessageID, to recipient: UserID, connections: [ConnectionID]) {
         guard case .clientAcknowledgement = self.configuration.deliveryConfirmation else {
-            var written = false
-            for connection in connections {
-                do {
-                    try self.transport.emit(event, to: connection, acknowledgement: nil)
-                    written = true
-                } catch {
-                    self.emitFailed(event.event, to: connection, error)
-                }
-            }
-            self.pushSettled(message, for: recipient, confirmed: written)
+            // Confirmed by the write itself: known now.
+            self.pushSettled(message, for: recipient, confirmed: self.emit(event, to: connections).written > 0)
             return
         }
         let confirmation = PushConfirmation(connections: connections.count) { [self] confirmed in
@@ -269,8 +261,7 @@ extension ChatService {
     }
 
     /// Emits `event` to `connections` and returns the attempt whose confirmation decides delivery.
-    func emit(_ event: OutboundEvent, to connections: [ConnectionID]) -> DeliveryAttempt {
-        let event = self.transport.prepare(event)
+    func emit(_ event: PreparedEvent, to connections: [ConnectionID]) -> DeliveryAttempt {
         var acknowledgements: [Acknowledgement] = []
         var written = 0
         for connection in connections {
