@@ -31,6 +31,7 @@ enum WireEncoder {
         return out.text
     }
 
+    /// `value` through Foundation's encoder (`WireJSON`), for the payloads not written by hand.
     static func foundation(_ value: some Encodable, name: String) throws(ChatError) -> String {
         do {
             return String(decoding: try WireJSON.encode(value), as: UTF8.self)
@@ -60,9 +61,7 @@ private struct WireText {
         // Most strings need no escaping: append them whole. (Scanned as raw bytes where the string is contiguous,
         // as native strings are: the `UTF8View` iterator cost more than the rest of the encoding.)
         let needsEscaping =
-            utf8.withContiguousStorageIfAvailable { bytes in
-                bytes.contains { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }
-            } ?? utf8.contains { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }
+            utf8.withContiguousStorageIfAvailable { $0.contains(where: Self.escaped) } ?? utf8.contains(where: Self.escaped)
         guard needsEscaping else {
             self.text += value
             self.text += "\""
@@ -93,6 +92,11 @@ private struct WireText {
         }
         self.text += String(Substring(utf8[start..<utf8.endIndex]))
         self.text += "\""
+    }
+
+    /// Whether a JSON string must escape `byte`.
+    private static func escaped(_ byte: UInt8) -> Bool {
+        byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\")
     }
 
     mutating func key(_ name: String, first: Bool = false) {
