@@ -35,7 +35,7 @@ struct RabbitMQMessageQueueTests {
 
             // Durability: persistent messages in a durable queue survive a broker restart.
             try await server.restart()
-            await eventually("the adapter reconnects by itself") { (try? await queue.depth(for: "bob").ready) == 1000 }
+            await eventually("the adapter reconnects by itself", timeout: .seconds(20), every: .milliseconds(50)) { (try? await queue.depth(for: "bob").ready) == 1000 }
 
             // A window as large as the queue, since nothing is acknowledged until every entry was read.
             let consumer = try await queue.consumer(for: "bob", prefetch: 1000)
@@ -70,7 +70,7 @@ struct RabbitMQMessageQueueTests {
                 #expect(ContinuousClock.now - start < .seconds(1), "fails fast")
             }
             try await server.restart()
-            await eventually("enqueue works again", timeout: .seconds(10)) {
+            await eventually("enqueue works again", timeout: .seconds(10), every: .milliseconds(50)) {
                 (try? await queue.enqueue(Self.entries(1), for: "carol")) != nil
             }
             #expect(try await queue.depth(for: "carol").ready >= 2, "the first entry survived, the new one arrived")
@@ -91,9 +91,9 @@ struct RabbitMQSharedNodeTests {
             let entries = Fixtures.entries(1, for: "dave")
             _ = try await queue.enqueue(entries, for: "dave")
             try await Task.sleep(for: .milliseconds(1000))
-            await eventually("the entry expired") { (try? await queue.depth(for: "dave").ready) == 0 }
+            await eventually("the entry expired", timeout: .seconds(20), every: .milliseconds(50)) { (try? await queue.depth(for: "dave").ready) == 0 }
             var iterator = queue.deadLetters().makeAsyncIterator()
-            await eventually("the broker dead-lettered it") { (try? await queue.deadLetterDepth()) == 1 }
+            await eventually("the broker dead-lettered it", timeout: .seconds(20), every: .milliseconds(50)) { (try? await queue.deadLetterDepth()) == 1 }
             await queue.readDeadLetters()
             let deadLetter = await iterator.next()
             #expect(deadLetter?.reason == .expired)
@@ -142,15 +142,6 @@ struct RabbitMQSharedNodeTests {
     }
 }
 
-func eventually(_ description: String, timeout: Duration = .seconds(20), _ condition: () async -> Bool) async {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if await condition() { return }
-        try? await Task.sleep(for: .milliseconds(50))
-    }
-    if await condition() { return }
-    Issue.record("timed out waiting until \(description)")
-}
 
 extension RabbitMQSharedNodeTests {
     /// The product scenarios that any queue can run (the others switch the queue off or move its clock), on the

@@ -222,18 +222,19 @@ public func withHarness(
     }
 }
 
-/// Polls `condition` until it holds or `timeout` passed; the engine confirms and records deliveries in the
-/// background, so some effects land a moment after the call that caused them.
+/// Polls `condition` every `interval` until it holds or `timeout` passed; the engine confirms and records
+/// deliveries in the background, so some effects land a moment after the call that caused them.
 public func eventually(
     _ description: String,
     timeout: Duration = .seconds(5),
+    every interval: Duration = .milliseconds(2),
     sourceLocation: SourceLocation = #_sourceLocation,
     _ condition: @Sendable () async throws -> Bool
 ) async rethrows {
     let deadline = ContinuousClock.now + timeout
     while ContinuousClock.now < deadline {
         if try await condition() { return }
-        try? await Task.sleep(for: .milliseconds(2))
+        try? await Task.sleep(for: interval)
     }
     // Once more after the deadline: a sleep that overran it (a loaded machine) must not fail a condition that held.
     if try await condition() { return }
