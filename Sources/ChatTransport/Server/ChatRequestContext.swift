@@ -9,10 +9,13 @@ public struct ChatRequestContext: RequestContext, WebSocketRequestContext, Remot
     public let webSocket: WebSocketHandlerReference<Self>
     /// The connected peer (a proxy's address when there is one; see ``SocketIOConfiguration/trustedProxies``).
     public let remoteAddress: SocketAddress?
+    /// The connection's channel: an upgraded WebSocket's writer writes its frames into it directly.
+    let channel: any Channel
 
     public init(source: ApplicationRequestContextSource) {
         self.coreContext = .init(source: source)
         self.webSocket = .init()
         self.remoteAddress = source.channel.remoteAddress
+        self.channel = source.channel
     }
 }

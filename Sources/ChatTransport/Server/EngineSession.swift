@@ -5,8 +5,8 @@ import Synchronization
 /// One Engine.IO session: its outbound buffer, its transport, its ping state and the Socket.IO socket on it.
 ///
 /// Everything a client is sent goes through ``enqueue(_:)`` (synchronous, so the engine's emit order is the wire
-/// order) and leaves through ``take(maxBytes:)``, which a long-polling GET awaits, or, over WebSocket, through
-/// writer tasks started when there is something to write (``useWriter(_:)``).
+/// order) and leaves through ``take(maxBytes:)``, which a long-polling GET awaits, or, over WebSocket, through a
+/// writer on the connection's event loop, woken when there is something to write (``useWriter(_:)``).
 final class EngineSession: Sendable {
     enum TransportKind: String, Sendable {
         case polling
@@ -53,21 +53,36 @@ final class EngineSession: Sendable {
         var reconnectRunning = false
         /// Drains waiting for the client to read its backlog down (see ``waitUntilWritable()``).
         var writableWaiters: [CheckedContinuation<Void, Never>] = []
-        /// Over WebSocket: starts a writer task (see ``useWriter(_:)``); nil before, and once the writer finished.
-        var startWriter: (@Sendable () -> Task<Void, Never>)?
-        /// The running writer; nil while none runs.
-        var writer: Task<Void, Never>?
-        var writerFinished = false
+        var writer: WriterState = .none
         var writerFinishedWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
-    /// What the WebSocket writer does next (see ``nextWrite()``).
-    enum WriterStep {
+    /// Where the WebSocket writer is (see ``useWriter(_:)``). It runs on the connection's event loop when woken,
+    /// takes what is buffered, writes it and stops; nothing runs for an idle WebSocket.
+    enum WriterState {
+        /// No writer: packets wait for a long-polling GET (or for a WebSocket's writer to be set).
+        case none
+        /// Nothing to write: the next packet wakes the writer with `wake`.
+        case idle(wake: @Sendable () -> Void)
+        /// A wake is on its way: the writer will take everything buffered by the time it runs.
+        case woken(wake: @Sendable () -> Void)
+        /// The socket's send buffer is full: the writer goes on when it drains (the connection says so), or when
+        /// the session closes. Packets meanwhile stay in the session's buffer, within its bound.
+        case blocked(wake: @Sendable () -> Void)
+        /// The WebSocket close is being sent; the task sending it, once the writer started it.
+        case closing(Task<Void, Never>?)
+        /// The WebSocket was closed, or given up on: nothing more leaves this session.
+        case finished
+    }
+
+    /// What the WebSocket writer does next (see ``nextWrite(socketWritable:)``).
+    enum WriterStep: Equatable {
         /// Write these packets, then ask again.
         case write([String])
-        /// Nothing to write: the writer ends; the next packet starts another.
-        case idle
-        /// The session is closed and everything was written: close the WebSocket (with the reason) and finish.
+        /// Nothing to do now: the writer stops (the next packet, or the socket draining, wakes it).
+        case stop
+        /// The session is closed and everything was written: close the WebSocket (with the reason), then report
+        /// ``writerFinished()``.
         case close(String)
     }
 
@@ -166,10 +181,20 @@ final class EngineSession: Sendable {
         }
     }
 
-    /// Starts a WebSocket writer when none is running. (Inside the lock: starting one only creates its task.)
+    /// Wakes an idle WebSocket writer, and, once the session is closed, a blocked one (the rest and the close go
+    /// out whatever the socket's buffer holds: the session's bound already capped it). Inside the lock: a wake
+    /// only schedules work on the connection's event loop.
     private static func wakeWriter(_ state: inout State) {
-        guard state.writer == nil, let start = state.startWriter else { return }
-        state.writer = start()
+        switch state.writer {
+        case .idle(let wake):
+            state.writer = .woken(wake: wake)
+            wake()
+        case .blocked(let wake) where state.closeReason != nil:
+            state.writer = .woken(wake: wake)
+            wake()
+        case .none, .woken, .blocked, .closing, .finished:
+            break
+        }
     }
 
     /// Queues a Socket.IO EVENT for the socket, with an acknowledgement id when `acknowledgement` is given.
@@ -248,38 +273,61 @@ final class EngineSession: Sendable {
 
     // MARK: WebSocket writer
 
-    /// From now on packets leave through writer tasks that `start` creates: one runs while there is something to
-    /// write (or the close to send) and ends when the buffer is empty, so an idle WebSocket holds no writer task
-    /// (and none of the stack a writer's frames need). Starts one at once when packets are waiting or the session
-    /// is closed.
-    func useWriter(_ start: @escaping @Sendable () -> Task<Void, Never>) {
+    /// From now on packets leave through the WebSocket writer that `wake` schedules: it runs when there is
+    /// something to write (or the close to send), calls ``nextWrite(socketWritable:)`` until told to stop, and
+    /// holds nothing while the session is idle. Wakes it at once when packets are waiting or the session is closed.
+    func useWriter(_ wake: @escaping @Sendable () -> Void) {
         self.state.withLock { state in
-            state.startWriter = start
+            guard case .none = state.writer else { return }
+            state.writer = .idle(wake: wake)
             if !state.outbound.isEmpty || state.closeReason != nil { Self.wakeWriter(&state) }
         }
     }
 
-    /// Cancels the running writer, if any (one waiting for a client that stopped reading gives up).
-    func cancelWriter() {
-        self.state.withLock { $0.writer }?.cancel()
+    /// The writer's next step, given whether the socket takes more now.
+    func nextWrite(socketWritable: Bool) -> WriterStep {
+        self.state.withLock { state in
+            let wake: @Sendable () -> Void
+            switch state.writer {
+            case .idle(let current), .woken(let current), .blocked(let current): wake = current
+            case .none, .closing, .finished: return .stop
+            }
+            if !state.outbound.isEmpty {
+                guard socketWritable || state.closeReason != nil else {
+                    state.writer = .blocked(wake: wake)
+                    return .stop
+                }
+                state.writer = .woken(wake: wake)
+                return .write(self.takeBuffered(&state, maxBytes: Int.max))
+            }
+            if let reason = state.closeReason {
+                state.writer = .closing(nil)
+                return .close(reason)
+            }
+            state.writer = .idle(wake: wake)
+            return .stop
+        }
     }
 
-    /// The writer's next step; `idle` ends the writer (the next packet starts another).
-    func nextWrite() -> WriterStep {
+    /// Records the task sending the close (see ``WriterStep/close(_:)``), so ``cancelWriter()`` can end it.
+    func writerClosing(_ task: Task<Void, Never>) {
         self.state.withLock { state in
-            if !state.outbound.isEmpty { return .write(self.takeBuffered(&state, maxBytes: Int.max)) }
-            if let reason = state.closeReason { return .close(reason) }
-            state.writer = nil
-            return .idle
+            if case .closing(nil) = state.writer { state.writer = .closing(task) }
         }
+    }
+
+    /// Cancels the close being sent, if any: a close waiting for a client that stopped reading gives up.
+    func cancelWriter() {
+        self.state.withLock { state -> Task<Void, Never>? in
+            if case .closing(let task) = state.writer { return task }
+            return nil
+        }?.cancel()
     }
 
     /// The writer closed the WebSocket, or gave up on it: nothing more leaves this session.
     func writerFinished() {
         let waiters = self.state.withLock { state in
-            state.writerFinished = true
-            state.startWriter = nil
-            state.writer = nil
+            state.writer = .finished
             defer { state.writerFinishedWaiters = [] }
             return state.writerFinishedWaiters
         }
@@ -290,8 +338,11 @@ final class EngineSession: Sendable {
     func waitUntilWriterFinished() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let finished = self.state.withLock { state in
-                if !state.writerFinished { state.writerFinishedWaiters.append(continuation) }
-                return state.writerFinished
+                guard case .finished = state.writer else {
+                    state.writerFinishedWaiters.append(continuation)
+                    return false
+                }
+                return true
             }
             if finished { continuation.resume() }
         }

@@ -11,7 +11,7 @@ extension SocketIOServer {
     /// and the WebSocket upgrade. Serve the application with ``httpServer(router:)`` (or
     /// `.http1WebSocketUpgrade(webSocketRouter: router, configuration: ...)` with ``webSocketConfiguration``) so
     /// upgrades reach the router.
-    public func addRoutes<Context: WebSocketRequestContext & RequestContext>(to router: Router<Context>) {
+    public func addRoutes(to router: Router<ChatRequestContext>) {
         let path = RouterPath(self.configuration.path)
         router.get(path) { request, context in
             await self.handleGet(request, context: context)
@@ -27,19 +27,25 @@ extension SocketIOServer {
         }
     }
 
-    /// The WebSocket settings the endpoint needs: frames up to ``SocketIOConfiguration/maxPayload``, and no
-    /// WebSocket-level pings (Engine.IO pings itself).
+    /// The WebSocket settings the endpoint needs: frames up to ``SocketIOConfiguration/maxPayload``, no
+    /// WebSocket-level pings (Engine.IO pings itself), and a closing handshake that may take
+    /// ``SocketIOConfiguration/pingTimeout`` (a client that answers nothing in that time is gone, as for a ping).
     public var webSocketConfiguration: WebSocketServerConfiguration {
         // Text that is not UTF-8 fails the connection with 1007, as RFC 6455 §8.1 asks, rather than being read
         // with replacement characters.
-        WebSocketServerConfiguration(maxFrameSize: self.configuration.maxPayload, autoPing: .disabled, validateUTF8: true)
+        WebSocketServerConfiguration(
+            maxFrameSize: self.configuration.maxPayload,
+            autoPing: .disabled,
+            closeTimeout: self.configuration.pingTimeout,
+            validateUTF8: true
+        )
     }
 
     /// An HTTP/1.1 server whose WebSocket upgrades go through `router` (the one ``addRoutes(to:)`` mounted on),
     /// with the server's connection limits: at most ``SocketIOConfiguration/maxHTTPConnections`` open, a first
     /// request head within ``SocketIOConfiguration/httpHeaderTimeout``, idle keep-alive connections closed after
     /// ``SocketIOConfiguration/httpIdleTimeout``.
-    public func httpServer<Context: WebSocketRequestContext & RequestContext>(router: Router<Context>) -> HTTPServerBuilder {
+    public func httpServer(router: Router<ChatRequestContext>) -> HTTPServerBuilder {
         let webSocketResponder = router.buildResponder()
         let http1 = HTTP1Channel.Configuration(idleTimeout: .nanoseconds(Int64(self.configuration.httpIdleTimeout.wholeMilliseconds) * 1_000_000))
         let configuration = HTTP1WebSocketUpgradeChannel.Configuration(http1: http1, ws: self.webSocketConfiguration)
@@ -100,7 +106,7 @@ extension SocketIOServer {
         )
     }
 
-    private func handleGet<Context: WebSocketRequestContext & RequestContext>(_ request: Request, context: Context) async -> Response {
+    private func handleGet(_ request: Request, context: ChatRequestContext) async -> Response {
         let query = request.uri.queryParameters
         guard query["EIO"] == "4" else {
             return self.errorResponse(.unsupportedProtocolVersion, detail: "this server speaks Engine.IO 4 (Socket.IO v3 and later clients)")
@@ -213,11 +219,7 @@ extension SocketIOServer {
 
     // MARK: WebSocket
 
-    private func upgrade<Context: WebSocketRequestContext & RequestContext>(
-        _ request: Request,
-        context: Context,
-        sid: String?
-    ) async -> Response {
+    private func upgrade(_ request: Request, context: ChatRequestContext, sid: String?) async -> Response {
         guard request.headers[.upgrade]?.lowercased() == "websocket" else {
             return self.errorResponse(.badRequest, detail: "transport=websocket needs a WebSocket upgrade request")
         }
@@ -242,15 +244,16 @@ extension SocketIOServer {
         let bearer = Self.bearerToken(request)
         let address = self.clientAddress(request, context: context)
         let isDuplicate = duplicate
-        let middleware = WebSocketUpgradeMiddleware<Context> { _, _ in
+        let channel = context.channel
+        let middleware = WebSocketUpgradeMiddleware<ChatRequestContext> { _, _ in
             .upgrade([:])
         } onUpgrade: { inbound, outbound, _ in
             if isDuplicate {
                 try? await outbound.close(.normalClosure, reason: "this session already has a WebSocket")
             } else if let session {
-                try await self.runUpgrade(session, inbound: inbound, outbound: outbound)
+                try await self.runUpgrade(session, inbound: inbound, outbound: outbound, channel: channel)
             } else {
-                try await self.runWebSocket(inbound: inbound, outbound: outbound, bearerToken: bearer, address: address)
+                try await self.runWebSocket(inbound: inbound, outbound: outbound, channel: channel, bearerToken: bearer, address: address)
             }
         }
         do {
@@ -265,6 +268,7 @@ extension SocketIOServer {
     private func runWebSocket(
         inbound: WebSocketInboundStream,
         outbound: WebSocketOutboundWriter,
+        channel: any Channel,
         bearerToken: String?,
         address: String?
     ) async throws {
@@ -278,11 +282,16 @@ extension SocketIOServer {
             return
         }
         var messages = inbound.messages(maxSize: self.configuration.maxPayload).makeAsyncIterator()
-        try await self.pump(session, messages: &messages, outbound: outbound)
+        try await self.pump(session, messages: &messages, outbound: outbound, channel: channel)
     }
 
     /// The upgrade of a polling session: `2probe` → `3probe`, then `5` switches the session to this WebSocket.
-    private func runUpgrade(_ session: EngineSession, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter) async throws {
+    private func runUpgrade(
+        _ session: EngineSession,
+        inbound: WebSocketInboundStream,
+        outbound: WebSocketOutboundWriter,
+        channel: any Channel
+    ) async throws {
         var messages = inbound.messages(maxSize: self.configuration.maxPayload).makeAsyncIterator()
         var upgraded = false
         do {
@@ -310,19 +319,32 @@ extension SocketIOServer {
         }
         session.completeUpgrade()
         self.logger.debug("Engine.IO session upgraded to WebSocket", metadata: ["engineio.session": "\(session.logID)"])
-        try await self.pump(session, messages: &messages, outbound: outbound)
+        try await self.pump(session, messages: &messages, outbound: outbound, channel: channel)
     }
 
-    /// Moves packets both ways until either side closes: this task reads the client's messages; writer tasks,
-    /// started when there is something to write and ended when the buffer is empty, send what is queued for the
-    /// session (an idle WebSocket holds no writer task).
+    /// Moves packets both ways until either side closes: this task reads the client's messages; a
+    /// ``SessionFrameWriter`` on the connection's event loop, woken when there is something to write, writes what
+    /// is queued for the session (an idle WebSocket holds no writer task).
     private func pump(
         _ session: EngineSession,
         messages: inout WebSocketInboundMessageStream.AsyncIterator,
-        outbound: WebSocketOutboundWriter
+        outbound: WebSocketOutboundWriter,
+        channel: any Channel
     ) async throws {
-        session.useWriter { [self] in
-            Task { await self.runWriter(session, outbound: outbound) }
+        let closeWebSocket: @Sendable (String) -> Task<Void, Never> = { reason in
+            Task {
+                try? await outbound.close(.normalClosure, reason: Self.closeFrameReason(reason))
+                session.writerFinished()
+            }
+        }
+        let closeTimeout = TimeAmount(self.webSocketConfiguration.closeTimeout)
+        let writer = try await channel.eventLoop.submit {
+            let writer = SessionFrameWriter(session: session, closeTimeout: closeTimeout, closeWebSocket: closeWebSocket)
+            try channel.pipeline.syncOperations.addHandler(writer)
+            return NIOLoopBound(writer, eventLoop: channel.eventLoop)
+        }.get()
+        session.useWriter {
+            writer.eventLoop.execute { writer.value.drain() }
         }
         do {
             while let message = try await messages.next() {
@@ -353,7 +375,7 @@ extension SocketIOServer {
             let match = codes.first { description.contains($0.name) }
             if let match { try? await outbound.close(.unknown(match.code), reason: nil) }
             self.closeSession(session, reason: "WebSocket read failed: \(error)", notifyClient: false)
-            // A writer waiting for a client that stopped reading must not hold the connection open.
+            // A close waiting for a client that stopped reading must not hold the connection open.
             session.cancelWriter()
             await session.waitUntilWriterFinished()
             if match != nil { return }
@@ -361,29 +383,6 @@ extension SocketIOServer {
         }
         // The handler's return closes the WebSocket: first let the writer send what is left, and the close.
         await session.waitUntilWriterFinished()
-    }
-
-    /// Writes what the session has queued until its buffer is empty (then ends: the next packet starts another
-    /// writer), or, once the session is closed and drained, closes the WebSocket with the session's reason.
-    private func runWriter(_ session: EngineSession, outbound: WebSocketOutboundWriter) async {
-        while true {
-            switch session.nextWrite() {
-            case .idle:
-                return
-            case .write(let packets):
-                do {
-                    for packet in packets { try await outbound.write(.text(packet)) }
-                } catch {
-                    self.closeSession(session, reason: "transport error: \(error)", notifyClient: false)
-                    session.writerFinished()
-                    return
-                }
-            case .close(let reason):
-                try? await outbound.close(.normalClosure, reason: Self.closeFrameReason(reason))
-                session.writerFinished()
-                return
-            }
-        }
     }
 
     /// `reason` cut to what a close frame holds (RFC 6455: 123 bytes of UTF-8 after the code), at a character
