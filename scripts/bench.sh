@@ -19,6 +19,9 @@ log() { printf '==> %s\n' "$*" >&2; }
 
 # The suite names this repository as a path package through a link, whatever the clone's directory is called.
 mkdir -p Benchmarks/Suite/.deps && ln -sfn ../../.. Benchmarks/Suite/.deps/chatd
+# SwiftPM keeps the suite's build plan across runs and does not see a source file added to this repository
+# (the build then fails with "cannot find ... in scope"); dropping the plan makes it look again (seconds).
+rm -f Benchmarks/Suite/.build/release/description.json Benchmarks/Suite/.build/release.yaml
 
 if [ "$mode" = micro ]; then
     cd Benchmarks/Suite
