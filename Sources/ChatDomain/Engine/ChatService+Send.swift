@@ -177,9 +177,8 @@ extension ChatService {
         var received: PreparedEvent?
         for recipient in recipients {
             let entry = QueueEntry(message: message, sender: sender, recipient: recipient, enqueuedAt: now)
-            var lane = self.lanes[recipient, default: RecipientLane()]
-            let route = lane.route(entry)
-            self.lanes[recipient] = lane
+            // Mutated in place: a copy of the lane would copy its deque of pushes in flight on every message.
+            let route = self.lanes[recipient, default: RecipientLane()].route(entry)
             switch route {
             case .push(let connections):
                 let event = received ?? self.transport.prepare(.messageReceived(ReceivedMessage(message: message, sender: sender, isNew: true)))
@@ -284,10 +283,9 @@ extension ChatService {
     /// A live push was confirmed or not; records deliveries and hands unconfirmed messages to the offline path.
     /// Returns whether the caller must run the recipient's enqueue flusher.
     private func settleLivePush(_ messageID: MessageID, for recipient: UserID, confirmed: Bool) -> Bool {
-        guard var lane = self.lanes[recipient] else { return false }
         let now = self.wallClock.now()
-        let resolution = lane.resolvePush(messageID, confirmed: confirmed, now: now)
-        self.lanes[recipient] = lane
+        // In place, as in route(_:from:to:presence:).
+        guard let resolution = self.lanes[recipient]?.resolvePush(messageID, confirmed: confirmed, now: now) else { return false }
         if !resolution.delivered.isEmpty {
             self.statistics.deliveredLive += resolution.delivered.count
             if let observer = self.observer {
