@@ -230,13 +230,18 @@ extension SocketIOServer {
     /// The id of the Socket.IO ACK `3<id>[...]` on the default namespace (`43<id>[...]` on the wire, inside an
     /// Engine.IO message); nil for anything else.
     static func fastAck(_ text: String) -> UInt64? {
-        let utf8 = text.utf8
-        guard utf8.count > 2, utf8.first == UInt8(ascii: "3") else { return nil }
-        let digits = utf8.dropFirst(1).prefix { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
-        guard !digits.isEmpty, digits.count <= SocketIOPacket.maxAckIDDigits, utf8[digits.endIndex...].first == UInt8(ascii: "[") else {
+        Self.fastAck(bytes: text.utf8)
+    }
+
+    /// ``fastAck(_:)`` over the packet's bytes (a WebSocket frame's, on the connection's event loop).
+    static func fastAck(bytes: some Collection<UInt8>) -> UInt64? {
+        guard bytes.count > 2, bytes.first == UInt8(ascii: "3") else { return nil }
+        let digits = bytes.dropFirst(1).prefix { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
+        guard !digits.isEmpty, digits.count <= SocketIOPacket.maxAckIDDigits, bytes[digits.endIndex...].first == UInt8(ascii: "[") else {
             return nil
         }
-        return UInt64(Substring(digits))
+        // At most 15 digits: no overflow.
+        return digits.reduce(0) { $0 * 10 + UInt64($1 - UInt8(ascii: "0")) }
     }
 
     /// The Socket.IO EVENT `2[<ackId>]["message:send",{...}]` on the default namespace (`42...` on the wire),

@@ -4,6 +4,7 @@ public import HummingbirdCore
 public import HummingbirdWebSocket
 import Logging
 import NIOCore
+import NIOWebSocket
 import HTTPTypes
 
 extension SocketIOServer {
@@ -323,8 +324,8 @@ extension SocketIOServer {
     }
 
     /// Moves packets both ways until either side closes: this task reads the client's messages; a
-    /// ``SessionFrameWriter`` on the connection's event loop, woken when there is something to write, writes what
-    /// is queued for the session (an idle WebSocket holds no writer task).
+    /// ``WebSocketSessionHandler`` on the connection's event loop writes what is queued for the session when woken
+    /// (an idle WebSocket holds no writer task) and takes the client's ACKs as they arrive.
     private func pump(
         _ session: EngineSession,
         messages: inout WebSocketInboundMessageStream.AsyncIterator,
@@ -339,9 +340,10 @@ extension SocketIOServer {
         }
         let closeTimeout = TimeAmount(self.webSocketConfiguration.closeTimeout)
         let writer = try await channel.eventLoop.submit {
-            let writer = SessionFrameWriter(session: session, closeTimeout: closeTimeout, closeWebSocket: closeWebSocket)
-            try channel.pipeline.syncOperations.addHandler(writer)
-            return NIOLoopBound(writer, eventLoop: channel.eventLoop)
+            let handler = WebSocketSessionHandler(session: session, closeTimeout: closeTimeout, closeWebSocket: closeWebSocket)
+            let decoder = try channel.pipeline.syncOperations.handler(type: ByteToMessageHandler<WebSocketFrameDecoder>.self)
+            try channel.pipeline.syncOperations.addHandler(handler, position: .after(decoder))
+            return NIOLoopBound(handler, eventLoop: channel.eventLoop)
         }.get()
         session.useWriter {
             writer.eventLoop.execute { writer.value.drain() }
