@@ -9,7 +9,7 @@ public struct ChatRequestContext: RequestContext, WebSocketRequestContext, Remot
     public let webSocket: WebSocketHandlerReference<Self>
     /// The connected peer (a proxy's address when there is one; see ``SocketIOConfiguration/trustedProxies``).
     public let remoteAddress: SocketAddress?
-    /// The connection's channel: an upgraded WebSocket's writer writes its frames into it directly.
+    /// The connection's channel: an upgraded WebSocket's session handler joins its pipeline.
     let channel: any Channel
 
     public init(source: ApplicationRequestContextSource) {

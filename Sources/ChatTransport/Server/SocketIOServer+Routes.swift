@@ -339,12 +339,19 @@ extension SocketIOServer {
             }
         }
         let closeTimeout = TimeAmount(self.webSocketConfiguration.closeTimeout)
-        let writer = try await channel.eventLoop.submit {
-            let handler = WebSocketSessionHandler(session: session, closeTimeout: closeTimeout, closeWebSocket: closeWebSocket)
-            let decoder = try channel.pipeline.syncOperations.handler(type: ByteToMessageHandler<WebSocketFrameDecoder>.self)
-            try channel.pipeline.syncOperations.addHandler(handler, position: .after(decoder))
-            return NIOLoopBound(handler, eventLoop: channel.eventLoop)
-        }.get()
+        let writer: NIOLoopBound<WebSocketSessionHandler>
+        do {
+            writer = try await channel.eventLoop.submit {
+                let handler = WebSocketSessionHandler(session: session, closeTimeout: closeTimeout, closeWebSocket: closeWebSocket)
+                let decoder = try channel.pipeline.syncOperations.handler(type: ByteToMessageHandler<WebSocketFrameDecoder>.self)
+                try channel.pipeline.syncOperations.addHandler(handler, position: .after(decoder))
+                return NIOLoopBound(handler, eventLoop: channel.eventLoop)
+            }.get()
+        } catch {
+            // The connection went away before its handler was in place (its pipeline is gone).
+            self.closeSession(session, reason: "WebSocket closed while being set up: \(error)", notifyClient: false)
+            return
+        }
         session.useWriter {
             writer.eventLoop.execute { writer.value.drain() }
         }
