@@ -30,15 +30,28 @@ func message(_ index: Int) -> Message {
     )
 }
 
+/// This process's CPU time (user + system), in microseconds: the store's own cost, apart from the server's.
+func cpuMicroseconds() -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1e6 + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec)
+}
+
+/// CPU per operation of the last `rate` call, in microseconds.
+nonisolated(unsafe) var lastCPU = 0.0
+
 func rate(_ operations: Int, _ body: () async throws -> Void) async rethrows -> Double {
     let start = ContinuousClock.now
+    let cpu = cpuMicroseconds()
     try await body()
+    lastCPU = (cpuMicroseconds() - cpu) / Double(operations)
     return Double(operations) / ((ContinuousClock.now - start) / .seconds(1))
 }
 
 let sequential = try await rate(count) {
     for index in 0..<count { _ = try await store.insert(message(index), pendingFor: ["bob"]) }
 }
+let sequentialCPU = lastCPU
 let concurrent = try await rate(count) {
     try await withThrowingTaskGroup(of: Void.self) { group in
         for task in 0..<8 {
@@ -49,6 +62,7 @@ let concurrent = try await rate(count) {
         try await group.waitForAll()
     }
 }
+let concurrentCPU = lastCPU
 var caughtUp = 0
 let catchUp = try await rate(2 * count) {
     var after: MessageID?
@@ -59,6 +73,7 @@ let catchUp = try await rate(2 * count) {
         after = last.id
     }
 }
+let catchUpCPU = lastCPU
 var delivered = 0
 let marks = try await rate(2 * count) {
     var after: MessageID?
@@ -70,9 +85,13 @@ let marks = try await rate(2 * count) {
         after = last.id
     }
 }
+let marksCPU = lastCPU
+func line(_ name: String, _ rate: Double, _ cpu: Double, _ extra: String = "") -> String {
+    name.padding(toLength: 31, withPad: " ", startingAt: 0) + "\(Int(rate)) msg/s, \(Int(cpu.rounded())) µs of this process's CPU per message\(extra)"
+}
 print("MongoDB store, \(count) messages of 200 bytes per insert row")
-print("inserts, one task:            \(Int(sequential)) msg/s")
-print("inserts, eight tasks:         \(Int(concurrent)) msg/s")
-print("catch-up reads (pages of 256): \(Int(catchUp)) msg/s (\(caughtUp) read)")
-print("catch-up + readBy batches:    \(Int(marks)) msg/s (\(delivered) marked)")
+print(line("inserts, one task:", sequential, sequentialCPU))
+print(line("inserts, eight tasks:", concurrent, concurrentCPU))
+print(line("catch-up reads (pages of 256):", catchUp, catchUpCPU, " (\(caughtUp) read)"))
+print(line("catch-up + readBy batches:", marks, marksCPU, " (\(delivered) marked)"))
 await store.close()

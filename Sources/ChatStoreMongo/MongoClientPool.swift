@@ -58,13 +58,22 @@ final class MongoClientPool: @unchecked Sendable {
 
     /// Runs one command (one round trip) and returns the server's reply. Blocks: call it on the store's threads.
     func command(_ command: BSONDocument) throws(MongoStoreError) -> BSONDocument {
+        let bytes: [UInt8]
+        do {
+            bytes = try command.encoded()
+        } catch {
+            throw MongoStoreError(code: .badDocument, message: "could not encode the command: \(error)")
+        }
         var error = bson_error_t()
-        var ok = false
-        guard let json = chatd_mongo_command(self.pool, self.database, command.extendedJSON, &error, &ok) else {
+        var replyData: UnsafeMutablePointer<UInt8>?
+        var replyLength: UInt32 = 0
+        let ok = bytes.withUnsafeBufferPointer { command in
+            chatd_mongo_command_bson(self.pool, self.database, command.baseAddress, command.count, &error, &replyData, &replyLength)
+        }
+        guard let replyData else {
             throw MongoStoreError(code: .badDocument, message: "could not encode the command: \(Self.message(of: &error))")
         }
-        defer { bson_free(json) }
-        let reply = String(cString: json)
+        defer { bson_free(replyData) }
         guard ok else {
             let domain = error.domain
             let text = Self.message(of: &error)
@@ -77,7 +86,7 @@ final class MongoClientPool: @unchecked Sendable {
             throw MongoStoreError(code: .serverError, message: "MongoDB answered: \(text)", serverCode: Int(error.code))
         }
         do {
-            return try BSONDocument.parse(reply)
+            return try BSONDocument.decode(UnsafeRawBufferPointer(start: replyData, count: Int(replyLength)))
         } catch {
             throw MongoStoreError(code: .badDocument, message: "could not read the server's reply: \(error)")
         }

@@ -261,7 +261,7 @@ public final class MongoMessageStore: MessageStore, Service {
         command.fields += [("limit", .int(Int64(limit))), ("batchSize", .int(Int64(limit))), ("singleBatch", .bool(true))]
         let reply = try await self.command(command)
         guard let batch = reply["cursor"]?.document?["firstBatch"]?.array else {
-            throw ChatError(.internalError, "MongoDB answered find on \(collection) without a cursor: \(reply.extendedJSON.prefix(200))")
+            throw ChatError(.internalError, "MongoDB answered find on \(collection) without a cursor: \(String(describing: reply).prefix(200))")
         }
         return batch.compactMap(\.document)
     }
