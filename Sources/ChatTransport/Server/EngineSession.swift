@@ -488,6 +488,14 @@ final class EngineSession: Sendable {
         self.state.withLock { state in state.socket?.pendingAcks.removeValue(forKey: id) }
     }
 
+    /// The client ACKed event `id`: completes the acknowledgement waiting for it, if any. False when no socket is
+    /// open, so the packet goes the general way (which reports an ACK before CONNECT as a protocol error).
+    func clientAcknowledged(_ id: UInt64) -> Bool {
+        guard self.hasSocket else { return false }
+        self.takeAcknowledgement(id)?.succeed()
+        return true
+    }
+
     /// Runs `work` (a `user:reconnected` drain) in its own task unless one is running; false when one is.
     ///
     /// The drain waits for the client's acknowledgements, which arrive on the same connection, so it must not

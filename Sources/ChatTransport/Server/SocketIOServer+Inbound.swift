@@ -30,10 +30,7 @@ extension SocketIOServer {
 
     private func receiveSocketIO(_ text: String, on session: EngineSession) async {
         // The hottest path: a client's ACK of `message:received` (`3<id>[...]`); its data is not used.
-        if let ackID = Self.fastAck(text), session.hasSocket {
-            session.takeAcknowledgement(ackID)?.succeed()
-            return
-        }
+        if let ackID = Self.fastAck(text), session.clientAcknowledged(ackID) { return }
         // The hot path: a well-formed `message:send` is decoded in one pass; anything else (including every
         // malformed variant) takes the general path below, which says what is wrong.
         if let (ackID, request) = Self.fastSend(text), let socket = session.socket {

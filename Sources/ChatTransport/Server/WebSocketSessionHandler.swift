@@ -69,9 +69,8 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
             guard bytes.first == UInt8(ascii: "4"), bytes.allSatisfy({ $0 < 0x80 }) else { return nil }
             return SocketIOServer.fastAck(bytes: bytes.dropFirst())
         }
-        guard let id, self.session.hasSocket else { return false }
-        self.session.takeAcknowledgement(id)?.succeed()
-        return true
+        guard let id else { return false }
+        return self.session.clientAcknowledged(id)
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
