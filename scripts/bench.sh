@@ -11,6 +11,8 @@
 #   ./scripts/bench.sh compare <before> <after> [rounds]   # two chatd binaries, embedded, run in turns (ABAB...,
 #                                 # 6 rounds by default): on a machine whose speed drifts by tens of percent over
 #                                 # minutes, only interleaved runs compare two builds fairly
+#   ./scripts/bench.sh compare-full <before> <after> [rounds]   # the same on the full stack (latency-200,
+#                                 # throughput, drain-1000; RabbitMQ, Redis and nx-27017 started once for both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -28,7 +30,7 @@ if [ "$mode" = micro ]; then
     exec swift package --disable-sandbox benchmark --target ChatMicro
 fi
 
-if [ "$mode" = full ]; then
+if [ "$mode" = full ] || [ "$mode" = compare-full ]; then
     for package in redis-server rabbitmq-server python3-venv; do
         dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing="${missing:-} $package"
     done
@@ -41,9 +43,12 @@ if [ "$mode" = full ]; then
     [ -x .venv/bin/nx-27017 ] || .venv/bin/pip install --quiet nx-27017
 fi
 # CHATD=<path> measures that binary instead of building this tree's (for a before/after comparison).
+# compare-full: the same in turns, on the full stack (RabbitMQ, Redis and nx-27017 started once for both).
+compare_stack=embedded
+if [ "$mode" = compare-full ]; then mode=compare; compare_stack=full; fi
 if [ "$mode" = compare ]; then
-    before=${2:?"usage: ./scripts/bench.sh compare <before-binary> <after-binary> [rounds]"}
-    after=${3:?"usage: ./scripts/bench.sh compare <before-binary> <after-binary> [rounds]"}
+    before=${2:?"usage: ./scripts/bench.sh compare|compare-full <before-binary> <after-binary> [rounds]"}
+    after=${3:?"usage: ./scripts/bench.sh compare|compare-full <before-binary> <after-binary> [rounds]"}
     rounds=${4:-6}
     chatd=$before
 elif [ -n "${CHATD:-}" ]; then
@@ -105,8 +110,10 @@ run() {
     local env=(PORT="$port" HOST=127.0.0.1 LOG_LEVEL=warning NODE_ID="bench-$rep" JWT_SECRET="$bench_secret"
                SEND_RATE_PER_USER=0 FANOUT_RATE_PER_USER=0 HANDSHAKE_RATE_PER_ADDRESS=0 MAX_SESSIONS_PER_ADDRESS=0
                MAX_HTTP_CONNECTIONS=20000)
-    if [ "$stack" = full ]; then
-        env+=(MONGODB_URI="mongodb://127.0.0.1:$mongo_port/bench$rep" RABBITMQ_HOST=127.0.0.1 RABBITMQ_PORT="$rabbit_port"
+    local services=$stack
+    [ "$mode" = compare ] && services=$compare_stack
+    if [ "$services" = full ]; then
+        env+=(MONGODB_URI="mongodb://127.0.0.1:$mongo_port/bench-$stack-$rep" RABBITMQ_HOST=127.0.0.1 RABBITMQ_PORT="$rabbit_port"
               REDIS_HOST=127.0.0.1 REDIS_PORT="$redis_port")
     fi
     env "${env[@]}" "$chatd" serve 2>"$work/chatd-$stack-$rep.log" &
@@ -123,7 +130,11 @@ run() {
             log "scenario $name failed: $(tail -3 "$work/load.err")"
         fi
     }
-    if [ "$mode" = compare ]; then
+    if [ "$mode" = compare ] && [ "$services" = full ]; then
+        scenario latency-200 --scenario latency --messages 1000 --rate 200
+        scenario throughput --scenario throughput --messages 4000 --pairs 4 --window 16
+        scenario drain-1000 --scenario drain --messages 1000
+    elif [ "$mode" = compare ]; then
         scenario latency --scenario latency --messages 5000 --rate 1000
         scenario throughput --scenario throughput --messages 40000 --pairs 8 --window 64
         scenario drain-1000 --scenario drain --messages 1000
@@ -155,6 +166,10 @@ run() {
 reps=3
 [ "$mode" = quick ] && reps=1
 if [ "$mode" = compare ]; then
+    if [ "$compare_stack" = full ]; then
+        log "Starting RabbitMQ, Redis and nx-27017 on loopback"
+        start_services
+    fi
     # Each round runs both binaries, alternately first, on fresh processes.
     for round in $(seq 1 "$rounds"); do
         if [ $((round % 2)) -eq 1 ]; then order=(before after); else order=(after before); fi
