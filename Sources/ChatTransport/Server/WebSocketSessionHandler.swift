@@ -66,8 +66,11 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
         }
         let payload = frame.unmaskedData
         let id: UInt64? = payload.withUnsafeReadableBytes { bytes in
-            guard bytes.first == UInt8(ascii: "4"), bytes.allSatisfy({ $0 < 0x80 }) else { return nil }
-            return SocketIOServer.fastAck(bytes: bytes.dropFirst())
+            // The prefix first: a `message:send` frame is not scanned whole only to be passed on.
+            guard bytes.first == UInt8(ascii: "4"), let id = SocketIOServer.fastAck(bytes: bytes.dropFirst()),
+                bytes.allSatisfy({ $0 < 0x80 })
+            else { return nil }
+            return id
         }
         guard let id else { return false }
         return self.session.clientAcknowledged(id)
