@@ -8,6 +8,9 @@
 #   ./scripts/bench.sh embedded   # the embedded half of the suite, three repetitions (prints; writes nothing)
 #   CHATD=/tmp/chatd-before ./scripts/bench.sh embedded   # the same against another chatd binary
 #   ./scripts/bench.sh micro      # the micro-benchmarks (ordo-one/benchmark): codec, JSON, engine
+#   ./scripts/bench.sh instructions [binary]   # instructions per operation under valgrind (callgrind): the
+#                                 # decode of message:send, the encode of message:received, an engine send;
+#                                 # deterministic where the timed figures drift (installs valgrind if missing)
 #   ./scripts/bench.sh compare <before> <after> [rounds]   # two chatd binaries, embedded, run in turns (ABAB...,
 #                                 # 6 rounds by default): on a machine whose speed drifts by tens of percent over
 #                                 # minutes, only interleaved runs compare two builds fairly
@@ -28,6 +31,43 @@ rm -f Benchmarks/Suite/.build/release/description.json Benchmarks/Suite/.build/r
 if [ "$mode" = micro ]; then
     cd Benchmarks/Suite
     exec swift package --disable-sandbox benchmark --target ChatMicro
+fi
+
+if [ "$mode" = instructions ]; then
+    if ! command -v valgrind >/dev/null; then
+        log "Installing valgrind"
+        sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+        $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends valgrind >/dev/null
+    fi
+    tool=${2:-}
+    if [ -z "$tool" ]; then
+        (cd Benchmarks/Suite && swift build -c release --product chatd-instructions >&2)
+        tool=Benchmarks/Suite/.build/release/chatd-instructions
+    fi
+    # valgrind 3.19 cannot read this toolchain's DWARF 5: count a copy without debug information.
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
+    cp "$tool" "$work/tool" && strip -g "$work/tool"
+    # One cooperative thread and valgrind's fair scheduling: the engine's tasks then interleave the same way in
+    # every run (with the default pool, the settlement loop's batches differ and an engine send varied by 2x).
+    count() {
+        LIBDISPATCH_COOPERATIVE_POOL_STRICT=1 valgrind --tool=callgrind --fair-sched=yes --callgrind-out-file=/dev/null \
+            "$work/tool" "$1" "$2" 2>&1 | awk '/Collected/ {print $4}'
+    }
+    n=2000
+    printf '| operation | instructions per operation (median of 3) | runs |\n| --- | ---: | --- |\n'
+    for operation in send-decode received-encode engine-send; do
+        # N and 2N operations in one process each: start-up and set-up cancel out in the difference.
+        runs=()
+        for _ in 1 2 3; do
+            small=$(count "$operation" "$n"); large=$(count "$operation" $((2 * n)))
+            [ -n "$small" ] && [ -n "$large" ] || { log "valgrind failed on $operation"; exit 1; }
+            runs+=($(( (large - small) / n )))
+        done
+        median=$(printf '%s\n' "${runs[@]}" | sort -n | sed -n 2p)
+        printf '| %s | %s | %s |\n' "$operation" "$median" "${runs[*]}"
+    done
+    exit 0
 fi
 
 if [ "$mode" = full ] || [ "$mode" = compare-full ]; then

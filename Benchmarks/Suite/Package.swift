@@ -1,7 +1,8 @@
 // swift-tools-version:6.1
 // chatd's performance suite, a package of its own so that it never slows the main build:
 //   - `chatd-load`: a native Socket.IO load generator (scenarios latency, throughput, drain, connections);
-//   - `ChatMicro`: micro-benchmarks (ordo-one/benchmark) of the codec, message JSON and the delivery engine.
+//   - `ChatMicro`: micro-benchmarks (ordo-one/benchmark) of the codec, message JSON and the delivery engine;
+//   - `chatd-instructions`: one hot-path operation N times, for instruction counts under valgrind.
 // Run everything with ./scripts/bench.sh from the repository root.
 import PackageDescription
 
@@ -28,6 +29,14 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
+        ),
+        .executableTarget(
+            name: "chatd-instructions",
+            dependencies: [
+                .product(name: "ChatDomain", package: "chatd"),
+                .product(name: "ChatTransport", package: "chatd"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .executableTarget(
             name: "ChatMicro",

@@ -1,4 +1,4 @@
-import ChatDomain
+public import ChatDomain
 import Foundation
 import Logging
 
@@ -242,8 +242,8 @@ extension SocketIOServer {
     }
 
     /// The Socket.IO EVENT `2[<ackId>]["message:send",{...}]` on the default namespace (`42...` on the wire),
-    /// decoded in one pass; nil for anything else.
-    static func fastSend(_ text: String) -> (ackID: UInt64?, request: SendMessageRequest)? {
+    /// decoded in one pass as the server decodes it; nil for anything else. Public for benchmarks.
+    public static func fastSend(_ text: String) -> (ackID: UInt64?, request: SendMessageRequest)? {
         let utf8 = text.utf8
         guard utf8.count > 1, utf8.first == UInt8(ascii: "2") else { return nil }
         let afterType = utf8.index(after: utf8.startIndex)
