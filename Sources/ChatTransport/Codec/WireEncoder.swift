@@ -9,9 +9,9 @@ enum WireEncoder {
     /// `["<name>",<payload>]`: the argument list of a Socket.IO EVENT, as ``SocketIOServer/encodeEvent(_:)`` makes.
     static func event(_ event: OutboundEvent) throws(ChatError) -> String {
         var out = WireText()
-        out.raw("[\"")
+        out.literal("[\"")
         out.raw(event.name)
-        out.raw("\",")
+        out.literal("\",")
         switch event {
         case .messageReceived(let received):
             try out.received(received)
@@ -20,7 +20,7 @@ enum WireEncoder {
         case .userOnline, .userOffline, .messageError:
             out.raw(try Self.foundation(event.payload, name: event.name))
         }
-        out.raw("]")
+        out.literal("]")
         return out.text
     }
 
@@ -41,72 +41,75 @@ enum WireEncoder {
     }
 }
 
-/// JSON text under construction.
+/// JSON text under construction, as UTF-8 bytes: appending to a `String` piece by piece cost five times as many
+/// instructions (`./scripts/bench.sh instructions`), each append checking the string's capacity and breadcrumbs.
 private struct WireText {
-    var text = ""
+    private var bytes: [UInt8] = []
 
     init() {
-        self.text.reserveCapacity(512)
+        self.bytes.reserveCapacity(512)
+    }
+
+    /// The text: valid UTF-8, since every piece came from a `String`.
+    var text: String {
+        String(decoding: self.bytes, as: UTF8.self)
     }
 
     mutating func raw(_ string: String) {
-        self.text += string
+        self.bytes.append(contentsOf: string.utf8)
+    }
+
+    mutating func literal(_ string: StaticString) {
+        string.withUTF8Buffer { self.bytes.append(contentsOf: $0) }
     }
 
     /// A JSON string: `"` and `\` escaped, control characters as `\b \f \n \r \t` or `\u00xx`, everything else
     /// (including `/` and non-ASCII) as is, as Foundation's encoder does with `.withoutEscapingSlashes`.
     mutating func string(_ value: String) {
-        self.text += "\""
-        let utf8 = value.utf8
-        // Most strings need no escaping: append them whole. (Scanned as raw bytes where the string is contiguous,
-        // as native strings are: the `UTF8View` iterator cost more than the rest of the encoding.)
-        let needsEscaping =
-            utf8.withContiguousStorageIfAvailable { $0.contains(where: Self.escaped) } ?? utf8.contains(where: Self.escaped)
-        guard needsEscaping else {
-            self.text += value
-            self.text += "\""
-            return
-        }
-        var start = utf8.startIndex
-        var index = start
-        while index != utf8.endIndex {
-            let byte = utf8[index]
-            let escape: String? =
-                switch byte {
-                case UInt8(ascii: "\""): "\\\""
-                case UInt8(ascii: "\\"): "\\\\"
-                case 0x08: "\\b"
-                case 0x0C: "\\f"
-                case 0x0A: "\\n"
-                case 0x0D: "\\r"
-                case 0x09: "\\t"
-                case ..<0x20: "\\u00" + (byte < 0x10 ? "0" : "") + String(byte, radix: 16)
-                default: nil
-                }
-            if let escape {
-                self.text += String(Substring(utf8[start..<index]))
-                self.text += escape
-                start = utf8.index(after: index)
+        self.bytes.append(UInt8(ascii: "\""))
+        var value = value
+        // Native strings are contiguous; a bridged or lazily built one is made so first.
+        value.withUTF8 { utf8 in
+            // Most strings need no escaping: append them whole.
+            guard utf8.contains(where: Self.escaped) else {
+                self.bytes.append(contentsOf: utf8)
+                return
             }
-            index = utf8.index(after: index)
+            for byte in utf8 {
+                switch byte {
+                case UInt8(ascii: "\""): self.literal("\\\"")
+                case UInt8(ascii: "\\"): self.literal("\\\\")
+                case 0x08: self.literal("\\b")
+                case 0x0C: self.literal("\\f")
+                case 0x0A: self.literal("\\n")
+                case 0x0D: self.literal("\\r")
+                case 0x09: self.literal("\\t")
+                case ..<0x20:
+                    self.literal("\\u00")
+                    self.bytes.append(Self.hexDigits[Int(byte >> 4)])
+                    self.bytes.append(Self.hexDigits[Int(byte & 0x0F)])
+                default: self.bytes.append(byte)
+                }
+            }
         }
-        self.text += String(Substring(utf8[start..<utf8.endIndex]))
-        self.text += "\""
+        self.bytes.append(UInt8(ascii: "\""))
     }
+
+    private static let hexDigits = Array("0123456789abcdef".utf8)
 
     /// Whether a JSON string must escape `byte`.
     private static func escaped(_ byte: UInt8) -> Bool {
         byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\")
     }
 
-    mutating func key(_ name: String, first: Bool = false) {
-        self.text += first ? "{\"" : ",\""
-        self.text += name
-        self.text += "\":"
+    mutating func key(_ name: StaticString, first: Bool = false) {
+        self.literal(first ? "{\"" : ",\"")
+        self.literal(name)
+        self.literal("\":")
     }
 
     mutating func optionalString(_ value: String?) {
-        if let value { self.string(value) } else { self.text += "null" }
+        if let value { self.string(value) } else { self.literal("null") }
     }
 
     mutating func user(_ user: User) {
@@ -114,7 +117,7 @@ private struct WireText {
         self.string(user.id.rawValue)
         self.key("username")
         self.string(user.username)
-        self.text += "}"
+        self.literal("}")
     }
 
     /// `message:received`'s payload: the message's fields in ``Message``'s coding order, the populated sender, `isNew`.
@@ -130,23 +133,23 @@ private struct WireText {
         self.string(message.messageType.rawValue)
         self.key("attachments")
         if message.attachments.isEmpty {
-            self.text += "[]"
+            self.literal("[]")
         } else {
-            self.text += try WireEncoder.foundation(message.attachments, name: "message:received")
+            self.raw(try WireEncoder.foundation(message.attachments, name: "message:received"))
         }
         self.key("replyTo")
         self.optionalString(message.replyTo?.hexString)
         self.key("readBy")
-        self.text += "["
+        self.literal("[")
         for (index, receipt) in message.readBy.enumerated() {
-            if index > 0 { self.text += "," }
+            if index > 0 { self.literal(",") }
             self.key("userId", first: true)
             self.string(receipt.userID.rawValue)
             self.key("readAt")
             self.string(Timestamp.string(from: receipt.readAt))
-            self.text += "}"
+            self.literal("}")
         }
-        self.text += "]"
+        self.literal("]")
         self.key("createdAt")
         self.string(Timestamp.string(from: message.createdAt))
         self.key("clientMessageId")
@@ -154,7 +157,7 @@ private struct WireText {
         self.key("senderId")
         self.user(received.sender)
         self.key("isNew")
-        self.text += received.isNew ? "true}" : "false}"
+        self.literal(received.isNew ? "true}" : "false}")
     }
 
     /// `message:sent`'s payload; `clientMessageId` only when the client gave one, as the synthesized coding does.
@@ -169,6 +172,6 @@ private struct WireText {
             self.key("clientMessageId")
             self.string(client)
         }
-        self.text += "}"
+        self.literal("}")
     }
 }
