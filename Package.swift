@@ -100,6 +100,7 @@ let package = Package(
                 "ChatAdapterSupport",
                 "ChatDomain",
                 "CRabbitMQ",
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -228,7 +229,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ChatBrokerAMQPTests",
-            dependencies: ["ChatBrokerAMQP", "ChatDomain", "ChatScenarioKit"],
+            dependencies: ["ChatBrokerAMQP", "ChatDomain", "ChatScenarioKit", "CRabbitMQ"],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -37,6 +37,22 @@ let batched = try await rate(count) {
         _ = try await queue.enqueue(Array(all[start..<min(start + 100, count)]), for: "batched")
     }
 }
+// As the engine's enqueue flushers do under load: 8 recipients at once, each with batches of 100, one after the
+// other; the adapter's publish window lets their publishes overlap instead of waiting for each other's confirms.
+let concurrent = try await rate(count) {
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        for user in 0..<8 {
+            let recipient = UserID("concurrent-\(user)")
+            let mine = entries(count / 8, for: recipient)
+            group.addTask {
+                for start in stride(from: 0, to: mine.count, by: 100) {
+                    _ = try await queue.enqueue(Array(mine[start..<min(start + 100, mine.count)]), for: recipient)
+                }
+            }
+        }
+        try await group.waitForAll()
+    }
+}
 /// Drains `user`'s queue as the engine does: up to `window` deliveries in flight, acknowledged together.
 func drain(_ user: UserID, window: Int) async throws -> Int {
     var drained = 0
@@ -62,6 +78,7 @@ let drainWindow = try await rate(count) { drained = try await drain("batched", w
 print("RabbitMQ offline queue, 200-byte messages, persistent, durable classic queue")
 print("enqueue, one per confirm:         \(Int(single)) msg/s (\(count / 10) messages)")
 print("enqueue, batches of 100 confirmed: \(Int(batched)) msg/s (\(count) messages)")
+print("enqueue, 8 users at once, batches of 100: \(Int(concurrent)) msg/s (\(count) messages)")
 print("drain, window 1 (prefetch 1):      \(Int(drainOne)) msg/s (\(drainedOne) messages)")
 print("drain, window 64 (prefetch 64):    \(Int(drainWindow)) msg/s (\(drained) messages)")
 await queue.close()

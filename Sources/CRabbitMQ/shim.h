@@ -139,9 +139,11 @@ static inline int chatd_amqp_publish(amqp_connection_state_t connection, amqp_ch
 enum { CHATD_AMQP_TIMEOUT = 0, CHATD_AMQP_ACK = 1, CHATD_AMQP_NACK = 2, CHATD_AMQP_RETURN = 3,
        CHATD_AMQP_CHANNEL_CLOSED = 4, CHATD_AMQP_FAILED = -1 };
 
-/// Waits up to `timeout_ms` for the next publisher confirm (or return, or close) on the connection.
+/// Waits up to `timeout_ms` for the next publisher confirm (or return, or close) on the connection. A return
+/// also fills `routing_key` and `message_id` (the returned message's), so the caller knows which publish it was.
 static inline int chatd_amqp_wait_confirm(amqp_connection_state_t connection, long timeout_ms, uint64_t *tag,
-                                          int *multiple, char *text, size_t text_length) {
+                                          int *multiple, char *text, size_t text_length, char *routing_key,
+                                          size_t routing_key_length, char *message_id, size_t message_id_length) {
     struct timeval timeout = { timeout_ms / 1000, (timeout_ms % 1000) * 1000 };
     amqp_frame_t frame;
     for (;;) {
@@ -174,10 +176,17 @@ static inline int chatd_amqp_wait_confirm(amqp_connection_state_t connection, lo
             amqp_basic_return_t *returned = (amqp_basic_return_t *)frame.payload.method.decoded;
             snprintf(text, text_length, "%u %.*s", returned->reply_code, (int)returned->reply_text.len,
                      (const char *)returned->reply_text.bytes);
+            snprintf(routing_key, routing_key_length, "%.*s", (int)returned->routing_key.len,
+                     (const char *)returned->routing_key.bytes);
+            message_id[0] = 0;
             // The returned message's header and body follow; read them so the stream stays in step.
             amqp_message_t message;
             amqp_rpc_reply_t reply = amqp_read_message(connection, frame.channel, &message, 0);
             if (reply.reply_type == AMQP_RESPONSE_NORMAL) {
+                if (message.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG) {
+                    snprintf(message_id, message_id_length, "%.*s", (int)message.properties.message_id.len,
+                             (const char *)message.properties.message_id.bytes);
+                }
                 amqp_destroy_message(&message);
             }
             return CHATD_AMQP_RETURN;

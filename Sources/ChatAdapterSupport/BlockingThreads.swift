@@ -43,6 +43,17 @@ public final class BlockingThreads: Sendable {
         _ = try? await self.pool.runIfActive(body)
     }
 
+    /// Runs `body` on one of the threads without waiting for it; `cancelled` runs instead (on some thread) when
+    /// the threads were shut down first.
+    public func submit(_ body: @escaping @Sendable () -> Void, cancelled: @escaping @Sendable () -> Void) {
+        self.pool.submit { state in
+            switch state {
+            case .active: body()
+            case .cancelled: cancelled()
+            }
+        }
+    }
+
     /// Stops the threads once the calls already given to them are done.
     public func shutDown() async {
         try? await self.pool.shutdownGracefully()

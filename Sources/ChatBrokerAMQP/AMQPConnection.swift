@@ -35,27 +35,6 @@ final class AMQPConnection: @unchecked Sendable {
 
     // MARK: Operations
 
-    /// Publishes `bodies` to `user`'s queue and waits until the broker confirmed each; returns the indexes it
-    /// refused (a full queue refuses with a nack).
-    func publish(_ bodies: [(id: String, body: [UInt8])], to user: String) throws(AMQPQueueError) -> Set<Int> {
-        try self.ensureConnected()
-        try self.declareUserQueue(user)
-        do {
-            return try self.publishConfirmed(bodies, exchange: Topology.exchange, routingKey: user)
-        } catch where error.code == .publishRefused && error.message.hasPrefix("returned") {
-            // Unroutable: the queue was deleted behind our back. Declare it again and retry once.
-            self.declaredQueues.remove(Topology.queue(of: user))
-            try self.declareUserQueue(user)
-            return try self.publishConfirmed(bodies, exchange: Topology.exchange, routingKey: user)
-        }
-    }
-
-    /// Publishes delivery events to `message_delivery` (through the default exchange), confirmed.
-    func publishEvents(_ bodies: [(id: String, body: [UInt8])]) throws(AMQPQueueError) {
-        try self.ensureConnected()
-        _ = try self.publishConfirmed(bodies, exchange: "", routingKey: Topology.deliveryQueue)
-    }
-
     /// basic.get on `queue`; nil when it is empty.
     func get(_ queue: String) throws(AMQPQueueError) -> (body: [UInt8], tag: UInt64, redelivered: Bool, deathReason: String)? {
         try self.ensureConnected()
@@ -221,60 +200,231 @@ final class AMQPConnection: @unchecked Sendable {
         self.declaredQueues.insert(queue)
     }
 
-    private func publishConfirmed(
-        _ bodies: [(id: String, body: [UInt8])],
-        exchange: String,
-        routingKey: String
-    ) throws(AMQPQueueError) -> Set<Int> {
+    // MARK: Publishing
+
+    /// A request whose messages are published and not all confirmed yet.
+    private final class InFlight {
+        let request: PublishRequest
+        /// The sequence number of the request's first message; the others follow it.
+        let first: UInt64
+        let deadline: ContinuousClock.Instant
+        /// Which messages the broker settled; below `lowestUnsettled` all are.
+        var settled: [Bool]
+        var lowestUnsettled = 0
+        var remaining: Int
+        var refused = Set<Int>()
+        var returned = Set<Int>()
+        var returnText = ""
+
+        init(request: PublishRequest, first: UInt64, deadline: ContinuousClock.Instant) {
+            self.request = request
+            self.first = first
+            self.deadline = deadline
+            self.settled = Array(repeating: false, count: request.bodies.count)
+            self.remaining = request.bodies.count
+        }
+
+        /// Settles the message with sequence number `sequence` if it is one of this request's.
+        func settle(_ sequence: UInt64, refused: Bool) {
+            guard sequence >= self.first, sequence < self.first + UInt64(self.settled.count) else { return }
+            let index = Int(sequence - self.first)
+            guard !self.settled[index] else { return }
+            self.settled[index] = true
+            self.remaining -= 1
+            if refused { self.refused.insert(index) }
+        }
+
+        /// Settles every message up to sequence number `tag` (a `multiple` confirm).
+        func settle(upTo tag: UInt64, refused: Bool) {
+            guard tag >= self.first else { return }
+            let end = min(self.settled.count, Int(tag - self.first) + 1)
+            while self.lowestUnsettled < end {
+                if !self.settled[self.lowestUnsettled] {
+                    self.settled[self.lowestUnsettled] = true
+                    self.remaining -= 1
+                    if refused { self.refused.insert(self.lowestUnsettled) }
+                }
+                self.lowestUnsettled += 1
+            }
+        }
+    }
+
+    /// Requests published and waiting for confirms, oldest first. Empty whenever ``pump(_:reschedule:)`` is not
+    /// running, so the other calls on this connection never see a confirm they do not expect.
+    private var inFlight: [InFlight] = []
+    private var unconfirmed = 0
+
+    /// Publishes what `inbox` holds, keeping up to ``publishWindow`` messages unconfirmed (a window, not batch and
+    /// wait: new requests go out while earlier ones wait for their confirms), and completes each request once the
+    /// broker confirmed all of its messages. Runs for one turn (``pumpTurn``) and then leaves the thread to the
+    /// other calls: it stops taking requests, waits for the confirms it expects, and calls `reschedule` if
+    /// requests are still waiting.
+    func pump(_ inbox: PublishInbox, reschedule: () -> Void) {
+        let started = ContinuousClock.now
+        while true {
+            let accepting = ContinuousClock.now - started < Self.pumpTurn
+            for retry in self.retries.reversed() { inbox.putBack(retry) }
+            self.retries = []
+            if accepting {
+                self.publishWaiting(inbox)
+            }
+            if self.inFlight.isEmpty {
+                if inbox.stopIfEmpty() { return }
+                if !accepting {
+                    reschedule()
+                    return
+                }
+                continue
+            }
+            // While requests may still go out, look at the inbox every millisecond; else wait for a confirm.
+            let room = accepting && self.unconfirmed < Self.publishWindow
+            self.awaitConfirm(timeout: room ? .milliseconds(1) : self.inFlight[0].deadline - ContinuousClock.now)
+        }
+    }
+
+    /// At most this many messages published and not yet confirmed (a larger request goes out alone).
+    static let publishWindow = 1_000
+    /// How long the pump keeps the thread while requests keep coming.
+    static let pumpTurn: Duration = .milliseconds(50)
+
+    private func publishWaiting(_ inbox: PublishInbox) {
+        while self.inFlight.isEmpty || self.unconfirmed < Self.publishWindow, let request = inbox.takeFirst() {
+            guard self.inFlight.isEmpty || self.unconfirmed + request.bodies.count <= Self.publishWindow else {
+                inbox.putBack(request)
+                return
+            }
+            let generation = self.generation
+            do {
+                try self.ensureConnected()
+                if request.declaresUserQueue, !self.declaredQueues.contains(Topology.queue(of: request.routingKey)) {
+                    // A declaration waits for its answer; confirms must not arrive meanwhile.
+                    guard self.inFlight.isEmpty else {
+                        inbox.putBack(request)
+                        return
+                    }
+                    try self.declareUserQueue(request.routingKey)
+                }
+                try self.publish(request)
+            } catch {
+                request.complete(.failure(error))
+                if self.generation != generation { self.failInFlight(error) }
+            }
+        }
+    }
+
+    private func publish(_ request: PublishRequest) throws(AMQPQueueError) {
         guard let connection = self.connection else { throw self.notConnected() }
-        let first = self.nextPublishSequence
-        for item in bodies {
+        let entry = InFlight(request: request, first: self.nextPublishSequence, deadline: .now + self.configuration.confirmTimeout)
+        for item in request.bodies {
             let status = item.body.withUnsafeBytes { buffer in
-                chatd_amqp_publish(connection, Self.channel, exchange, routingKey, buffer.baseAddress, buffer.count, item.id)
+                chatd_amqp_publish(connection, Self.channel, request.exchange, request.routingKey, buffer.baseAddress, buffer.count, item.id)
             }
             guard status == AMQP_STATUS_OK.rawValue else { throw self.lost(String(cString: chatd_amqp_status_text(status))) }
             self.nextPublishSequence += 1
         }
-        var unconfirmed = Set(first..<self.nextPublishSequence)
-        var refused = Set<Int>()
-        var returned: String?
-        let deadline = ContinuousClock.now + self.configuration.confirmTimeout
-        while !unconfirmed.isEmpty {
-            let remaining = deadline - ContinuousClock.now
-            guard remaining > .zero else {
-                throw AMQPQueueError(
-                    code: .confirmTimeout,
-                    message: "RabbitMQ did not confirm \(unconfirmed.count) publishes within \(self.configuration.confirmTimeout)"
-                )
+        self.inFlight.append(entry)
+        self.unconfirmed += request.bodies.count
+    }
+
+    /// Reads the next confirm (or return, or close) and completes the requests it settles.
+    private func awaitConfirm(timeout: Duration) {
+        guard let connection = self.connection else {
+            self.failInFlight(self.notConnected())
+            return
+        }
+        var tag: UInt64 = 0
+        var multiple: Int32 = 0
+        var text = [CChar](repeating: 0, count: 256)
+        var key = [CChar](repeating: 0, count: 256)
+        var id = [CChar](repeating: 0, count: 128)
+        let kind = chatd_amqp_wait_confirm(
+            connection, max(0, timeout.wholeMilliseconds), &tag, &multiple, &text, text.count, &key, key.count, &id, id.count
+        )
+        switch kind {
+        case Int32(CHATD_AMQP_ACK), Int32(CHATD_AMQP_NACK):
+            let refused = kind == Int32(CHATD_AMQP_NACK)
+            for entry in self.inFlight {
+                if multiple != 0 { entry.settle(upTo: tag, refused: refused) } else { entry.settle(tag, refused: refused) }
             }
-            var tag: UInt64 = 0
-            var multiple: Int32 = 0
-            var text = [CChar](repeating: 0, count: 256)
-            let kind = chatd_amqp_wait_confirm(connection, remaining.wholeMilliseconds, &tag, &multiple, &text, text.count)
-            let message = Self.string(text)
-            switch kind {
-            case Int32(CHATD_AMQP_ACK), Int32(CHATD_AMQP_NACK):
-                // Confirms may come batched (`multiple`): every sequence number up to the tag is settled.
-                let settled = multiple != 0 ? unconfirmed.filter { $0 <= tag } : unconfirmed.filter { $0 == tag }
-                unconfirmed.subtract(settled)
-                if kind == Int32(CHATD_AMQP_NACK) {
-                    refused.formUnion(settled.map { Int($0 - first) })
+            self.completeSettled()
+        case Int32(CHATD_AMQP_RETURN):
+            // The broker returns an unroutable message before it confirms it: note which one it was.
+            let routingKey = Self.string(key)
+            let messageID = Self.string(id)
+            for entry in self.inFlight where entry.request.routingKey == routingKey {
+                if let index = entry.request.bodies.indices.first(where: {
+                    entry.request.bodies[$0].id == messageID && !entry.settled[$0] && !entry.returned.contains($0)
+                }) {
+                    entry.returned.insert(index)
+                    entry.returnText = Self.string(text)
+                    break
                 }
-            case Int32(CHATD_AMQP_RETURN):
-                returned = message
-            case Int32(CHATD_AMQP_CHANNEL_CLOSED):
-                try self.openChannel()
-                throw AMQPQueueError(code: .channelClosed, message: message)
-            case Int32(CHATD_AMQP_TIMEOUT):
-                continue
-            default:
-                throw self.lost(message)
             }
+        case Int32(CHATD_AMQP_CHANNEL_CLOSED):
+            let error = AMQPQueueError(code: .channelClosed, message: Self.string(text))
+            do {
+                try self.openChannel()
+            } catch {
+                self.failInFlight(error)
+                return
+            }
+            self.failInFlight(error)
+        case Int32(CHATD_AMQP_TIMEOUT):
+            let now = ContinuousClock.now
+            guard let oldest = self.inFlight.first, oldest.deadline <= now else { return }
+            self.failInFlight(AMQPQueueError(
+                code: .confirmTimeout,
+                message: "RabbitMQ did not confirm \(self.unconfirmed) publishes within \(self.configuration.confirmTimeout)"
+            ))
+        default:
+            self.failInFlight(self.lost(Self.string(text)))
         }
-        if let returned {
-            throw AMQPQueueError(code: .publishRefused, message: "returned as unroutable: \(returned)")
+    }
+
+    /// Completes (in publish order) the requests whose messages are all settled.
+    private func completeSettled() {
+        guard self.inFlight.contains(where: { $0.remaining == 0 }) else { return }
+        let done = self.inFlight.filter { $0.remaining == 0 }
+        self.inFlight.removeAll { $0.remaining == 0 }
+        for entry in done {
+            self.unconfirmed -= entry.settled.count
+            self.finish(entry)
         }
-        return refused
+    }
+
+    private func finish(_ entry: InFlight) {
+        let request = entry.request
+        guard !entry.returned.isEmpty else {
+            request.complete(.success(entry.refused))
+            return
+        }
+        // Returned as unroutable: the queue was deleted behind our back. Declare it again and publish what came
+        // back once more; a second return fails the request.
+        guard request.declaresUserQueue, !request.isRetry else {
+            request.complete(.failure(AMQPQueueError(code: .publishRefused, message: "returned as unroutable: \(entry.returnText)")))
+            return
+        }
+        self.declaredQueues.remove(Topology.queue(of: request.routingKey))
+        let indexes = entry.returned.sorted()
+        let earlierRefused = entry.refused
+        var retry = request
+        retry.isRetry = true
+        retry.bodies = indexes.map { request.bodies[$0] }
+        retry.complete = { result in
+            request.complete(result.map { refused in earlierRefused.union(refused.map { indexes[$0] }) })
+        }
+        self.retries.append(retry)
+    }
+
+    /// Returned publishes to try again, ahead of the inbox (the pump puts them back in front).
+    private var retries: [PublishRequest] = []
+
+    /// Fails every request in flight with `error` (the channel or connection they were published on is gone).
+    private func failInFlight(_ error: AMQPQueueError) {
+        let failed = self.inFlight
+        self.inFlight = []
+        self.unconfirmed = 0
+        for entry in failed { entry.request.complete(.failure(error)) }
     }
 
     // MARK: Errors

@@ -14,7 +14,8 @@ public import ServiceLifecycle
 /// durable `offline_messages_dead`; and `message_delivery` (7 days, 50,000 entries) for delivery events.
 ///
 /// Publishes are persistent and `mandatory`, and ``enqueue(_:for:)`` returns only once the broker confirmed each
-/// one. Consumers take entries with `basic.get` and acknowledge them one by one; closing a consumer returns what
+/// one; publishes of concurrent calls share a window of up to 1,000 unconfirmed messages instead of waiting for
+/// each other's confirms. Consumers take entries with `basic.get` and acknowledge them one by one; closing a consumer returns what
 /// it did not acknowledge. rabbitmq-c blocks, so every call runs on a thread of this queue's own. While the broker
 /// is unreachable calls fail fast with ``ChatDomain/ChatError`` code `unavailable`; the connection comes back by
 /// itself (with capped backoff) and declares the topology again.
@@ -30,6 +31,8 @@ public final class RabbitMQMessageQueue: MessageQueue, Service {
     private let deadLetterContinuation: AsyncStream<DeadLetter>.Continuation
     /// Open consumers, closed with the queue.
     private let consumers = Mutex<[ObjectIdentifier: AMQPStreamConsumer]>([:])
+    /// Publishes waiting for the connection's thread.
+    private let inbox = PublishInbox()
 
     /// Creates the queue; it connects on first use.
     public init(configuration: AMQPQueueConfiguration, logger: Logger) {
@@ -45,7 +48,7 @@ public final class RabbitMQMessageQueue: MessageQueue, Service {
         guard !entries.isEmpty else { return [] }
         let encoder = JSONEncoder()
         let bodies = try entries.map { (id: $0.message.id.hexString, body: Array(try encoder.encode($0))) }
-        let refused = try await self.perform { try $0.publish(bodies, to: user.rawValue) }
+        let refused = try await self.publish(bodies, exchange: Topology.exchange, routingKey: user.rawValue, declaresUserQueue: true)
         let now = Date()
         for index in refused.sorted() {
             self.deadLetterContinuation.yield(DeadLetter(entry: entries[index], reason: .rejected, at: now))
@@ -86,7 +89,7 @@ public final class RabbitMQMessageQueue: MessageQueue, Service {
         guard !events.isEmpty else { return }
         let encoder = JSONEncoder()
         let bodies = try events.map { (id: "\($0.messageID):\($0.userID):\($0.status)", body: Array(try encoder.encode($0))) }
-        try await self.perform { try $0.publishEvents(bodies) }
+        _ = try await self.publish(bodies, exchange: "", routingKey: Topology.deliveryQueue, declaresUserQueue: false)
     }
 
     /// Ready events in `message_delivery`, for monitoring.
@@ -135,6 +138,36 @@ public final class RabbitMQMessageQueue: MessageQueue, Service {
 
     private func forget(consumer id: ObjectIdentifier) {
         self.consumers.withLock { _ = $0.removeValue(forKey: id) }
+    }
+
+    /// Hands `bodies` to the connection's publishing pump and returns once the broker confirmed each: the indexes
+    /// it refused (a full queue).
+    private func publish(
+        _ bodies: [(id: String, body: [UInt8])],
+        exchange: String,
+        routingKey: String,
+        declaresUserQueue: Bool
+    ) async throws(ChatError) -> Set<Int> {
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Set<Int>, AMQPQueueError>, Never>) in
+            let request = PublishRequest(
+                exchange: exchange,
+                routingKey: routingKey,
+                declaresUserQueue: declaresUserQueue,
+                bodies: bodies,
+                complete: { continuation.resume(returning: $0) }
+            )
+            if self.inbox.add(request) { self.schedulePump() }
+        }
+        return try result.mapError(\.chatError).get()
+    }
+
+    /// Runs the connection's publishing pump on its thread (after the calls already waiting there).
+    private func schedulePump() {
+        let closed = AMQPQueueError(code: .connectionLost, message: "the offline queue is closed")
+        self.threads.submit(
+            { [connection, inbox] in connection.pump(inbox, reschedule: { [weak self] in self?.schedulePump() }) },
+            cancelled: { [inbox] in inbox.failAll(closed) }
+        )
     }
 
     private func perform<Result: Sendable>(_ body: @escaping @Sendable (AMQPConnection) throws -> Result) async throws(ChatError) -> Result {

@@ -1,5 +1,7 @@
 @testable import ChatBrokerAMQP
+import CRabbitMQ
 import ChatDomain
+import Dispatch
 import ChatScenarioKit
 import Foundation
 import Testing
@@ -117,6 +119,72 @@ struct RabbitMQSharedNodeTests {
             let events = entries.prefix(3).map { DeliveryEvent(messageID: $0.message.id, userID: "erin", status: .sent, timestamp: Date()) }
             try await queue.publishDeliveryEvents(events)
             #expect(try await queue.deliveryEventDepth() == 3)
+        }
+    }
+
+    @Test("Concurrent enqueues share the publish window: each user's queue holds exactly its own entries, in order")
+    func concurrentEnqueues() async throws {
+        try await withIsolatedRabbitHost { host in
+            let queue = host.makeQueue()
+            let users = (0..<16).map { UserID("user-\($0)") }
+            let entries = Dictionary(uniqueKeysWithValues: users.map { ($0, Fixtures.entries(120, for: $0)) })
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for user in users {
+                    group.addTask {
+                        // Batches of 40, one after the other per user, all users at once: many requests in flight.
+                        for start in stride(from: 0, to: 120, by: 40) {
+                            let refused = try await queue.enqueue(Array(entries[user]![start..<start + 40]), for: user)
+                            #expect(refused.isEmpty)
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            for user in users {
+                let consumer = try await queue.consumer(for: user, prefetch: 200)
+                #expect(try await Fixtures.drain(consumer).map(\.entry) == entries[user], "\(user)")
+                await consumer.close()
+            }
+        }
+    }
+
+    @Test("A queue deleted behind the adapter's back: the returned publishes go to the queue declared again, none lost")
+    func deletedQueue() async throws {
+        try await withIsolatedRabbitHost { host in
+            let queue = host.makeQueue()
+            _ = try await queue.enqueue(Fixtures.entries(3, for: "gina"), for: "gina")
+            try await Self.deleteQueue(Topology.queue(of: "gina"), configuration: queue.configuration)
+
+            // The adapter still believes the queue exists: the broker returns these as unroutable.
+            let entries = Fixtures.entries(5, for: "gina")
+            #expect(try await queue.enqueue(entries, for: "gina").isEmpty)
+            #expect(try await queue.depth(for: "gina").ready == 5)
+            let consumer = try await queue.consumer(for: "gina", prefetch: 10)
+            #expect(try await Fixtures.drain(consumer).map(\.entry) == entries)
+        }
+    }
+
+    /// Deletes `queue` over a connection of its own (an operator's doing), off the cooperative pool.
+    private static func deleteQueue(_ queue: String, configuration: AMQPQueueConfiguration) async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            DispatchQueue.global().async {
+                do {
+                    let connection = try AMQPConnection.open(configuration)
+                    defer {
+                        _ = amqp_connection_close(connection, AMQP_REPLY_SUCCESS)
+                        _ = amqp_destroy_connection(connection)
+                    }
+                    _ = amqp_channel_open(connection, 1)
+                    _ = amqp_queue_delete(connection, 1, amqp_cstring_bytes(queue), 0, 0)
+                    let reply = amqp_get_rpc_reply(connection)
+                    guard reply.reply_type == AMQP_RESPONSE_NORMAL else {
+                        throw AMQPQueueError(code: .channelClosed, message: "could not delete \(queue)")
+                    }
+                    continuation.resume()
+                } catch {
+                    continuation.resume(throwing: error)
+                }
+            }
         }
     }
 
