@@ -1,7 +1,9 @@
 import CRabbitMQ
 import ChatAdapterSupport
 import ChatDomain
+import DequeModule
 import Foundation
+import Synchronization
 
 /// Reads one user's queue with `basic.consume` and a prefetch window (`basic.qos`), on a connection and thread of
 /// its own, so deliveries never mix with the publishing connection's frames.
@@ -14,6 +16,8 @@ final class AMQPStreamConsumer: QueueConsumer {
     private let threads: BlockingThreads
     private let state: State
     private let onClose: @Sendable (ObjectIdentifier) -> Void
+    /// Deliveries fetched with an earlier one and not handed out yet, oldest first.
+    private let received = Mutex(Deque<(body: [UInt8], tag: UInt64, redelivered: Bool)>())
 
     /// The connection and its reads, confined to `pool`'s single thread (hence `@unchecked Sendable`).
     private final class State: @unchecked Sendable {
@@ -59,6 +63,17 @@ final class AMQPStreamConsumer: QueueConsumer {
             guard ready > 0 else { return nil }
             // Ready but not pushed yet: the broker sends them as the prefetch window allows.
             return try self.poll(connection, timeout: self.waitForWindow.wholeMilliseconds)
+        }
+
+        /// The next delivery as ``next()`` finds it, and with it every delivery already received (at most the
+        /// prefetch window): one hop to this thread per window, not per message.
+        func nextBatch() throws(AMQPQueueError) -> [(body: [UInt8], tag: UInt64, redelivered: Bool)] {
+            guard let first = try self.next(), let connection = self.connection else { return [] }
+            var batch = [first]
+            while batch.count < self.prefetch, let delivery = try self.poll(connection, timeout: 0) {
+                batch.append(delivery)
+            }
+            return batch
         }
 
         func settle(_ tag: UInt64, requeue: Bool?) throws(AMQPQueueError) {
@@ -150,7 +165,13 @@ final class AMQPStreamConsumer: QueueConsumer {
     }
 
     func next() async throws -> QueueDelivery? {
-        guard let got = try await self.threads.run({ [state] in try state.next() }) else { return nil }
+        var got = self.received.withLock { $0.popFirst() }
+        if got == nil {
+            var batch = Deque(try await self.threads.run({ [state] in try state.nextBatch() }))
+            got = batch.popFirst()
+            self.received.withLock { $0.append(contentsOf: batch) }
+        }
+        guard let got else { return nil }
         let entry = try JSONDecoder().decode(QueueEntry.self, from: Data(got.body))
         return QueueDelivery(entry: entry, tag: DeliveryTag(got.tag), redelivered: got.redelivered)
     }
