@@ -75,10 +75,16 @@ var drainedOne = 0
 let drainOne = try await rate(count) { drainedOne = try await drain("window-1", window: 1) }
 var drained = 0
 let drainWindow = try await rate(count) { drained = try await drain("batched", window: 64) }
+// A reconnect of a user with nothing queued: open a consumer, find the queue empty, close it.
+let emptyDrains = count / 50
+let emptyDrain = try await rate(emptyDrains) {
+    for _ in 0..<emptyDrains { _ = try await drain("nobody", window: 64) }
+}
 print("RabbitMQ offline queue, 200-byte messages, persistent, durable classic queue")
 print("enqueue, one per confirm:         \(Int(single)) msg/s (\(count / 10) messages)")
 print("enqueue, batches of 100 confirmed: \(Int(batched)) msg/s (\(count) messages)")
 print("enqueue, 8 users at once, batches of 100: \(Int(concurrent)) msg/s (\(count) messages)")
 print("drain, window 1 (prefetch 1):      \(Int(drainOne)) msg/s (\(drainedOne) messages)")
 print("drain, window 64 (prefetch 64):    \(Int(drainWindow)) msg/s (\(drained) messages)")
+print("drain of an empty queue (open, next, close): \(Int(emptyDrain))/s (\(emptyDrains) drains)")
 await queue.close()

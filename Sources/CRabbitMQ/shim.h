@@ -284,14 +284,43 @@ static inline int chatd_amqp_get(amqp_connection_state_t connection, amqp_channe
 
 /// Sets the prefetch window (basic.qos) and starts consuming `queue` with manual acknowledgements.
 static inline amqp_rpc_reply_t chatd_amqp_consume(amqp_connection_state_t connection, amqp_channel_t channel,
-                                                  const char *queue, uint16_t prefetch) {
+                                                  const char *queue, uint16_t prefetch, const char *consumer_tag) {
     amqp_basic_qos(connection, channel, 0, prefetch, 0);
     amqp_rpc_reply_t reply = amqp_get_rpc_reply(connection);
     if (reply.reply_type != AMQP_RESPONSE_NORMAL) {
         return reply;
     }
-    amqp_basic_consume(connection, channel, amqp_cstring_bytes(queue), amqp_empty_bytes, 0, 0, 0, amqp_empty_table);
+    amqp_basic_consume(connection, channel, amqp_cstring_bytes(queue), amqp_cstring_bytes(consumer_tag), 0, 0, 0,
+                       amqp_empty_table);
     return amqp_get_rpc_reply(connection);
+}
+
+/// Ends a consumer so that its connection can serve another one: cancels it, returns every delivery not
+/// acknowledged (read or not) to its queue with one `basic.nack` (tag 0, multiple: all outstanding, requeued), and
+/// drops the deliveries that were on their way (a round trip after the nack: they arrive before its answer, and
+/// rabbitmq-c queues them while it waits). Returns 0, or -1 when the connection is no longer fit for reuse.
+static inline int chatd_amqp_release_consumer(amqp_connection_state_t connection, amqp_channel_t channel,
+                                              const char *consumer_tag) {
+    amqp_basic_cancel(connection, channel, amqp_cstring_bytes(consumer_tag));
+    if (amqp_get_rpc_reply(connection).reply_type != AMQP_RESPONSE_NORMAL) {
+        return -1;
+    }
+    if (amqp_basic_nack(connection, channel, 0, 1, 1) != AMQP_STATUS_OK) {
+        return -1;
+    }
+    amqp_basic_qos(connection, channel, 0, 1, 0);
+    if (amqp_get_rpc_reply(connection).reply_type != AMQP_RESPONSE_NORMAL) {
+        return -1;
+    }
+    while (amqp_frames_enqueued(connection)) {
+        amqp_frame_t frame;
+        struct timeval zero = { 0, 0 };
+        if (amqp_simple_wait_frame_noblock(connection, &frame, &zero) != AMQP_STATUS_OK) {
+            return -1;
+        }
+    }
+    amqp_maybe_release_buffers(connection);
+    return 0;
 }
 
 /// The message count of `queue` by a passive declare (frames that arrive meanwhile stay queued for

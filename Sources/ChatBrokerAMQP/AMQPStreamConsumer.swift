@@ -10,40 +10,66 @@ import Synchronization
 ///
 /// "Empty right now" is not something a push consumer is told, so ``next()`` asks: when nothing has arrived it
 /// reads the queue's ready count (a passive declare, which the broker answers after any delivery already sent),
-/// and returns nil when that is zero. Closing the consumer closes its connection: the broker returns every
-/// unacknowledged delivery to the queue.
+/// and returns nil when that is zero. Closing the consumer returns every unacknowledged delivery to the queue:
+/// it cancels the consumer and nacks them all (requeued), and the connection and its thread wait in a
+/// ``ConsumerPool`` for the next drain; when that fails, it closes the connection, which returns them too.
 final class AMQPStreamConsumer: QueueConsumer {
     private let threads: BlockingThreads
     private let state: State
+    private let pool: ConsumerPool
     private let onClose: @Sendable (ObjectIdentifier) -> Void
     /// Deliveries fetched with an earlier one and not handed out yet, oldest first.
     private let received = Mutex(Deque<(body: [UInt8], tag: UInt64, redelivered: Bool)>())
 
-    /// The connection and its reads, confined to `pool`'s single thread (hence `@unchecked Sendable`).
-    private final class State: @unchecked Sendable {
+    /// The connection and its reads, confined to its consumer's single thread (hence `@unchecked Sendable`).
+    final class State: @unchecked Sendable {
         static let channel: amqp_channel_t = 1
-        let queue: String
+        private(set) var queue = ""
         let waitForWindow: Duration
         var connection: amqp_connection_state_t?
         var prefetch = 1
+        /// The tag of the current `basic.consume`; a new one for each consumer on this connection.
+        private var consumerTag = ""
+        private var consumers = 0
         /// Delivery tags received and not yet settled, oldest first.
         var unacknowledged: [UInt64] = []
         /// Ready messages the last count saw that have not arrived yet: while some are due and the window has
         /// room, waiting for them is cheaper than asking the broker again.
         var due = 0
 
-        init(queue: String, waitForWindow: Duration) {
-            self.queue = queue
+        init(waitForWindow: Duration) {
             self.waitForWindow = waitForWindow
         }
 
-        func start(_ configuration: AMQPQueueConfiguration, prefetch: Int) throws(AMQPQueueError) {
+        /// Connects, logs in and opens the channel.
+        func connect(_ configuration: AMQPQueueConfiguration) throws(AMQPQueueError) {
             let connection = try AMQPConnection.open(configuration)
             self.connection = connection
             _ = amqp_channel_open(connection, Self.channel)
             try self.check(amqp_get_rpc_reply(connection))
+        }
+
+        /// Starts consuming `queue` with at most `prefetch` unacknowledged deliveries.
+        func consume(_ queue: String, prefetch: Int) throws(AMQPQueueError) {
+            guard let connection = self.connection else { throw Self.closed }
+            self.queue = queue
             self.prefetch = max(1, min(prefetch, Int(UInt16.max)))
-            try self.check(chatd_amqp_consume(connection, Self.channel, self.queue, UInt16(self.prefetch)))
+            self.consumers += 1
+            self.consumerTag = "chatd-drain-\(self.consumers)"
+            try self.check(chatd_amqp_consume(connection, Self.channel, queue, UInt16(self.prefetch), self.consumerTag))
+        }
+
+        /// Ends the current consumer and returns what it did not acknowledge to the queue; true when the
+        /// connection can serve another consumer (else it is closed, which returns them too).
+        func release() -> Bool {
+            guard let connection = self.connection else { return false }
+            guard chatd_amqp_release_consumer(connection, Self.channel, self.consumerTag) == 0 else {
+                self.close()
+                return false
+            }
+            self.unacknowledged = []
+            self.due = 0
+            return true
         }
 
         func next() throws(AMQPQueueError) -> (body: [UInt8], tag: UInt64, redelivered: Bool)? {
@@ -140,28 +166,44 @@ final class AMQPStreamConsumer: QueueConsumer {
         private static let closed = AMQPQueueError(code: .staleConsumer, message: "this consumer is closed; open a new one")
     }
 
-    private init(threads: BlockingThreads, state: State, onClose: @escaping @Sendable (ObjectIdentifier) -> Void) {
+    private init(threads: BlockingThreads, state: State, pool: ConsumerPool, onClose: @escaping @Sendable (ObjectIdentifier) -> Void) {
         self.threads = threads
         self.state = state
+        self.pool = pool
         self.onClose = onClose
     }
 
-    /// Connects and starts consuming `queue` with at most `prefetch` unacknowledged deliveries.
+    /// Starts consuming `queue` with at most `prefetch` unacknowledged deliveries, on a connection from `pool`
+    /// (or a new one when none waits there or the one taken turned out broken).
     static func open(
         _ configuration: AMQPQueueConfiguration,
         queue: String,
         prefetch: Int,
+        pool: ConsumerPool,
         onClose: @escaping @Sendable (ObjectIdentifier) -> Void
     ) async throws -> AMQPStreamConsumer {
+        while let idle = await pool.take() {
+            do {
+                try await idle.threads.run { try idle.state.consume(queue, prefetch: prefetch) }
+                return AMQPStreamConsumer(threads: idle.threads, state: idle.state, pool: pool, onClose: onClose)
+            } catch {
+                // Idle too long, or the broker restarted: the state closed its connection; try the next.
+                await idle.threads.shutDown()
+            }
+        }
         let threads = BlockingThreads(role: "offline queue consumer")
-        let state = State(queue: queue, waitForWindow: .seconds(2))
+        let state = State(waitForWindow: .seconds(2))
         do {
-            try await threads.run { try state.start(configuration, prefetch: prefetch) }
+            try await threads.run {
+                try state.connect(configuration)
+                try state.consume(queue, prefetch: prefetch)
+            }
         } catch {
+            await threads.runIfRunning { state.close() }
             await threads.shutDown()
             throw error
         }
-        return AMQPStreamConsumer(threads: threads, state: state, onClose: onClose)
+        return AMQPStreamConsumer(threads: threads, state: state, pool: pool, onClose: onClose)
     }
 
     func next() async throws -> QueueDelivery? {
@@ -189,8 +231,76 @@ final class AMQPStreamConsumer: QueueConsumer {
     }
 
     func close() async {
-        await self.threads.runIfRunning { [state] in state.close() }
-        await self.threads.shutDown()
+        self.received.withLock { $0.removeAll() }
+        let reusable = (try? await self.threads.run { [state] in state.release() }) ?? false
+        if !reusable || !self.pool.put(ConsumerPool.Idle(threads: self.threads, state: self.state, since: .now)) {
+            await self.threads.runIfRunning { [state] in state.close() }
+            await self.threads.shutDown()
+        }
         self.onClose(ObjectIdentifier(self))
+    }
+}
+
+/// Consumer connections (each with its thread) that finished a drain, kept for the next one: opening a
+/// connection, logging in and starting a thread cost a few milliseconds for every reconnect of a user.
+///
+/// Bounded: at most `capacity` wait; one that waited longer than `maxIdle` (kept below the heartbeat, which an
+/// idle rabbitmq-c connection does not answer) is closed instead of reused.
+final class ConsumerPool: Sendable {
+    /// A connection between two drains.
+    struct Idle: Sendable {
+        let threads: BlockingThreads
+        let state: AMQPStreamConsumer.State
+        let since: ContinuousClock.Instant
+    }
+
+    private struct Contents {
+        var idle: [Idle] = []
+        var closed = false
+    }
+
+    private let contents = Mutex(Contents())
+    private let capacity: Int
+    private let maxIdle: Duration
+
+    init(capacity: Int, maxIdle: Duration) {
+        self.capacity = capacity
+        self.maxIdle = maxIdle
+    }
+
+    /// The most recently used connection that has not waited too long; those that did are closed.
+    func take() async -> Idle? {
+        let now = ContinuousClock.now
+        let (fresh, stale) = self.contents.withLock { contents -> (Idle?, [Idle]) in
+            let stale = contents.idle.filter { now - $0.since > self.maxIdle }
+            contents.idle.removeAll { now - $0.since > self.maxIdle }
+            return (contents.idle.popLast(), stale)
+        }
+        for idle in stale { await Self.close(idle) }
+        return fresh
+    }
+
+    /// Keeps `idle` for the next drain; false when the pool is full or closed (the caller closes it).
+    func put(_ idle: Idle) -> Bool {
+        self.contents.withLock { contents in
+            guard !contents.closed, contents.idle.count < self.capacity else { return false }
+            contents.idle.append(idle)
+            return true
+        }
+    }
+
+    /// Closes every waiting connection and keeps none from now on.
+    func close() async {
+        let idle = self.contents.withLock { contents in
+            contents.closed = true
+            defer { contents.idle = [] }
+            return contents.idle
+        }
+        for entry in idle { await Self.close(entry) }
+    }
+
+    private static func close(_ idle: Idle) async {
+        await idle.threads.runIfRunning { idle.state.close() }
+        await idle.threads.shutDown()
     }
 }

@@ -33,12 +33,17 @@ public final class RabbitMQMessageQueue: MessageQueue, Service {
     private let consumers = Mutex<[ObjectIdentifier: AMQPStreamConsumer]>([:])
     /// Publishes waiting for the connection's thread.
     private let inbox = PublishInbox()
+    /// Consumer connections between two drains.
+    private let consumerPool: ConsumerPool
 
     /// Creates the queue; it connects on first use.
     public init(configuration: AMQPQueueConfiguration, logger: Logger) {
         self.configuration = configuration
         self.logger = logger
         self.connection = AMQPConnection(configuration: configuration, logger: logger)
+        // Up to 8 connections wait between drains, none longer than a third of the heartbeat (10 s by default).
+        let heartbeat = configuration.heartbeat > .zero ? configuration.heartbeat : .seconds(30)
+        self.consumerPool = ConsumerPool(capacity: 8, maxIdle: min(heartbeat / 3, .seconds(10)))
         // One thread: the rabbitmq-c connection is confined to it.
         self.threads = BlockingThreads(role: "offline queue")
         (self.deadLetterStream, self.deadLetterContinuation) = AsyncStream.makeStream()
@@ -56,13 +61,15 @@ public final class RabbitMQMessageQueue: MessageQueue, Service {
         return refused.sorted().map { entries[$0].message.id }
     }
 
-    /// A `basic.consume` consumer with `prefetch` as its `basic.qos` window, on a connection of its own.
+    /// A `basic.consume` consumer with `prefetch` as its `basic.qos` window, on a connection of its own (one kept
+    /// from an earlier drain when one waits).
     public func consumer(for user: UserID, prefetch: Int) async throws -> any QueueConsumer {
         try await self.perform { try $0.ensureQueue(of: user.rawValue) }
         let consumer = try await AMQPStreamConsumer.open(
             self.configuration,
             queue: Topology.queue(of: user.rawValue),
             prefetch: max(prefetch, 1),
+            pool: self.consumerPool,
             onClose: { [weak self] id in self?.forget(consumer: id) }
         )
         self.consumers.withLock { $0[ObjectIdentifier(consumer)] = consumer }
@@ -116,6 +123,7 @@ public final class RabbitMQMessageQueue: MessageQueue, Service {
             return Array(consumers.values)
         }
         for consumer in open { await consumer.close() }
+        await self.consumerPool.close()
         await self.threads.runIfRunning { [connection] in connection.close() }
         await self.threads.shutDown()
         self.deadLetterContinuation.finish()

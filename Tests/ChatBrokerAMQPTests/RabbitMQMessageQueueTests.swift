@@ -164,6 +164,36 @@ struct RabbitMQSharedNodeTests {
         }
     }
 
+    @Test("A consumer closed mid-drain returns what it did not acknowledge; the next drains, on its kept connection, see only their own queue")
+    func consumerConnectionReused() async throws {
+        try await withIsolatedRabbitHost { host in
+            let queue = host.makeQueue()
+            let hana = Fixtures.entries(10, for: "hana")
+            let ivan = Fixtures.entries(3, for: "ivan")
+            _ = try await queue.enqueue(hana, for: "hana")
+            _ = try await queue.enqueue(ivan, for: "ivan")
+
+            // Read 2 of a window of 5 (the other 3 are on their way or buffered), acknowledge 1, close.
+            let first = try await queue.consumer(for: "hana", prefetch: 5)
+            let one = try #require(try await first.next())
+            _ = try #require(try await first.next())
+            try await first.ack(one.tag)
+            await first.close()
+
+            // The next drains reuse the connection: another user's queue gets none of hana's deliveries.
+            let other = try await queue.consumer(for: "ivan", prefetch: 5)
+            #expect(try await Fixtures.drain(other).map(\.entry) == ivan)
+            await other.close()
+            let again = try await queue.consumer(for: "hana", prefetch: 20)
+            let rest = try await Fixtures.drain(again)
+            #expect(rest.map(\.entry) == Array(hana.dropFirst()), "in order, none lost, none twice")
+            #expect(rest.prefix(4).allSatisfy { $0.redelivered }, "the read and the prefetched ones came back")
+            for delivery in rest { try await again.ack(delivery.tag) }
+            await again.close()
+            #expect(try await queue.depth(for: "hana").ready == 0)
+        }
+    }
+
     /// Deletes `queue` over a connection of its own (an operator's doing), off the cooperative pool.
     private static func deleteQueue(_ queue: String, configuration: AMQPQueueConfiguration) async throws {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
