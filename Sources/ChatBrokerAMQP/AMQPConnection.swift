@@ -252,13 +252,17 @@ final class AMQPConnection: @unchecked Sendable {
     /// Requests published and waiting for confirms, oldest first. Empty whenever ``pump(_:reschedule:)`` is not
     /// running, so the other calls on this connection never see a confirm they do not expect.
     private var inFlight: [InFlight] = []
-    private var unconfirmed = 0
+
+    /// Messages published and not yet completed (a request counts whole until all of it is confirmed).
+    private var unconfirmed: Int {
+        self.inFlight.reduce(0) { $0 + $1.settled.count }
+    }
 
     /// Publishes what `inbox` holds, keeping up to ``publishWindow`` messages unconfirmed (a window, not batch and
     /// wait: requests that arrive while earlier ones wait for their confirms go out at the next confirm, without
-    /// waiting for the rest), and completes each request once the broker confirmed all of its messages. Runs for one turn (``pumpTurn``) and then leaves the thread to the
-    /// other calls: it stops taking requests, waits for the confirms it expects, and calls `reschedule` if
-    /// requests are still waiting.
+    /// waiting for the rest), and completes each request once the broker confirmed all of its messages. Runs for
+    /// one turn (``pumpTurn``) and then leaves the thread to the other calls: it stops taking requests, waits for
+    /// the confirms it expects, and calls `reschedule` if requests are still waiting.
     func pump(_ inbox: PublishInbox, reschedule: () -> Void) {
         let started = ContinuousClock.now
         while true {
@@ -324,7 +328,6 @@ final class AMQPConnection: @unchecked Sendable {
             self.nextPublishSequence += 1
         }
         self.inFlight.append(entry)
-        self.unconfirmed += request.bodies.count
     }
 
     /// Reads the next confirm (or return, or close) and completes the requests it settles.
@@ -362,14 +365,10 @@ final class AMQPConnection: @unchecked Sendable {
                 }
             }
         case Int32(CHATD_AMQP_CHANNEL_CLOSED):
-            let error = AMQPQueueError(code: .channelClosed, message: Self.string(text))
-            do {
-                try self.openChannel()
-            } catch {
-                self.failInFlight(error)
-                return
-            }
-            self.failInFlight(error)
+            // The publishes in flight died with the channel. A new one serves what comes next; if even that fails,
+            // the connection is dropped and the next request reconnects.
+            self.failInFlight(AMQPQueueError(code: .channelClosed, message: Self.string(text)))
+            try? self.openChannel()
         case Int32(CHATD_AMQP_TIMEOUT):
             let now = ContinuousClock.now
             guard let oldest = self.inFlight.first, oldest.deadline <= now else { return }
@@ -384,13 +383,13 @@ final class AMQPConnection: @unchecked Sendable {
 
     /// Completes (in publish order) the requests whose messages are all settled.
     private func completeSettled() {
-        guard self.inFlight.contains(where: { $0.remaining == 0 }) else { return }
-        let done = self.inFlight.filter { $0.remaining == 0 }
-        self.inFlight.removeAll { $0.remaining == 0 }
-        for entry in done {
-            self.unconfirmed -= entry.settled.count
-            self.finish(entry)
+        var done: [InFlight] = []
+        self.inFlight.removeAll { entry in
+            guard entry.remaining == 0 else { return false }
+            done.append(entry)
+            return true
         }
+        for entry in done { self.finish(entry) }
     }
 
     private func finish(_ entry: InFlight) {
@@ -424,7 +423,6 @@ final class AMQPConnection: @unchecked Sendable {
     private func failInFlight(_ error: AMQPQueueError) {
         let failed = self.inFlight
         self.inFlight = []
-        self.unconfirmed = 0
         for entry in failed { entry.request.complete(.failure(error)) }
     }
 

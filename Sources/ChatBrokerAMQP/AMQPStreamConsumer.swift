@@ -272,8 +272,12 @@ final class ConsumerPool: Sendable {
     func take() async -> Idle? {
         let now = ContinuousClock.now
         let (fresh, stale) = self.contents.withLock { contents -> (Idle?, [Idle]) in
-            let stale = contents.idle.filter { now - $0.since > self.maxIdle }
-            contents.idle.removeAll { now - $0.since > self.maxIdle }
+            var stale: [Idle] = []
+            contents.idle.removeAll { idle in
+                guard now - idle.since > self.maxIdle else { return false }
+                stale.append(idle)
+                return true
+            }
             return (contents.idle.popLast(), stale)
         }
         for idle in stale { await Self.close(idle) }

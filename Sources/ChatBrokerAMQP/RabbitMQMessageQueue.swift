@@ -15,8 +15,9 @@ public import ServiceLifecycle
 ///
 /// Publishes are persistent and `mandatory`, and ``enqueue(_:for:)`` returns only once the broker confirmed each
 /// one; publishes of concurrent calls share a window of up to 1,000 unconfirmed messages instead of waiting for
-/// each other's confirms. Consumers take entries with `basic.get` and acknowledge them one by one; closing a consumer returns what
-/// it did not acknowledge. rabbitmq-c blocks, so every call runs on a thread of this queue's own. While the broker
+/// each other's confirms. Consumers read with `basic.consume` and a prefetch window, on connections of their own
+/// kept between drains; closing a consumer returns what it did not acknowledge. rabbitmq-c blocks, so every call
+/// runs on a thread of this queue's own. While the broker
 /// is unreachable calls fail fast with ``ChatDomain/ChatError`` code `unavailable`; the connection comes back by
 /// itself (with capped backoff) and declares the topology again.
 ///
