@@ -110,6 +110,9 @@ final class AMQPStreamConsumer: QueueConsumer {
                 }
             try self.check(status)
             self.unacknowledged.removeAll { $0 == tag }
+            // Requeued, it comes back to this consumer: wait for it rather than ask for the queue's ready count,
+            // which does not count a message already on its way back (a drain that read on would stop short).
+            if requeue == true { self.due += 1 }
         }
 
         /// Acknowledges `tags`; when they are the oldest unacknowledged ones, with one `multiple` acknowledgement.
