@@ -38,6 +38,27 @@ struct WebSocketSessionHandlerTests {
         _ = try channel.finish()
     }
 
+    @Test("A masked ACK, as every client sends it, is taken too; a masked message:send goes on untouched")
+    func maskedFrames() throws {
+        let (channel, _, acknowledgement) = try self.setUp()
+        let key: WebSocketMaskingKey = [0x37, 0xFA, 0x21, 0x3D]
+        let send = Self.masked(#"42["message:send",{}]"#, key: key)
+        try channel.writeInbound(send)
+        #expect(try channel.readInbound(as: WebSocketFrame.self) == send, "passed on as it came, still masked")
+        #expect(acknowledgement.succeeded == nil)
+        try channel.writeInbound(Self.masked("430[]", key: key))
+        #expect(acknowledgement.succeeded == true)
+        #expect(try channel.readInbound(as: WebSocketFrame.self) == nil, "the reader never sees it")
+        _ = try channel.finish()
+    }
+
+    /// A text frame as a client sends it: the payload masked with `key`.
+    private static func masked(_ string: String, key: WebSocketMaskingKey) -> WebSocketFrame {
+        var data = ByteBuffer(string: string)
+        data.webSocketMask(key)
+        return WebSocketFrame(fin: true, opcode: .text, maskKey: key, data: data)
+    }
+
     @Test("Everything else reaches the reader: other packets, fragments, non-ASCII ACKs, frames after a close")
     func othersPassed() throws {
         let (channel, _, acknowledgement) = try self.setUp()

@@ -64,16 +64,25 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
         guard !self.fragmented, !self.closeSeen, frame.fin, frame.opcode == .text, !frame.rsv1, !frame.rsv2, !frame.rsv3 else {
             return false
         }
-        let payload = frame.unmaskedData
-        let id: UInt64? = payload.withUnsafeReadableBytes { bytes in
-            // The prefix first: a `message:send` frame is not scanned whole only to be passed on.
-            guard bytes.first == UInt8(ascii: "4"), let id = SocketIOServer.fastAck(bytes: bytes.dropFirst()),
-                bytes.allSatisfy({ $0 < 0x80 })
-            else { return nil }
+        // The prefix first, unmasked in place: a `message:send` frame is not unmasked and copied here only to be
+        // passed on to the reader, which unmasks it again.
+        guard let prefix = self.unmaskedPrefix(of: frame), prefix == (UInt8(ascii: "4"), UInt8(ascii: "3")) else { return false }
+        let id: UInt64? = frame.unmaskedData.withUnsafeReadableBytes { bytes in
+            guard let id = SocketIOServer.fastAck(bytes: bytes.dropFirst()), bytes.allSatisfy({ $0 < 0x80 }) else { return nil }
             return id
         }
         guard let id else { return false }
         return self.session.clientAcknowledged(id)
+    }
+
+    /// The first two payload bytes as the client meant them (no extension data: the reserved bits are clear).
+    private func unmaskedPrefix(of frame: WebSocketFrame) -> (UInt8, UInt8)? {
+        let data = frame.data
+        guard let first = data.getInteger(at: data.readerIndex, as: UInt8.self),
+            let second = data.getInteger(at: data.readerIndex + 1, as: UInt8.self)
+        else { return nil }
+        guard let key = frame.maskKey else { return (first, second) }
+        return (first ^ key[0], second ^ key[1])
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
