@@ -71,6 +71,23 @@ struct InteropTests {
         }
     }
 
+    @Test("The official Engine.IO v4 and Socket.IO v5 test suites' cases, as they apply to chatd, all pass")
+    func officialProtocolSuites() async throws {
+        guard try await PythonClient.available() else { return }
+        // The official suites expect these heartbeat settings and the default maxPayload.
+        var socketIO = SocketIOConfiguration()
+        socketIO.pingInterval = .milliseconds(300)
+        socketIO.pingTimeout = .milliseconds(200)
+        let maxPayload = socketIO.maxPayload
+        try await withLiveServer(socketIO: socketIO) { live in
+            let config = try await self.config(live, ["maxPayload": .number(Double(maxPayload))])
+            let outcome = try await PythonClient.run("protocol-suites", config: config, timeout: .seconds(120))
+            #expect(outcome.succeeded, "\(outcome.report)")
+            let cases = outcome.summary["cases"]
+            #expect(cases == .number(25) && outcome.summary["passed"] == cases, "\(outcome.stdout)")
+        }
+    }
+
     @Test("Upgrade edges: the probe's noop goes to the pending poll only; a second WebSocket is accepted and closed")
     func upgradeEdges() async throws {
         guard try await PythonClient.available() else { return }

@@ -147,6 +147,7 @@ enum PythonClient {
         var environment = ProcessInfo.processInfo.environment
         environment["INTEROP"] = String(decoding: try JSONEncoder().encode(JSONValue.object(config)), as: UTF8.self)
         environment["PYTHONUNBUFFERED"] = "1"
+        environment["PYTHONDONTWRITEBYTECODE"] = "1"  // interop.py imports protocol_suite.py: no __pycache__ in the tree
         let child = try ChildProcess(self.python, arguments: [self.script.path, scenario], environment: environment, label: "interop")
         var status = await child.wait(timeout: timeout)
         if status == nil {

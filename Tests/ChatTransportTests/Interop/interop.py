@@ -17,6 +17,9 @@ import requests
 import socketio
 import websocket
 
+sys.dont_write_bytecode = True  # no __pycache__ in the tree, however this script is started
+import protocol_suite  # noqa: E402
+
 CONFIG = json.loads(os.environ["INTEROP"])
 URL = CONFIG["url"]
 TOKENS = CONFIG.get("tokens", {})
@@ -515,6 +518,15 @@ def hostile():
             bystanderMessages=count // 1000)
 
 
+def official_protocol_suites():
+    """The cases of the official Engine.IO v4 and Socket.IO v5 test suites, as they apply to chatd
+    (protocol_suite.py says where chatd differs by design). Every failing case is reported."""
+    suite = protocol_suite.Suite(URL, TOKENS["alice"], CHAT, CONFIG["maxPayload"])
+    cases, failures = suite.run()
+    check(not failures, "%d of %d cases failed:\n  %s" % (len(failures), len(cases), "\n  ".join(failures)))
+    summary(cases=len(cases), passed=len(cases) - len(failures))
+
+
 SCENARIOS = {
     "exchange": exchange,
     "auth": auth_failures,
@@ -526,6 +538,7 @@ SCENARIOS = {
     "malformed": malformed,
     "crash-bytes": crash_bytes,
     "upgrade-edges": upgrade_edges,
+    "protocol-suites": official_protocol_suites,
 }
 
 if __name__ == "__main__":
