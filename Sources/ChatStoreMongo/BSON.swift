@@ -16,6 +16,9 @@ indirect enum BSON: Sendable, Equatable {
     /// A value of a type the store never writes nor reads (binary data, timestamps, decimals...), by its BSON type
     /// byte: servers put some in their replies (`$clusterTime`, `operationTime`).
     case other(type: UInt8)
+    /// A document already written as BSON bytes (``BSONDocument/encoded()``), written as it is: a batch command
+    /// carries its documents this way, each encoded once, when its size was checked. Never read.
+    case encoded([UInt8])
 
     var string: String? { if case .string(let value) = self { value } else { nil } }
     var document: BSONDocument? { if case .document(let value) = self { value } else { nil } }
@@ -69,6 +72,7 @@ struct BSONDocument: Sendable, Equatable, ExpressibleByDictionaryLiteral, Custom
         case .array(let values): "array(\(values.count))"
         case .document(let document): document.description
         case .other(let type): "type 0x\(String(type, radix: 16))"
+        case .encoded(let bytes): "document(\(bytes.count) bytes)"
         }
     }
 
@@ -156,6 +160,9 @@ private struct BSONWriter {
         case .int(let value):
             type = 0x12
             self.int64(value)
+        case .encoded(let document):
+            type = 0x03
+            self.bytes.append(contentsOf: document)
         case .other(let unknown):
             throw BSONError("a value of BSON type 0x\(String(unknown, radix: 16)) cannot be written")
         }

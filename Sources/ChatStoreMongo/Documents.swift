@@ -91,7 +91,7 @@ enum MessageDocument {
         case .objectID(let value): .string(value.hexString)
         case .array(let values): .array(values.map(Self.json))
         case .document(let document): .object(Dictionary(document.fields.map { ($0.key, Self.json($0.value)) }, uniquingKeysWith: { $1 }))
-        case .other: .null
+        case .other, .encoded: .null
         }
     }
 }

@@ -22,6 +22,7 @@ public final class MongoMessageStore: MessageStore, Service {
     private let logger: Logger
     private let maxPageSize: Int
     private let indexesReady = Mutex(false)
+    private let inserts = InsertQueue()
     /// Serialises this store's readBy writes. On MongoDB each update is atomic anyway; on a server that applies an
     /// update as an unisolated read-modify-write (nx-27017 on SQLite may), concurrent marks from one process could
     /// otherwise add a user twice.
@@ -64,11 +65,29 @@ public final class MongoMessageStore: MessageStore, Service {
 
     // MARK: MessageStore
 
+    /// Inserts `message` and sets it as its chat's `lastMessage`. Concurrent inserts share one visit to a store
+    /// thread: one `insert` command for all their documents and one `update` for the newest message of each of
+    /// their chats (see ``InsertQueue``); the call returns once both were answered.
     public func insert(_ message: Message, pendingFor recipients: [UserID]) async throws -> InsertOutcome {
-        let document = MessageDocument.encode(message, pendingFor: recipients)
-        let reply = try await self.command(["insert": .string("messages"), "documents": .array([.document(document)])])
-        if let writeError = reply["writeErrors"]?.array?.first?.document {
-            if writeError["code"]?.int == 11000, let clientMessageID = message.clientMessageID,
+        let document: [UInt8]
+        do {
+            document = try MessageDocument.encode(message, pendingFor: recipients).encoded()
+        } catch {
+            // Only client-supplied attachment objects can hold such a field name.
+            throw ChatError(.badRequest, "the message cannot be stored: \(error); remove the NUL character from the attachment's field names")
+        }
+        let write = await withCheckedContinuation { (continuation: CheckedContinuation<Result<InsertQueue.Write, ChatError>, Never>) in
+            let entry = InsertQueue.Entry(document: document, chatID: message.chatID, messageID: message.id) { continuation.resume(returning: $0) }
+            guard self.inserts.add(entry) else { return }
+            self.threads.submit({ self.pumpInserts() }, cancelled: { self.inserts.failAll(ChatError(.unavailable, "the message store is closed")) })
+        }
+        switch write {
+        case .failure(let error):
+            throw error
+        case .success(.inserted):
+            return .inserted
+        case .success(.duplicateKey(let writeError)):
+            if let clientMessageID = message.clientMessageID,
                 let first = try await self.findMessages(
                     [
                         "senderId": .string(message.senderID.rawValue), "chatId": .string(message.chatID.rawValue),
@@ -82,16 +101,59 @@ public final class MongoMessageStore: MessageStore, Service {
             }
             throw Self.chatError(writeError)
         }
-        // Another round trip: the chat lives in another collection. `$max` would keep the newest id under
-        // concurrent inserts, but nx-27017 fails comparing a null lastMessage with an ObjectId, so the portable `$set`
-        // is used; the engine routes one chat's messages in id order, so the last write is the newest but for races.
-        _ = try await self.command([
-            "update": .string("chats"),
-            "updates": .array([
-                .document(["q": .document(["_id": .string(message.chatID.rawValue)]), "u": .document(["$set": .document(["lastMessage": .objectID(message.id)])])])
-            ]),
-        ])
-        return .inserted
+    }
+
+    /// Writes waiting inserts, a batch at a time, until none wait. Runs on one of the store's threads.
+    private func pumpInserts() {
+        while let batch = self.inserts.takeBatch() {
+            let results = self.write(batch)
+            for (entry, result) in zip(batch, results) { entry.complete(result) }
+        }
+    }
+
+    /// One `insert` command for the batch (unordered: one refused document does not stop the others), then one
+    /// `update` setting each chat's `lastMessage` to its newest message in the batch.
+    private func write(_ batch: [InsertQueue.Entry]) -> [Result<InsertQueue.Write, ChatError>] {
+        let reply: BSONDocument
+        do {
+            try self.prepareIfNeeded()
+            reply = try self.pool.command([
+                "insert": .string("messages"), "documents": .array(batch.map { .encoded($0.document) }), "ordered": .bool(false),
+            ])
+        } catch {
+            return Array(repeating: .failure(error.chatError), count: batch.count)
+        }
+        var results = [Result<InsertQueue.Write, ChatError>](repeating: .success(.inserted), count: batch.count)
+        for case .document(let writeError) in reply["writeErrors"]?.array ?? [] {
+            guard let index = writeError["index"]?.int.flatMap(Int.init(exactly:)), results.indices.contains(index) else {
+                // An error that names no document: none of them can be trusted to be stored.
+                return Array(repeating: .failure(Self.chatError(writeError)), count: batch.count)
+            }
+            results[index] = writeError["code"]?.int == 11000 ? .success(.duplicateKey(writeError)) : .failure(Self.chatError(writeError))
+        }
+        var newest: [ChatID: MessageID] = [:]
+        for (entry, result) in zip(batch, results) {
+            guard case .success(.inserted) = result else { continue }
+            newest[entry.chatID] = max(newest[entry.chatID] ?? entry.messageID, entry.messageID)
+        }
+        guard !newest.isEmpty else { return results }
+        // `$max` would keep the newest id under concurrent writers, but nx-27017 fails comparing a null
+        // lastMessage with an ObjectId, so the portable `$set` is used: batches are written one at a time, and the
+        // engine routes one chat's messages in id order, so the last write is the newest but for races.
+        let updates: [BSON] = newest.map { chat, id in
+            .document(["q": .document(["_id": .string(chat.rawValue)]), "u": .document(["$set": .document(["lastMessage": .objectID(id)])])])
+        }
+        do {
+            let answer = try self.pool.command(["update": .string("chats"), "updates": .array(updates), "ordered": .bool(false)])
+            if let writeError = answer["writeErrors"]?.array?.first?.document { throw Self.chatError(writeError) }
+        } catch {
+            // The messages are stored: they are sent. Only the chats' summary lags until their next message.
+            self.logger.warning(
+                "Stored messages, but could not update their chats' lastMessage",
+                metadata: ["chat.count": "\(newest.count)", "error": "\(error)"]
+            )
+        }
+        return results
     }
 
     public func markDelivered(_ marks: [DeliveryMark]) async throws {
@@ -269,18 +331,21 @@ public final class MongoMessageStore: MessageStore, Service {
     /// Runs one command (internal: tests use it to write documents by hand); `serialized` commands run one at a
     /// time (see ``readByWrites``).
     func command(_ command: BSONDocument, serialized: Bool = false) async throws -> BSONDocument {
-        let ready = self.indexesReady.withLock { $0 }
-        return try await self.run { pool in
-            if !ready {
-                try Self.createIndexes(pool)
-                self.indexesReady.withLock { $0 = true }
-            }
+        try await self.run { pool in
+            try self.prepareIfNeeded()
             guard serialized else { return try pool.command(command) }
             // Blocking here is fine: this is one of the store's own threads, never the cooperative pool.
             return try self.readByWrites.withLock { _ in try pool.command(command) }
         }
     }
 
+
+    /// Creates the indexes unless done already. Blocks: call it on the store's threads.
+    private func prepareIfNeeded() throws(MongoStoreError) {
+        guard !self.indexesReady.withLock({ $0 }) else { return }
+        try Self.createIndexes(self.pool)
+        self.indexesReady.withLock { $0 = true }
+    }
 
     private func run<Result: Sendable>(_ body: @escaping @Sendable (MongoClientPool) throws -> Result) async throws(ChatError) -> Result {
         try await self.threads.run { [pool] in try body(pool) }
@@ -291,7 +356,7 @@ public final class MongoMessageStore: MessageStore, Service {
     /// On MongoDB the history and catch-up indexes would end in `_id`; nx-27017 accepts such an index but then fails
     /// every insert ("JSON path error near '_id'"), so both end in `createdAt`, which orders like `_id` (ids are
     /// generated from the same clock) and which both servers accept.
-    private static func createIndexes(_ pool: MongoClientPool) throws {
+    private static func createIndexes(_ pool: MongoClientPool) throws(MongoStoreError) {
         func index(_ name: String, _ key: BSONDocument, unique: Bool = false, partial: BSONDocument? = nil) -> BSON {
             var spec: BSONDocument = ["key": .document(key), "name": .string(name)]
             if unique { spec.fields.append(("unique", .bool(true))) }

@@ -129,6 +129,59 @@ struct MongoMessageStoreTests {
         }
     }
 
+    @Test("Concurrent inserts (written in shared batches): each stored once, a repeated clientMessageId answered as a duplicate, each chat's lastMessage its newest")
+    func concurrentInserts() async throws {
+        try await withMongoServer { server in
+            let store = try server.makeStore()
+            let generator = MessageIDGenerator(clock: Self.clock)
+            let chats: [ChatID] = ["chat-a", "chat-b", "chat-c"]
+            for chat in chats { try await store.saveChat(Chat(id: chat, participants: ["alice", "bob"])) }
+            let messages = (0..<300).map { Self.message(generator, chat: chats[$0 % 3], content: "m\($0)") }
+            let twins = (Self.message(generator, chat: "chat-a", content: "twin", clientMessageID: "twin-1"),
+                         Self.message(generator, chat: "chat-a", content: "twin", clientMessageID: "twin-1"))
+            let (outcomes, twinOutcomes) = try await withThrowingTaskGroup(of: (Int, InsertOutcome).self) { group in
+                for (index, message) in messages.enumerated() {
+                    group.addTask { (index, try await store.insert(message, pendingFor: ["bob"])) }
+                }
+                group.addTask { (-1, try await store.insert(twins.0, pendingFor: ["bob"])) }
+                group.addTask { (-2, try await store.insert(twins.1, pendingFor: ["bob"])) }
+                var outcomes: [Int: InsertOutcome] = [:]
+                for try await (index, outcome) in group { outcomes[index] = outcome }
+                return (outcomes.filter { $0.key >= 0 }, [outcomes[-1]!, outcomes[-2]!])
+            }
+            #expect(outcomes.count == 300 && outcomes.values.allSatisfy { $0 == .inserted })
+            // Exactly one twin is stored; the other is answered with it.
+            let stored = twinOutcomes.filter { $0 == .inserted }.count
+            #expect(stored == 1, "\(twinOutcomes)")
+            let storedTwin = twinOutcomes[0] == .inserted ? twins.0 : twins.1
+            #expect(twinOutcomes.contains(.duplicate(storedTwin)), "\(twinOutcomes)")
+            for chat in chats {
+                let history = try await store.history(of: chat, before: nil, limit: 200)
+                let expected = messages.filter { $0.chatID == chat } + (chat == "chat-a" ? [storedTwin] : [])
+                #expect(Set(history.map(\.id)) == Set(expected.map(\.id)), "\(chat): each message stored once")
+                #expect(try await store.chat(chat)?.lastMessage == expected.map(\.id).max(), "\(chat)")
+            }
+        }
+    }
+
+    @Test("An attachment whose field name holds a NUL byte is refused as bad_request; the store keeps working")
+    func nulInAttachmentKey() async throws {
+        try await withMongoServer { server in
+            let store = try server.makeStore()
+            let generator = MessageIDGenerator(clock: Self.clock)
+            var message = Self.message(generator)
+            message.attachments = [.object(["na\u{0}me": .string("x")])]
+            await #expect(throws: ChatError.self) { try await store.insert(message, pendingFor: []) }
+            do {
+                _ = try await store.insert(message, pendingFor: [])
+            } catch let error as ChatError {
+                #expect(error.code == .badRequest && error.message.contains("NUL"), "\(error)")
+            }
+            let fine = Self.message(generator)
+            #expect(try await store.insert(fine, pendingFor: []) == .inserted)
+        }
+    }
+
     @Test("History of 1,000 messages, paginated by id, returns each exactly once, newest first")
     func historyPagination() async throws {
         try await withMongoServer { server in
