@@ -22,7 +22,10 @@ public final class MongoMessageStore: MessageStore, Service {
     private let logger: Logger
     private let maxPageSize: Int
     private let indexesReady = Mutex(false)
-    private let inserts = InsertQueue()
+    /// Calls that concurrent sends make, each kind taken in batches by a store thread (see ``BatchQueue``).
+    private let inserts = BatchQueue<InsertRequest>(maxCount: 500, maxWeight: 8 << 20) { $0.document.count }
+    private let chatLookups = BatchQueue<ChatLookup>(maxCount: 500)
+    private let blockerLookups = BatchQueue<BlockerLookup>(maxCount: 100, maxWeight: 10_000) { $0.users.count }
     /// Serialises this store's readBy writes. On MongoDB each update is atomic anyway; on a server that applies an
     /// update as an unisolated read-modify-write (nx-27017 on SQLite may), concurrent marks from one process could
     /// otherwise add a user twice.
@@ -76,10 +79,9 @@ public final class MongoMessageStore: MessageStore, Service {
             // Only client-supplied attachment objects can hold such a field name.
             throw ChatError(.badRequest, "the message cannot be stored: \(error); remove the NUL character from the attachment's field names")
         }
-        let write = await withCheckedContinuation { (continuation: CheckedContinuation<Result<InsertQueue.Write, ChatError>, Never>) in
-            let entry = InsertQueue.Entry(document: document, chatID: message.chatID, messageID: message.id) { continuation.resume(returning: $0) }
-            guard self.inserts.add(entry) else { return }
-            self.threads.submit({ self.pumpInserts() }, cancelled: { self.inserts.failAll(ChatError(.unavailable, "the message store is closed")) })
+        let write = await withCheckedContinuation { (continuation: CheckedContinuation<Result<InsertRequest.Write, ChatError>, Never>) in
+            let request = InsertRequest(document: document, chatID: message.chatID, messageID: message.id) { continuation.resume(returning: $0) }
+            self.enqueue(request, in: self.inserts, pump: { self.write($0) }, fail: { $0.complete(.failure($1)) })
         }
         switch write {
         case .failure(let error):
@@ -103,17 +105,14 @@ public final class MongoMessageStore: MessageStore, Service {
         }
     }
 
-    /// Writes waiting inserts, a batch at a time, until none wait. Runs on one of the store's threads.
-    private func pumpInserts() {
-        while let batch = self.inserts.takeBatch() {
-            let results = self.write(batch)
-            for (entry, result) in zip(batch, results) { entry.complete(result) }
-        }
+    /// Writes a batch of inserts and tells each caller. Runs on one of the store's threads.
+    private func write(_ batch: [InsertRequest]) {
+        for (request, result) in zip(batch, self.results(of: batch)) { request.complete(result) }
     }
 
     /// One `insert` command for the batch (unordered: one refused document does not stop the others), then one
     /// `update` setting each chat's `lastMessage` to its newest message in the batch.
-    private func write(_ batch: [InsertQueue.Entry]) -> [Result<InsertQueue.Write, ChatError>] {
+    private func results(of batch: [InsertRequest]) -> [Result<InsertRequest.Write, ChatError>] {
         let reply: BSONDocument
         do {
             try self.prepareIfNeeded()
@@ -123,7 +122,7 @@ public final class MongoMessageStore: MessageStore, Service {
         } catch {
             return Array(repeating: .failure(error.chatError), count: batch.count)
         }
-        var results = [Result<InsertQueue.Write, ChatError>](repeating: .success(.inserted), count: batch.count)
+        var results = [Result<InsertRequest.Write, ChatError>](repeating: .success(.inserted), count: batch.count)
         for case .document(let writeError) in reply["writeErrors"]?.array ?? [] {
             guard let index = writeError["index"]?.int.flatMap(Int.init(exactly:)), results.indices.contains(index) else {
                 // An error that names no document: none of them can be trusted to be stored.
@@ -225,8 +224,31 @@ public final class MongoMessageStore: MessageStore, Service {
         try await self.findMessages(["_id": .objectID(id)], sort: nil, limit: 1).first
     }
 
+    /// The chat with `id`. Concurrent lookups (one per send) share one visit to a store thread and one `find`.
     public func chat(_ id: ChatID) async throws -> Chat? {
-        try await self.find("chats", ["_id": .string(id.rawValue)], sort: nil, limit: 1).first.map(ChatDocument.decode)
+        try await withCheckedContinuation { (continuation: CheckedContinuation<Result<Chat?, ChatError>, Never>) in
+            self.enqueue(ChatLookup(id: id) { continuation.resume(returning: $0) }, in: self.chatLookups, pump: { self.lookUp($0) }, fail: { $0.complete(.failure($1)) })
+        }.get()
+    }
+
+    /// Finds the chats of a batch of lookups and tells each caller; a malformed chat fails only its own lookups.
+    /// Runs on one of the store's threads.
+    private func lookUp(_ batch: [ChatLookup]) {
+        let ids = Array(Set(batch.map(\.id.rawValue))).sorted()
+        let documents: [BSONDocument]
+        do {
+            let filter: BSON = ids.count == 1 ? .string(ids[0]) : .document(["$in": .array(ids.map(BSON.string))])
+            documents = try self.findNow("chats", ["_id": filter], sort: nil, limit: ids.count)
+        } catch {
+            for lookup in batch { lookup.complete(.failure(Self.chatError(of: error))) }
+            return
+        }
+        var chats: [String: Result<Chat?, ChatError>] = [:]
+        for document in documents {
+            guard let id = document["_id"]?.string else { continue }
+            chats[id] = Result { try ChatDocument.decode(document) }.mapError(Self.chatError(of:))
+        }
+        for lookup in batch { lookup.complete(chats[lookup.id.rawValue] ?? .success(nil)) }
     }
 
     public func chats(of user: UserID) async throws -> [Chat] {
@@ -273,16 +295,44 @@ public final class MongoMessageStore: MessageStore, Service {
         ])
     }
 
+    /// Which of `users` block `sender`. Concurrent lookups (one per send) share one visit to a store thread and
+    /// one `find`.
     public func usersBlocking(_ sender: UserID, among users: [UserID]) async throws -> Set<UserID> {
         guard !users.isEmpty else { return [] }
-        // Equality on an array of strings matches any element (portable to nx-27017, as `pendingFor` is).
-        let documents = try await self.find(
-            "users",
-            ["_id": .document(["$in": .array(users.map { .string($0.rawValue) })]), "blocked": .string(sender.rawValue)],
-            sort: nil,
-            limit: users.count
-        )
-        return Set(documents.compactMap { document in document["_id"]?.string.map { UserID($0) } })
+        return try await withCheckedContinuation { (continuation: CheckedContinuation<Result<Set<UserID>, ChatError>, Never>) in
+            let lookup = BlockerLookup(sender: sender, users: users) { continuation.resume(returning: $0) }
+            self.enqueue(lookup, in: self.blockerLookups, pump: { self.lookUp($0) }, fail: { $0.complete(.failure($1)) })
+        }.get()
+    }
+
+    /// Finds the users of a batch of lookups who block any of its senders, then answers each lookup with those of
+    /// its users who block its sender. Runs on one of the store's threads.
+    private func lookUp(_ batch: [BlockerLookup]) {
+        let users = Array(Set(batch.flatMap { $0.users.map(\.rawValue) })).sorted()
+        let senders = Array(Set(batch.map(\.sender.rawValue))).sorted()
+        let documents: [BSONDocument]
+        do {
+            // Equality (or `$in`) on an array of strings matches any element (portable to nx-27017, as
+            // `pendingFor` is).
+            let blocked: BSON = senders.count == 1 ? .string(senders[0]) : .document(["$in": .array(senders.map(BSON.string))])
+            documents = try self.findNow(
+                "users",
+                ["_id": .document(["$in": .array(users.map(BSON.string))]), "blocked": blocked],
+                sort: nil,
+                limit: users.count
+            )
+        } catch {
+            for lookup in batch { lookup.complete(.failure(Self.chatError(of: error))) }
+            return
+        }
+        var blockedBy: [String: Set<String>] = [:]
+        for document in documents {
+            guard let id = document["_id"]?.string else { continue }
+            blockedBy[id] = Set((document["blocked"]?.array ?? []).compactMap(\.string))
+        }
+        for lookup in batch {
+            lookup.complete(.success(Set(lookup.users.filter { blockedBy[$0.rawValue]?.contains(lookup.sender.rawValue) == true })))
+        }
     }
 
     public func blockedUsers(of user: UserID) async throws -> Set<UserID> {
@@ -317,15 +367,36 @@ public final class MongoMessageStore: MessageStore, Service {
     }
 
     private func find(_ collection: String, _ filter: BSONDocument, sort: BSONDocument?, limit: Int) async throws -> [BSONDocument] {
+        try await self.run { _ in try self.findNow(collection, filter, sort: sort, limit: limit) }
+    }
+
+    /// Runs a `find` and returns its documents. Blocks: call it on the store's threads.
+    private func findNow(_ collection: String, _ filter: BSONDocument, sort: BSONDocument?, limit: Int) throws -> [BSONDocument] {
         let limit = min(max(limit, 1), max(self.maxPageSize, limit))
         var command: BSONDocument = ["find": .string(collection), "filter": .document(filter)]
         if let sort { command.fields.append(("sort", .document(sort))) }
         command.fields += [("limit", .int(Int64(limit))), ("batchSize", .int(Int64(limit))), ("singleBatch", .bool(true))]
-        let reply = try await self.command(command)
+        try self.prepareIfNeeded()
+        let reply = try self.pool.command(command)
         guard let batch = reply["cursor"]?.document?["firstBatch"]?.array else {
             throw ChatError(.internalError, "MongoDB answered find on \(collection) without a cursor: \(String(describing: reply).prefix(200))")
         }
         return batch.compactMap(\.document)
+    }
+
+    /// Queues `request`, and schedules a pump on a store thread that hands `queue`'s batches to `pump` until none
+    /// wait; when the threads are gone, every waiting request gets `fail` instead.
+    private func enqueue<Request: Sendable>(
+        _ request: Request,
+        in queue: BatchQueue<Request>,
+        pump: @escaping @Sendable ([Request]) -> Void,
+        fail: @escaping @Sendable (Request, ChatError) -> Void
+    ) {
+        guard queue.add(request) else { return }
+        self.threads.submit(
+            { while let batch = queue.takeBatch() { pump(batch) } },
+            cancelled: { for request in queue.takeAll() { fail(request, ChatError(.unavailable, "the message store is closed")) } }
+        )
     }
 
     /// Runs one command (internal: tests use it to write documents by hand); `serialized` commands run one at a
@@ -389,6 +460,15 @@ public final class MongoMessageStore: MessageStore, Service {
             "createIndexes": .string("chats"),
             "indexes": .array([index("participants_by_name", ["participants": .int(1), "name": .int(1)])]),
         ])
+    }
+
+    /// An error thrown on a store thread, as the engine sees it (what ``BlockingThreads`` does for ``run(_:)``).
+    private static func chatError(of error: any Error) -> ChatError {
+        switch error {
+        case let error as ChatError: error
+        case let error as any AdapterError: error.chatError
+        default: ChatError(.internalError, "\(error)", underlying: error)
+        }
     }
 
     private static func chatError(_ writeError: BSONDocument) -> ChatError {

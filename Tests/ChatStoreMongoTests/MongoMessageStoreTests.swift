@@ -164,6 +164,45 @@ struct MongoMessageStoreTests {
         }
     }
 
+    @Test("Concurrent chat and blocker lookups (answered in shared batches) each get their own answer")
+    func concurrentLookups() async throws {
+        try await withMongoServer { server in
+            let store = try server.makeStore()
+            for index in 0..<20 {
+                try await store.saveChat(Chat(id: ChatID("chat-\(index)"), participants: [UserID("u\(index)"), "hub"], name: "n\(index)"))
+            }
+            // u0 blocks s0; u1 blocks s0 and s1; u2 blocks nobody.
+            try await store.setBlocked("s0", by: "u0", blocked: true)
+            try await store.setBlocked("s0", by: "u1", blocked: true)
+            try await store.setBlocked("s1", by: "u1", blocked: true)
+            try await store.saveUser(User(id: "u2", username: "u2"))
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for round in 0..<5 {
+                    for index in 0..<25 {
+                        group.addTask {
+                            let chat = try await store.chat(ChatID("chat-\(index)"))
+                            if index < 20 {
+                                #expect(chat?.name == "n\(index)" && chat?.participants == [UserID("u\(index)"), "hub"], "round \(round): chat-\(index)")
+                            } else {
+                                #expect(chat == nil, "chat-\(index) does not exist")
+                            }
+                        }
+                    }
+                    let expected: [(UserID, Set<UserID>)] = [("s0", ["u0", "u1"]), ("s1", ["u1"]), ("s2", [])]
+                    for (sender, blockers) in expected {
+                        group.addTask {
+                            let found = try await store.usersBlocking(sender, among: ["u0", "u1", "u2", "u3"])
+                            #expect(found == blockers, "round \(round): \(sender)")
+                            // Only users asked about count.
+                            #expect(try await store.usersBlocking(sender, among: ["u2"]).isEmpty)
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+    }
+
     @Test("An attachment whose field name holds a NUL byte is refused as bad_request; the store keeps working")
     func nulInAttachmentKey() async throws {
         try await withMongoServer { server in
