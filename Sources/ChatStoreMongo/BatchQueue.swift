@@ -70,8 +70,22 @@ final class BatchQueue<Request: Sendable>: Sendable {
     }
 }
 
+/// A call waiting in a ``BatchQueue``, which can be answered with an error.
+protocol BatchRequest: Sendable {
+    associatedtype Answer: Sendable
+    /// Called once, on a store thread.
+    var complete: @Sendable (Result<Answer, ChatError>) -> Void { get }
+}
+
+extension BatchRequest {
+    /// Answers the call with `error`.
+    func fail(_ error: ChatError) {
+        self.complete(.failure(error))
+    }
+}
+
 /// One message to insert, and who to tell.
-struct InsertRequest: Sendable {
+struct InsertRequest: BatchRequest {
     /// How the server took one document of a batch.
     enum Write: Sendable {
         case inserted
@@ -83,18 +97,17 @@ struct InsertRequest: Sendable {
     var document: [UInt8]
     var chatID: ChatID
     var messageID: MessageID
-    /// Called once, on a store thread.
     var complete: @Sendable (Result<Write, ChatError>) -> Void
 }
 
 /// One chat to look up, and who to tell.
-struct ChatLookup: Sendable {
+struct ChatLookup: BatchRequest {
     var id: ChatID
     var complete: @Sendable (Result<Chat?, ChatError>) -> Void
 }
 
 /// Which of `users` block `sender`, and who to tell.
-struct BlockerLookup: Sendable {
+struct BlockerLookup: BatchRequest {
     var sender: UserID
     var users: [UserID]
     var complete: @Sendable (Result<Set<UserID>, ChatError>) -> Void

@@ -70,7 +70,7 @@ public final class MongoMessageStore: MessageStore, Service {
 
     /// Inserts `message` and sets it as its chat's `lastMessage`. Concurrent inserts share one visit to a store
     /// thread: one `insert` command for all their documents and one `update` for the newest message of each of
-    /// their chats (see ``InsertQueue``); the call returns once both were answered.
+    /// their chats (see ``BatchQueue``); the call returns once both were answered.
     public func insert(_ message: Message, pendingFor recipients: [UserID]) async throws -> InsertOutcome {
         let document: [UInt8]
         do {
@@ -81,7 +81,7 @@ public final class MongoMessageStore: MessageStore, Service {
         }
         let write = await withCheckedContinuation { (continuation: CheckedContinuation<Result<InsertRequest.Write, ChatError>, Never>) in
             let request = InsertRequest(document: document, chatID: message.chatID, messageID: message.id) { continuation.resume(returning: $0) }
-            self.enqueue(request, in: self.inserts, pump: { self.write($0) }, fail: { $0.complete(.failure($1)) })
+            self.enqueue(request, in: self.inserts) { self.write($0) }
         }
         switch write {
         case .failure(let error):
@@ -227,7 +227,7 @@ public final class MongoMessageStore: MessageStore, Service {
     /// The chat with `id`. Concurrent lookups (one per send) share one visit to a store thread and one `find`.
     public func chat(_ id: ChatID) async throws -> Chat? {
         try await withCheckedContinuation { (continuation: CheckedContinuation<Result<Chat?, ChatError>, Never>) in
-            self.enqueue(ChatLookup(id: id) { continuation.resume(returning: $0) }, in: self.chatLookups, pump: { self.lookUp($0) }, fail: { $0.complete(.failure($1)) })
+            self.enqueue(ChatLookup(id: id) { continuation.resume(returning: $0) }, in: self.chatLookups) { self.lookUp($0) }
         }.get()
     }
 
@@ -301,7 +301,7 @@ public final class MongoMessageStore: MessageStore, Service {
         guard !users.isEmpty else { return [] }
         return try await withCheckedContinuation { (continuation: CheckedContinuation<Result<Set<UserID>, ChatError>, Never>) in
             let lookup = BlockerLookup(sender: sender, users: users) { continuation.resume(returning: $0) }
-            self.enqueue(lookup, in: self.blockerLookups, pump: { self.lookUp($0) }, fail: { $0.complete(.failure($1)) })
+            self.enqueue(lookup, in: self.blockerLookups) { self.lookUp($0) }
         }.get()
     }
 
@@ -385,17 +385,12 @@ public final class MongoMessageStore: MessageStore, Service {
     }
 
     /// Queues `request`, and schedules a pump on a store thread that hands `queue`'s batches to `pump` until none
-    /// wait; when the threads are gone, every waiting request gets `fail` instead.
-    private func enqueue<Request: Sendable>(
-        _ request: Request,
-        in queue: BatchQueue<Request>,
-        pump: @escaping @Sendable ([Request]) -> Void,
-        fail: @escaping @Sendable (Request, ChatError) -> Void
-    ) {
+    /// wait; when the threads are gone, every waiting request fails with `unavailable` instead.
+    private func enqueue<Request: BatchRequest>(_ request: Request, in queue: BatchQueue<Request>, pump: @escaping @Sendable ([Request]) -> Void) {
         guard queue.add(request) else { return }
         self.threads.submit(
             { while let batch = queue.takeBatch() { pump(batch) } },
-            cancelled: { for request in queue.takeAll() { fail(request, ChatError(.unavailable, "the message store is closed")) } }
+            cancelled: { for request in queue.takeAll() { request.fail(ChatError(.unavailable, "the message store is closed")) } }
         )
     }
 
