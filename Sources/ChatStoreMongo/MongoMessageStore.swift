@@ -26,6 +26,8 @@ public final class MongoMessageStore: MessageStore, Service {
     private let inserts = BatchQueue<InsertRequest>(maxCount: 500, maxWeight: 8 << 20) { $0.document.count }
     private let chatLookups = BatchQueue<ChatLookup>(maxCount: 500)
     private let blockerLookups = BatchQueue<BlockerLookup>(maxCount: 100, maxWeight: 10_000) { $0.users.count }
+    /// The newest message this store set as each chat's `lastMessage` (see ``results(of:)``).
+    private let newestWritten = Mutex<[ChatID: MessageID]>([:])
     /// Serialises this store's readBy writes. On MongoDB each update is atomic anyway; on a server that applies an
     /// update as an unisolated read-modify-write (nx-27017 on SQLite may), concurrent marks from one process could
     /// otherwise add a user twice.
@@ -136,12 +138,20 @@ public final class MongoMessageStore: MessageStore, Service {
             newest[entry.chatID] = max(newest[entry.chatID] ?? entry.messageID, entry.messageID)
         }
         guard !newest.isEmpty else { return results }
-        // `$max` would keep the newest id under concurrent writers, but nx-27017 fails comparing a null
-        // lastMessage with an ObjectId, so the portable `$set` is used: batches are written one at a time, and the
-        // engine routes one chat's messages in id order, so the last write is the newest but for races.
-        let updates: [BSON] = newest.map { chat, id in
-            .document(["q": .document(["_id": .string(chat.rawValue)]), "u": .document(["$set": .document(["lastMessage": .objectID(id)])])])
+        // Only ever forward: concurrent sends reach the store in any order, so a batch may hold an older message of
+        // a chat than one already written. Batches are written one at a time, so this process remembers the newest
+        // id it wrote per chat and skips older ones. (A conditional update would also order several nodes' writes,
+        // but nx-27017 neither compares ObjectIds with `$lt` nor has `$max` for a null lastMessage; across nodes
+        // the last writer wins, as it did before.)
+        let updates: [BSON] = self.newestWritten.withLock { written in
+            if written.count > 100_000 { written.removeAll(keepingCapacity: true) }  // bounded; forgetting is rare and harmless
+            return newest.compactMap { chat, id in
+                if let previous = written[chat], previous >= id { return nil }
+                written[chat] = id
+                return .document(["q": .document(["_id": .string(chat.rawValue)]), "u": .document(["$set": .document(["lastMessage": .objectID(id)])])])
+            }
         }
+        guard !updates.isEmpty else { return results }
         do {
             let answer = try self.pool.command(["update": .string("chats"), "updates": .array(updates), "ordered": .bool(false)])
             if let writeError = answer["writeErrors"]?.array?.first?.document { throw Self.chatError(writeError) }
