@@ -96,7 +96,8 @@ public struct Harness: Sendable {
         deadlines: any MonotonicClock = SystemMonotonicClock(),
         presence: (any PresenceStore)? = nil,
         store: (any MessageStore)? = nil,
-        queue: (any MessageQueue)? = nil
+        queue: (any MessageQueue)? = nil,
+        relay: (any NodeRelay)? = nil
     ) throws {
         self.clock = clock
         let memoryStore = store == nil ? InMemoryMessageStore() : nil
@@ -116,7 +117,8 @@ public struct Harness: Sendable {
                 presence: self.presence,
                 transport: self.transport,
                 wallClock: self.clock,
-                clock: deadlines
+                clock: deadlines,
+                relay: relay
             ),
             logger: self.logs.logger()
         )
@@ -193,6 +195,7 @@ public func withHarness(
     presence: (any PresenceStore)? = nil,
     store: (any MessageStore)? = nil,
     queue: (any MessageQueue)? = nil,
+    relay: (any NodeRelay)? = nil,
     _ body: @Sendable (Harness) async throws -> Void
 ) async throws {
     let harness = try Harness(
@@ -202,7 +205,8 @@ public func withHarness(
         deadlines: deadlines,
         presence: presence,
         store: store,
-        queue: queue
+        queue: queue,
+        relay: relay
     )
     try await harness.seed()
     try await withThrowingTaskGroup(of: Void.self) { group in

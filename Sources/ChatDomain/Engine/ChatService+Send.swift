@@ -185,13 +185,10 @@ extension ChatService {
                 received = event
                 self.push(event, message: message.id, to: recipient, connections: connections)
             case .enqueue(let startFlusher):
-                if let records = presence?[recipient], records.contains(where: { $0.nodeID != self.configuration.nodeID }) {
-                    // Routing to another node's socket is not built yet; its user catches up from the queue.
-                    self.logger.debug(
-                        "Recipient is online on another node; queued",
-                        metadata: ["chat.user.id": "\(recipient)", "chat.message.id": "\(message.id)"]
-                    )
-                }
+                // Connected elsewhere (presence says which nodes): the flusher forwards there when a relay runs.
+                // Without presence (nil: the lookup failed) the recipient is treated as offline.
+                let nodes = Set((presence?[recipient] ?? []).map(\.nodeID)).subtracting([self.configuration.nodeID])
+                self.lanes[recipient]?.sawRemoteNodes(self.relay == nil ? [] : nodes)
                 if startFlusher { flushers.append(recipient) }
             }
         }
@@ -200,7 +197,7 @@ extension ChatService {
 
     /// Emits a live message to the connections of `recipient`; its confirmation (the first client acknowledgement,
     /// or the write itself) arrives later as a settlement, without a task waiting for it.
-    private func push(_ event: PreparedEvent, message: MessageID, to recipient: UserID, connections: [ConnectionID]) {
+    func push(_ event: PreparedEvent, message: MessageID, to recipient: UserID, connections: [ConnectionID]) {
         guard case .clientAcknowledgement = self.configuration.deliveryConfirmation else {
             // Confirmed by the write itself: known now.
             self.pushSettled(message, for: recipient, confirmed: self.emit(event, to: connections).written > 0)
@@ -317,7 +314,13 @@ extension ChatService {
     /// Writes `recipient`'s buffered queue entries, batch after batch, in order, until none are left. Entries the
     /// queue cannot take stay pending in the store and are caught up from there.
     func runEnqueueFlusher(for recipient: UserID) async {
-        while let batch = self.lanes[recipient]?.takeEnqueueBatch() {
+        while var batch = self.lanes[recipient]?.takeEnqueueBatch() {
+            if let relay = self.relay, let nodes = self.lanes[recipient]?.remoteNodes, !nodes.isEmpty,
+                !batch.contains(where: \.relayed)
+            {
+                batch = await self.forward(batch, to: nodes, for: recipient, via: relay)
+                if batch.isEmpty { continue }
+            }
             do {
                 let rejected = try await self.queue.enqueue(batch, for: recipient)
                 self.queueSucceeded()

@@ -27,6 +27,8 @@ public actor ChatService: Service {
         public var idGenerator: MessageIDGenerator
         /// Receives delivery latencies and drain durations (for metrics); none by default.
         public var observer: (any DeliveryObserver)?
+        /// Carries live messages to the other nodes that share the presence store; none (a single node) by default.
+        public var relay: (any NodeRelay)?
 
         /// Bundles the ports; time and ids default to the system's.
         public init(
@@ -37,7 +39,8 @@ public actor ChatService: Service {
             wallClock: any WallClock = SystemWallClock(),
             clock: any MonotonicClock = SystemMonotonicClock(),
             idGenerator: MessageIDGenerator? = nil,
-            observer: (any DeliveryObserver)? = nil
+            observer: (any DeliveryObserver)? = nil,
+            relay: (any NodeRelay)? = nil
         ) {
             self.store = store
             self.queue = queue
@@ -47,6 +50,7 @@ public actor ChatService: Service {
             self.clock = clock
             self.idGenerator = idGenerator ?? MessageIDGenerator(clock: wallClock)
             self.observer = observer
+            self.relay = relay
         }
     }
 
@@ -57,6 +61,7 @@ public actor ChatService: Service {
     let queue: any MessageQueue
     let presence: any PresenceStore
     let transport: any Transport
+    let relay: (any NodeRelay)?
     let wallClock: any WallClock
     let clock: any MonotonicClock
     let idGenerator: MessageIDGenerator
@@ -83,6 +88,7 @@ public actor ChatService: Service {
     var enqueueIdleWaiters: [UserID: [CheckedContinuation<Void, Never>]] = [:]
     var queueOutage = OutageTracker()
     var presenceOutage = OutageTracker()
+    var relayOutage = OutageTracker()
     var storeOutage = OutageTracker()
     var statistics = DeliveryStatistics()
     var sendLimiter: KeyedRateLimiter<UserID>?
@@ -101,6 +107,7 @@ public actor ChatService: Service {
         self.queue = dependencies.queue
         self.presence = dependencies.presence
         self.transport = dependencies.transport
+        self.relay = dependencies.relay
         self.wallClock = dependencies.wallClock
         self.clock = dependencies.clock
         self.idGenerator = dependencies.idGenerator
@@ -151,6 +158,7 @@ public actor ChatService: Service {
             group.addTask { await self.consumeDeadLetters() }
             group.addTask { await self.heartbeatLoop() }
             group.addTask { await self.settlementLoop() }
+            group.addTask { await self.readRelayInbox() }
             await withGracefulShutdownHandler {
                 await withTaskCancellationHandler {
                     for await job in self.jobs {

@@ -24,6 +24,10 @@ public struct DeliveryStatistics: Sendable, Hashable {
     public var rejectedSends = 0
     /// Sends rejected because the sender went over a rate limit (also counted in ``rejectedSends``).
     public var rateLimitedSends = 0
+    /// Entries forwarded to another node's inbox, for a recipient connected there (``NodeRelay``).
+    public var forwarded = 0
+    /// Entries other nodes forwarded here.
+    public var relayedIn = 0
 
     /// All counters at zero.
     public init() {}

@@ -51,6 +51,9 @@ struct RecipientLane {
     private(set) var enqueueBuffer: [QueueEntry] = []
     private(set) var enqueueInFlight = false
     private(set) var livePushes: Deque<LivePush> = []
+    /// The other nodes that held a connection of the recipient when a message last took the offline path here
+    /// (the send's presence lookup): the enqueue flusher forwards there instead of queueing.
+    private(set) var remoteNodes: Set<NodeID> = []
 
     /// Whether the lane holds nothing worth keeping.
     var isIdle: Bool {
@@ -77,10 +80,17 @@ struct RecipientLane {
         return self.enqueueBuffer
     }
 
+    /// Records where else the recipient is connected, as the latest presence lookup said (empty: nowhere).
+    mutating func sawRemoteNodes(_ nodes: Set<NodeID>) {
+        self.remoteNodes = nodes
+    }
+
     /// A connection opened; returns whether it is the recipient's first on this node.
     mutating func opened(_ connection: ConnectionID) -> Bool {
         guard !self.connections.contains(connection) else { return false }
         self.connections.append(connection)
+        // Connected here now: what arrives from here on takes this node's own path.
+        self.remoteNodes = []
         if self.mode == .offline {
             self.mode = .awaitingDrain
             return true

@@ -57,6 +57,9 @@ public struct QueueEntry: Sendable, Hashable, Codable {
     public var recipient: UserID
     /// When it was queued.
     @WireTimestamp public var enqueuedAt: Date
+    /// Whether another node forwarded it here (``NodeRelay``): such an entry is delivered here or queued, never
+    /// forwarded again. Not part of the entry's JSON.
+    public var relayed = false
 
     /// Creates an entry.
     public init(message: Message, sender: User, recipient: UserID, enqueuedAt: Date) {

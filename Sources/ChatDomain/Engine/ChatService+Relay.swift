@@ -1,0 +1,93 @@
+import Foundation
+import Logging
+
+/// Several nodes: messages for recipients connected to another node go to that node's inbox (``NodeRelay``), and
+/// what other nodes forward here is delivered to this node's connections.
+extension ChatService {
+    /// Forwards `batch` (entries of `recipient`, in order) to each of `nodes`; returns the entries no node took,
+    /// for the offline queue. A node whose inbox is gone, or a relay that cannot be reached, takes none.
+    func forward(_ batch: [QueueEntry], to nodes: Set<NodeID>, for recipient: UserID, via relay: any NodeRelay) async -> [QueueEntry] {
+        var taken = Set<Int>()
+        for node in nodes.sorted() {
+            do {
+                let refused = try await relay.forward(batch, to: node)
+                self.relaySucceeded()
+                let accepted = Set(batch.indices).subtracting(refused)
+                taken.formUnion(accepted)
+                self.statistics.forwarded += accepted.count
+                self.logger.info(
+                    "Message forwarded to the recipient's node",
+                    metadata: [
+                        "chat.user.id": "\(recipient)", "chat.node.id": "\(node)", "chat.message.count": "\(accepted.count)",
+                        "chat.message.id": "\(batch.last?.message.id.hexString ?? "")",
+                    ]
+                )
+                if !refused.isEmpty {
+                    self.logger.info(
+                        "The recipient's node has no inbox (gone since the presence lookup); queued instead",
+                        metadata: ["chat.user.id": "\(recipient)", "chat.node.id": "\(node)", "chat.message.count": "\(refused.count)"]
+                    )
+                }
+            } catch {
+                self.relayFailed(error)
+            }
+        }
+        return batch.indices.filter { !taken.contains($0) }.map { batch[$0] }
+    }
+
+    /// Reads this node's relay inbox while the engine runs; after a failure, tries again with a capped backoff.
+    func readRelayInbox() async {
+        guard let relay = self.relay else { return }
+        let node = self.configuration.nodeID
+        var backoff = Duration.milliseconds(100)
+        while !Task.isCancelled {
+            do {
+                try await relay.receive(for: node) { entries in await self.receiveRelayed(entries) }
+                return  // ended by cancellation
+            } catch {
+                if Task.isCancelled { return }
+                self.relayFailed(error)
+                try? await self.clock.sleep(for: backoff)
+                backoff = min(backoff * 2, .seconds(5))
+            }
+        }
+    }
+
+    /// Delivers entries another node forwarded here, as if they had been sent here: live to a recipient who is
+    /// live on this node (confirmed by the client, then recorded in `readBy`), else onto the offline path behind
+    /// what is already there. Such entries are never forwarded again.
+    func receiveRelayed(_ entries: [QueueEntry]) async {
+        self.relaySucceeded()
+        self.statistics.relayedIn += entries.count
+        var flushers: [UserID] = []
+        var prepared: [MessageID: PreparedEvent] = [:]
+        for var entry in entries {
+            entry.relayed = true
+            switch self.lanes[entry.recipient, default: RecipientLane()].route(entry) {
+            case .push(let connections):
+                let event = prepared[entry.message.id]
+                    ?? self.transport.prepare(.messageReceived(ReceivedMessage(message: entry.message, sender: entry.sender, isNew: true)))
+                prepared[entry.message.id] = event
+                self.push(event, message: entry.message.id, to: entry.recipient, connections: connections)
+            case .enqueue(let startFlusher):
+                if startFlusher { flushers.append(entry.recipient) }
+            }
+        }
+        await self.startEnqueueFlushers(for: flushers)
+    }
+
+    func relayFailed(_ error: any Error) {
+        if self.relayOutage.failed() == .wentDown {
+            self.logger.warning(
+                "Node relay unreachable; recipients on other nodes get their messages from the queue or the store",
+                metadata: ["component": "relay", "error": "\(error)"]
+            )
+        }
+    }
+
+    func relaySucceeded() {
+        if self.relayOutage.succeeded() == .cameBack {
+            self.logger.info("Node relay reachable again; cross-node delivery resumed")
+        }
+    }
+}

@@ -1,0 +1,57 @@
+import Synchronization
+
+/// A ``NodeRelay`` between engines in one process (tests, and embedders that run several engines): each node's
+/// inbox exists while its engine reads it. Nothing survives the process, like the other in-memory adapters;
+/// forwarded entries not yet delivered when a reader stops are dropped, and their recipients catch them up from
+/// the store.
+public final class InMemoryNodeRelay: NodeRelay {
+    private struct Inbox {
+        var id: Int
+        var continuation: AsyncStream<[QueueEntry]>.Continuation
+    }
+
+    private struct State {
+        var inboxes: [NodeID: Inbox] = [:]
+        var nextID = 0
+        var forwarded = 0
+    }
+
+    private let state = Mutex(State())
+
+    /// Creates a relay with no inboxes.
+    public init() {}
+
+    /// Entries handed to an inbox so far.
+    public var forwardedCount: Int {
+        self.state.withLock { $0.forwarded }
+    }
+
+    public func forward(_ entries: [QueueEntry], to node: NodeID) async throws -> Set<Int> {
+        let taken = self.state.withLock { state -> Bool in
+            guard let inbox = state.inboxes[node], case .enqueued = inbox.continuation.yield(entries) else { return false }
+            state.forwarded += entries.count
+            return true
+        }
+        return taken ? [] : Set(entries.indices)
+    }
+
+    public func receive(for node: NodeID, deliver: @escaping @Sendable ([QueueEntry]) async -> Void) async throws {
+        let (stream, continuation) = AsyncStream<[QueueEntry]>.makeStream()
+        let id = self.state.withLock { state in
+            defer { state.nextID += 1 }
+            state.inboxes[node]?.continuation.finish()
+            state.inboxes[node] = Inbox(id: state.nextID, continuation: continuation)
+            return state.nextID
+        }
+        defer {
+            self.state.withLock { state in
+                if state.inboxes[node]?.id == id { state.inboxes[node] = nil }
+            }
+        }
+        await withTaskCancellationHandler {
+            for await batch in stream { await deliver(batch) }
+        } onCancel: {
+            continuation.finish()
+        }
+    }
+}

@@ -1,0 +1,149 @@
+import ChatDomain
+import ChatScenarioKit
+import Foundation
+import Testing
+
+/// Two engines (nodes) sharing one store, offline queue, presence store and node relay, as several chatd processes
+/// share MongoDB, RabbitMQ and Redis.
+@Suite("Several nodes")
+struct SeveralNodesTests {
+    /// The shared services of a small cluster.
+    struct Shared {
+        let clock = ManualWallClock()
+        let store = InMemoryMessageStore()
+        let relay = InMemoryNodeRelay()
+        let queue: InMemoryMessageQueue
+        let presence: InMemoryPresenceStore
+
+        init() {
+            self.queue = InMemoryMessageQueue(clock: self.clock)
+            self.presence = InMemoryPresenceStore(clock: self.clock)
+        }
+    }
+
+    /// Runs `body` with nodes `node-1` and `node-2` running on `shared`.
+    private func withTwoNodes(
+        _ shared: Shared = Shared(),
+        relay: Bool = true,
+        _ body: @Sendable (Harness, Harness) async throws -> Void
+    ) async throws {
+        @Sendable func configuration(_ node: NodeID) -> ChatServiceConfiguration {
+            var configuration = ChatServiceConfiguration()
+            configuration.nodeID = node
+            return configuration
+        }
+        let relay = relay ? shared.relay : nil
+        try await withHarness(configuration: configuration("node-1"), clock: shared.clock, presence: shared.presence, store: shared.store, queue: shared.queue, relay: relay) { one in
+            try await withHarness(configuration: configuration("node-2"), clock: shared.clock, presence: shared.presence, store: shared.store, queue: shared.queue, relay: relay) { two in
+                try await body(one, two)
+            }
+        }
+    }
+
+    /// Connects `user` to `node` and catches them up, as a client does on connect; they are live afterwards.
+    private func connectLive(_ user: User, to node: Harness) async -> ConnectionID {
+        let connection = await node.connect(user)
+        _ = await node.service.reconnected(connection)
+        return connection
+    }
+
+    @Test("A recipient connected to another node gets each message live, in order, and it is recorded delivered")
+    func liveAcrossNodes() async throws {
+        let shared = Shared()
+        try await self.withTwoNodes(shared) { one, two in
+            let alice = await self.connectLive(Harness.alice, to: one)
+            let bob = await self.connectLive(Harness.bob, to: two)
+            var ids: [MessageID] = []
+            for index in 0..<30 { ids.append(try await one.send("m\(index)", from: alice).messageID) }
+            await eventually("bob to receive all 30 on node 2") { two.contents(of: bob).count == 30 }
+            #expect(two.contents(of: bob) == (0..<30).map { "m\($0)" }, "in acceptance order")
+            #expect(two.transport.receivedMessages(of: bob).allSatisfy { $0.isNew }, "live, not caught up")
+            #expect(try await one.depth(of: Harness.bob) == 0, "nothing went to bob's offline queue")
+            #expect(await one.service.currentStatistics().forwarded == 30)
+            #expect(await two.service.currentStatistics().relayedIn == 30)
+            let sent = ids
+            try await eventually("bob's deliveries to be recorded in the store") {
+                try await sent.asyncAllSatisfy { try await one.pendingRecipients(of: $0).isEmpty }
+            }
+            #expect(one.logs.contains("Message forwarded to the recipient's node"))
+        }
+    }
+
+    @Test("A group chat across nodes: a local recipient, a remote one and an offline one each get the message their way")
+    func groupAcrossNodes() async throws {
+        try await self.withTwoNodes { one, two in
+            let alice = await self.connectLive(Harness.alice, to: one)
+            let carol = await self.connectLive(Harness.carol, to: one)
+            let bob = await self.connectLive(Harness.bob, to: two)
+            try await one.send("to everyone", in: Harness.groupChat, from: alice)
+            await eventually("carol (same node) and bob (other node) to receive it live") {
+                one.contents(of: carol) == ["to everyone"] && two.contents(of: bob) == ["to everyone"]
+            }
+            // dave is offline everywhere: queued, and caught up when he comes back, on either node.
+            #expect(try await one.depth(of: Harness.dave) == 1)
+            let dave = await two.connect(Harness.dave)
+            #expect(await two.service.reconnected(dave) == 1)
+            #expect(two.transport.receivedMessages(of: dave).map(\.isNew) == [false])
+        }
+    }
+
+    @Test("Presence names a node whose inbox is gone: the message goes to the offline queue and is caught up")
+    func nodeWithoutInbox() async throws {
+        let shared = Shared()
+        try await self.withTwoNodes(shared) { one, _ in
+            // bob is registered on node-3, which heartbeats but reads no inbox (it crashed after registering).
+            try await shared.presence.register(PresenceRecord(userID: Harness.bob.id, connectionID: "bob-on-3", nodeID: "node-3", since: shared.clock.now()))
+            try await shared.presence.heartbeat(node: "node-3")
+            let alice = await self.connectLive(Harness.alice, to: one)
+            try await one.send("where are you", from: alice)
+            #expect(try await one.depth(of: Harness.bob) == 1, "queued instead")
+            #expect(await one.service.currentStatistics().forwarded == 0)
+            #expect(one.logs.contains("The recipient's node has no inbox (gone since the presence lookup); queued instead"))
+            let bob = await one.connect(Harness.bob)
+            #expect(await one.service.reconnected(bob) == 1)
+            #expect(one.contents(of: bob) == ["where are you"])
+        }
+    }
+
+    @Test("Without a relay, a recipient on another node is queued (a single node's behaviour)")
+    func withoutRelay() async throws {
+        try await self.withTwoNodes(relay: false) { one, two in
+            let alice = await self.connectLive(Harness.alice, to: one)
+            let bob = await self.connectLive(Harness.bob, to: two)
+            try await one.send("hello", from: alice)
+            #expect(try await one.depth(of: Harness.bob) == 1)
+            #expect(two.contents(of: bob).isEmpty)
+        }
+    }
+
+    @Test("A forwarded message the remote client does not confirm goes to the offline queue there, not back")
+    func unconfirmedOnTheOtherNode() async throws {
+        let shared = Shared()
+        try await self.withTwoNodes(shared) { one, two in
+            let alice = await self.connectLive(Harness.alice, to: one)
+            let bob = await two.connect(Harness.bob)
+            _ = await two.service.reconnected(bob)
+            // bob's client now fails every write: the live push is unconfirmed.
+            two.transport.setBehavior(of: bob) { event in
+                if case .messageReceived = event { return .failWrite }
+                return .acknowledge
+            }
+            try await one.send("lost in transit", from: alice)
+            try await eventually("the message to land in bob's offline queue") { try await two.depth(of: Harness.bob) == 1 }
+            #expect(await one.service.currentStatistics().forwarded == 1)
+            #expect(shared.relay.forwardedCount == 1, "forwarded once, never back")
+            // bob reconnects (on node 1 this time) and catches it up.
+            await two.drop(bob)
+            let again = await one.connect(Harness.bob)
+            #expect(await one.service.reconnected(again) == 1)
+            #expect(one.contents(of: again) == ["lost in transit"])
+        }
+    }
+}
+
+extension Sequence where Element: Sendable {
+    fileprivate func asyncAllSatisfy(_ predicate: (Element) async throws -> Bool) async rethrows -> Bool {
+        for element in self where !(try await predicate(element)) { return false }
+        return true
+    }
+}
