@@ -176,6 +176,24 @@ final class AMQPConnection: @unchecked Sendable {
         try self.check(amqp_get_rpc_reply(connection))
         _ = chatd_amqp_declare_queue(connection, Self.channel, Topology.deliveryQueue, 0, 7 * 24 * 3_600_000, 50_000, 0, nil, 0)
         try self.check(amqp_get_rpc_reply(connection))
+        chatd_amqp_declare_exchange(connection, Self.channel, Topology.routeExchange, "direct")
+        try self.check(amqp_get_rpc_reply(connection))
+    }
+
+    /// Declares `node`'s inbox (idempotent), connecting first if needed: durable, bounded with reject-publish (a
+    /// full inbox refuses, and the sender queues offline instead), no TTL, no dead-lettering and never `x-expires`
+    /// (entries wait for the node; the store holds them pending anyway), quorum when the queue type is.
+    func ensureNodeQueue(of node: String) throws(AMQPQueueError) {
+        try self.ensureConnected()
+        guard let connection = self.connection else { throw self.notConnected() }
+        let queue = Topology.nodeQueue(of: node)
+        _ = chatd_amqp_declare_queue(
+            connection, Self.channel, queue, 0, 0, Int64(self.configuration.maxLength), 1, nil,
+            self.configuration.queueType == .quorum ? 1 : 0
+        )
+        try self.check(amqp_get_rpc_reply(connection))
+        chatd_amqp_bind(connection, Self.channel, queue, Topology.routeExchange, node)
+        try self.check(amqp_get_rpc_reply(connection))
     }
 
     /// Declares `user`'s queue (idempotent), connecting first if needed.
@@ -396,6 +414,10 @@ final class AMQPConnection: @unchecked Sendable {
         let request = entry.request
         guard !entry.returned.isEmpty else {
             request.complete(.success(entry.refused))
+            return
+        }
+        if request.returnsAreRefusals {
+            request.complete(.success(entry.refused.union(entry.returned)))
             return
         }
         // Returned as unroutable: the queue was deleted behind our back. Declare it again and publish what came

@@ -56,4 +56,10 @@ enum Topology {
     static let deliveryQueue = "message_delivery"
 
     static func queue(of user: String) -> String { "offline_messages.\(user)" }
+
+    /// The direct exchange live messages for another node are published to, with the node id as routing key.
+    static let routeExchange = "chatd.route"
+
+    /// A node's inbox of live messages other nodes forwarded (``NodeRelay``).
+    static func nodeQueue(of node: String) -> String { "chatd.node.\(node)" }
 }

@@ -102,6 +102,19 @@ final class AMQPStreamConsumer: QueueConsumer {
             return batch
         }
 
+        /// The deliveries that arrive within `timeout` (waiting for the first, then taking every one already
+        /// received, at most the prefetch window); none when nothing came. For a consumer that waits for work
+        /// rather than drains a backlog: it never asks for the queue's ready count.
+        func waitBatch(timeout: Duration) throws(AMQPQueueError) -> [(body: [UInt8], tag: UInt64, redelivered: Bool)] {
+            guard let connection = self.connection else { throw Self.closed }
+            guard let first = try self.poll(connection, timeout: timeout.wholeMilliseconds) else { return [] }
+            var batch = [first]
+            while batch.count < self.prefetch, let delivery = try self.poll(connection, timeout: 0) {
+                batch.append(delivery)
+            }
+            return batch
+        }
+
         func settle(_ tag: UInt64, requeue: Bool?) throws(AMQPQueueError) {
             guard let connection = self.connection else { throw Self.closed }
             let status: Int32 =
@@ -225,6 +238,11 @@ final class AMQPStreamConsumer: QueueConsumer {
         try await self.threads.run { [state] in try state.settle(tag.rawValue, requeue: nil) }
     }
 
+    /// The deliveries that arrive within `timeout`, raw: for a consumer that waits for work (a node's inbox).
+    func waitForDeliveries(timeout: Duration) async throws -> [(body: [UInt8], tag: DeliveryTag)] {
+        try await self.threads.run { [state] in try state.waitBatch(timeout: timeout) }.map { ($0.body, DeliveryTag($0.tag)) }
+    }
+
     func ack(_ tags: [DeliveryTag]) async throws {
         try await self.threads.run { [state] in try state.ack(tags.map(\.rawValue)) }
     }
@@ -234,6 +252,13 @@ final class AMQPStreamConsumer: QueueConsumer {
     }
 
     func close() async {
+        // Not in the caller's task: a reader that stops because its task was cancelled closes its consumer from
+        // that task, and a cancelled task's hops to the consumer's thread do not run, which would leave the
+        // consumer subscribed, holding deliveries it never acknowledges (the broker sends it new ones too).
+        await Task.detached { await self.closeNow() }.value
+    }
+
+    private func closeNow() async {
         self.received.withLock { $0.removeAll() }
         let reusable = (try? await self.threads.run { [state] in state.release() }) ?? false
         if !reusable || !self.pool.put(ConsumerPool.Idle(threads: self.threads, state: self.state, since: .now)) {

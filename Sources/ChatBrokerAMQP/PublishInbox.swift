@@ -13,6 +13,9 @@ struct PublishRequest: Sendable {
     var bodies: [(id: String, body: [UInt8])]
     /// Whether this is the one retry of publishes the broker returned.
     var isRetry = false
+    /// Whether a publish the broker returns as unroutable counts as refused (reported like a full queue) rather
+    /// than failing the request: a node's inbox that does not exist is an answer, not an error.
+    var returnsAreRefusals = false
     /// Called once, on the connection's thread: the indexes the broker refused (a full queue), or the failure.
     var complete: @Sendable (Result<Set<Int>, AMQPQueueError>) -> Void
 }

@@ -27,7 +27,7 @@ public final class RabbitMQMessageQueue: MessageQueue, Service {
     public let configuration: AMQPQueueConfiguration
     private let connection: AMQPConnection
     private let threads: BlockingThreads
-    private let logger: Logger
+    let logger: Logger
     private let deadLetterStream: AsyncStream<DeadLetter>
     private let deadLetterContinuation: AsyncStream<DeadLetter>.Continuation
     /// Open consumers, closed with the queue.
@@ -66,9 +66,14 @@ public final class RabbitMQMessageQueue: MessageQueue, Service {
     /// from an earlier drain when one waits).
     public func consumer(for user: UserID, prefetch: Int) async throws -> any QueueConsumer {
         try await self.perform { try $0.ensureQueue(of: user.rawValue) }
+        return try await self.openConsumer(queue: Topology.queue(of: user.rawValue), prefetch: prefetch)
+    }
+
+    /// A consumer of `queue` (declared already), closed with this queue if still open then.
+    func openConsumer(queue: String, prefetch: Int) async throws -> AMQPStreamConsumer {
         let consumer = try await AMQPStreamConsumer.open(
             self.configuration,
-            queue: Topology.queue(of: user.rawValue),
+            queue: queue,
             prefetch: max(prefetch, 1),
             pool: self.consumerPool,
             onClose: { [weak self] id in self?.forget(consumer: id) }
@@ -150,21 +155,23 @@ public final class RabbitMQMessageQueue: MessageQueue, Service {
     }
 
     /// Hands `bodies` to the connection's publishing pump and returns once the broker confirmed each: the indexes
-    /// it refused (a full queue).
-    private func publish(
+    /// it refused (a full queue; with `returnsAreRefusals`, also those it returned as unroutable).
+    func publish(
         _ bodies: [(id: String, body: [UInt8])],
         exchange: String,
         routingKey: String,
-        declaresUserQueue: Bool
+        declaresUserQueue: Bool = false,
+        returnsAreRefusals: Bool = false
     ) async throws(ChatError) -> Set<Int> {
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Set<Int>, AMQPQueueError>, Never>) in
-            let request = PublishRequest(
+            var request = PublishRequest(
                 exchange: exchange,
                 routingKey: routingKey,
                 declaresUserQueue: declaresUserQueue,
                 bodies: bodies,
                 complete: { continuation.resume(returning: $0) }
             )
+            request.returnsAreRefusals = returnsAreRefusals
             if self.inbox.add(request) { self.schedulePump() }
         }
         return try result.mapError(\.chatError).get()
@@ -179,7 +186,7 @@ public final class RabbitMQMessageQueue: MessageQueue, Service {
         )
     }
 
-    private func perform<Result: Sendable>(_ body: @escaping @Sendable (AMQPConnection) throws -> Result) async throws(ChatError) -> Result {
+    func perform<Result: Sendable>(_ body: @escaping @Sendable (AMQPConnection) throws -> Result) async throws(ChatError) -> Result {
         try await self.threads.run { [connection] in try body(connection) }
     }
 }

@@ -61,7 +61,8 @@ public struct ChatServer: Sendable {
                     queue: adapters.queue,
                     presence: adapters.presence,
                     transport: transport,
-                    observer: MetricsObserver(factory: metrics)
+                    observer: MetricsObserver(factory: metrics),
+                    relay: adapters.relay
                 ),
                 logger: Logger(label: "chatd.engine")
             )
@@ -128,6 +129,9 @@ struct Adapters {
     var store: any MessageStore
     var queue: any MessageQueue
     var presence: any PresenceStore
+    /// Carries live messages to the other nodes: the RabbitMQ adapter when both RabbitMQ and Redis are configured
+    /// (presence in Redis is what says where a user is connected); none otherwise.
+    var relay: (any NodeRelay)?
     /// The adapters that run as services (their threads and connections close on shutdown).
     var services: [any Service] = []
 
@@ -161,6 +165,7 @@ struct Adapters {
             settings.redis, { RedisPresenceStore(configuration: $0, logger: Logger(label: "chatd.presence")) },
             as: { $0 as any PresenceStore }, otherwise: InMemoryPresenceStore()
         )
+        self.relay = settings.redis == nil ? nil : self.queue as? any NodeRelay
         self.services = services
     }
 }

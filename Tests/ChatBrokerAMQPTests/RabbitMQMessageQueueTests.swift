@@ -148,6 +148,53 @@ struct RabbitMQSharedNodeTests {
         }
     }
 
+    @Test("Node inboxes: a node that never read its inbox refuses a forward; a reading node gets entries in order; an inbox outlives its reader")
+    func nodeRelay() async throws {
+        try await withIsolatedRabbitHost { host in
+            let sender = host.makeQueue()
+            let node = host.makeQueue()
+            // No inbox for node-b yet: every entry comes back as refused (returned as unroutable), not an error.
+            let early = Fixtures.entries(3, for: "bob")
+            let refused = try await sender.forward(early, to: "node-b")
+            #expect(refused == [0, 1, 2])
+
+            let received = Locked<[QueueEntry]>([])
+            let reader = Task {
+                try await node.receive(for: "node-b") { entries in received.withLock { $0 += entries } }
+            }
+            // The reader declares the inbox: a probe is refused until then, and arrives once taken.
+            let probe = Fixtures.entries(1, for: "bob")
+            await eventually("node-b's inbox to exist", timeout: .seconds(10), every: .milliseconds(20)) {
+                (try? await sender.forward(probe, to: "node-b"))?.isEmpty == true
+            }
+            await eventually("the probe to arrive", timeout: .seconds(10), every: .milliseconds(20)) { received.withLock { $0 } == probe }
+            received.withLock { $0.removeAll() }
+            let entries = Fixtures.entries(50, for: "bob")
+            for start in stride(from: 0, to: 50, by: 10) {
+                let refused = try await sender.forward(Array(entries[start..<start + 10]), to: "node-b")
+                #expect(refused.isEmpty)
+            }
+            await eventually("node-b to receive all 50", timeout: .seconds(10), every: .milliseconds(20)) { received.withLock { $0.count } == 50 }
+            #expect(received.withLock { $0 } == entries, "in order, whole")
+            reader.cancel()
+            _ = try? await reader.value
+
+            // The inbox is durable: what is forwarded while nobody reads waits for the next reader.
+            let later = Fixtures.entries(5, for: "bob")
+            let refusedLater = try await sender.forward(later, to: "node-b")
+            #expect(refusedLater.isEmpty)
+            let again = Locked<[QueueEntry]>([])
+            let second = Task {
+                try await node.receive(for: "node-b") { entries in again.withLock { $0 += entries } }
+            }
+            await eventually("the next reader to get them", timeout: .seconds(10), every: .milliseconds(20)) { again.withLock { $0 } == later }
+            second.cancel()
+            let outcome = await second.result
+            if case .failure(let error) = outcome { Issue.record("the second reader failed: \(error)") }
+            #expect(again.withLock { $0.map(\.message.content) } == later.map(\.message.content), "\(outcome)")
+        }
+    }
+
     @Test("A queue deleted behind the adapter's back: the returned publishes go to the queue declared again, none lost")
     func deletedQueue() async throws {
         try await withIsolatedRabbitHost { host in
