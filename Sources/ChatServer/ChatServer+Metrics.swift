@@ -42,6 +42,8 @@ struct StatisticsExporter: Service {
         let expired = Counter(label: "chatd_messages_expired_total", factory: self.factory)
         let unconfirmed = Counter(label: "chatd_messages_unconfirmed_total", factory: self.factory)
         let rejected = Counter(label: "chatd_sends_rejected_total", factory: self.factory)
+        let forwarded = Counter(label: "chatd_messages_forwarded_total", dimensions: [("direction", "out")], factory: self.factory)
+        let relayedIn = Counter(label: "chatd_messages_forwarded_total", dimensions: [("direction", "in")], factory: self.factory)
         let sockets = Gauge(label: "chatd_connected_sockets", factory: self.factory)
         let sessions = Gauge(label: "chatd_engineio_sessions", factory: self.factory)
         let backlog = Gauge(label: "chatd_queue_backlog_estimate", factory: self.factory)
@@ -62,6 +64,8 @@ struct StatisticsExporter: Service {
                 expired.increment(by: now.expired - last.expired)
                 unconfirmed.increment(by: now.unconfirmedLive - last.unconfirmedLive)
                 rejected.increment(by: now.rejectedSends - last.rejectedSends)
+                forwarded.increment(by: now.forwarded - last.forwarded)
+                relayedIn.increment(by: now.relayedIn - last.relayedIn)
                 last = now
                 sockets.record(self.socketIO.connectionCount)
                 sessions.record(self.socketIO.sessionCount)
