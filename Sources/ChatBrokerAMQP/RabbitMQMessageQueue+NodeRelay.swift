@@ -20,6 +20,7 @@ extension RabbitMQMessageQueue: NodeRelay {
     public func receive(for node: NodeID, deliver: @escaping @Sendable ([QueueEntry]) async -> Void) async throws {
         try await self.perform { try $0.ensureNodeQueue(of: node.rawValue) }
         let consumer = try await self.openConsumer(queue: Topology.nodeQueue(of: node.rawValue), prefetch: 256)
+        self.logger.info("Reading this node's inbox", metadata: ["amqp.queue": "\(Topology.nodeQueue(of: node.rawValue))"])
         do {
             let decoder = JSONDecoder()
             while !Task.isCancelled {

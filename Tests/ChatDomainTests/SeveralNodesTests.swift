@@ -35,6 +35,10 @@ struct SeveralNodesTests {
         let relay = relay ? shared.relay : nil
         try await withHarness(configuration: configuration("node-1"), clock: shared.clock, presence: shared.presence, store: shared.store, queue: shared.queue, relay: relay) { one in
             try await withHarness(configuration: configuration("node-2"), clock: shared.clock, presence: shared.presence, store: shared.store, queue: shared.queue, relay: relay) { two in
+                if relay != nil {
+                    // The engines start reading their inboxes as they start running.
+                    await eventually("both nodes to read their inboxes") { shared.relay.hasInbox("node-1") && shared.relay.hasInbox("node-2") }
+                }
                 try await body(one, two)
             }
         }
@@ -84,6 +88,38 @@ struct SeveralNodesTests {
             let dave = await two.connect(Harness.dave)
             #expect(await two.service.reconnected(dave) == 1)
             #expect(two.transport.receivedMessages(of: dave).map(\.isNew) == [false])
+        }
+    }
+
+    @Test("A user connected to both nodes gets each message on both connections, in order; delivery is recorded once")
+    func twoDevicesOnTwoNodes() async throws {
+        try await self.withTwoNodes { one, two in
+            let alice = await self.connectLive(Harness.alice, to: one)
+            let phone = await self.connectLive(Harness.bob, to: one)
+            let laptop = await self.connectLive(Harness.bob, to: two)
+            var ids: [MessageID] = []
+            for index in 0..<10 { ids.append(try await one.send("m\(index)", from: alice).messageID) }
+            let expected = (0..<10).map { "m\($0)" }
+            await eventually("both of bob's connections to have all 10") {
+                one.contents(of: phone).count == 10 && two.contents(of: laptop).count == 10
+            }
+            #expect(one.contents(of: phone) == expected && two.contents(of: laptop) == expected)
+            #expect(two.transport.receivedMessages(of: laptop).allSatisfy { $0.isNew })
+            // And from the other side: alice's message sent on node 2 reaches bob's connection on node 1 too.
+            let carol = await self.connectLive(Harness.carol, to: two)
+            try await two.send("from node 2", in: Harness.groupChat, from: carol)
+            await eventually("both of bob's connections to get carol's message") {
+                one.contents(of: phone).last == "from node 2" && two.contents(of: laptop).last == "from node 2"
+            }
+            // Recorded once per user: bob appears once in each message's readBy.
+            let sent = ids
+            try await eventually("bob's deliveries to be recorded") {
+                try await sent.asyncAllSatisfy { try await one.pendingRecipients(of: $0).isEmpty }
+            }
+            for id in ids {
+                let stored = try #require(try await one.store.message(id))
+                #expect(stored.readBy.filter { $0.userID == Harness.bob.id }.count == 1)
+            }
         }
     }
 

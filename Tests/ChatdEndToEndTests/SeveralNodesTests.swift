@@ -26,6 +26,10 @@ struct SeveralNodesEndToEndTests {
     }
 
     private func conversation(_ one: ChatdProcess, _ two: ChatdProcess, _ clients: ClientDriver) async throws {
+        // A node's inbox exists once it reads it; before that, forwards to it take the offline path.
+        await eventually("both nodes to read their inboxes", timeout: .seconds(20)) {
+            one.log.contains("Reading this node's inbox") && two.log.contains("Reading this node's inbox")
+        }
         let token = try await one.token("alice")
         let chat = try #require(try await one.http("POST", "/api/chats", token: token, body: ["participants": ["bob"]]).json?["_id"]?.string)
         try await clients.connect("alice", to: one)

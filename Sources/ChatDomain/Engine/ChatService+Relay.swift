@@ -91,3 +91,50 @@ extension ChatService {
         }
     }
 }
+
+/// Copies of live messages for a recipient's connections on other nodes, waiting to be forwarded in order.
+struct RemoteCopies: Sendable {
+    var entries: [(entry: QueueEntry, nodes: Set<NodeID>)] = []
+    var forwarding = false
+}
+
+extension ChatService {
+    /// Forwards a copy of `entry` to `nodes`, where its recipient is connected too (they got it here already).
+    /// Copies of one recipient go out in acceptance order, one flusher per recipient.
+    func copy(_ entry: QueueEntry, to nodes: Set<NodeID>) {
+        let recipient = entry.recipient
+        self.remoteCopies[recipient, default: RemoteCopies()].entries.append((entry, nodes))
+        guard self.remoteCopies[recipient]?.forwarding == false else { return }
+        self.remoteCopies[recipient]?.forwarding = true
+        if !self.submit({ [self] in await self.forwardCopies(of: recipient) }) {
+            self.remoteCopies[recipient] = nil
+        }
+    }
+
+    /// Forwards `recipient`'s waiting copies, batch after batch (each run of entries for the same nodes as one
+    /// batch), until none wait. A copy no node takes is dropped: the recipient got the message on this node's
+    /// connection, and their other connections catch up on reconnect. (Delivery is recorded once per user, so a
+    /// store catch-up cannot tell which device missed it.)
+    func forwardCopies(of recipient: UserID) async {
+        guard let relay = self.relay else { return }
+        while let waiting = self.remoteCopies[recipient]?.entries, !waiting.isEmpty {
+            self.remoteCopies[recipient]?.entries = []
+            var start = 0
+            while start < waiting.count {
+                let nodes = waiting[start].nodes
+                var end = start + 1
+                while end < waiting.count, waiting[end].nodes == nodes { end += 1 }
+                let batch = waiting[start..<end].map(\.entry)
+                let missed = await self.forward(batch, to: nodes, for: recipient, via: relay)
+                if !missed.isEmpty {
+                    self.logger.debug(
+                        "Copies for the recipient's other nodes not taken; those connections catch up on reconnect",
+                        metadata: ["chat.user.id": "\(recipient)", "chat.message.count": "\(missed.count)"]
+                    )
+                }
+                start = end
+            }
+        }
+        self.remoteCopies[recipient] = nil
+    }
+}

@@ -91,8 +91,9 @@ extension ChatService {
         let ticket = self.sequencer.issue()
         self.unrouted.insert(message.id)
         // Presence is asked only about recipients this node holds no connection of (alongside the insert); the
-        // others are pushed to here whatever it says.
-        let elsewhere = recipients.filter { self.lanes[$0]?.connections.isEmpty ?? true }
+        // others are pushed to here whatever it says. With a relay (several nodes) it is asked about everyone:
+        // a recipient connected here may be connected to other nodes too, and each connection gets the message.
+        let elsewhere = self.relay != nil ? recipients : recipients.filter { self.lanes[$0]?.connections.isEmpty ?? true }
         let inserted: Result<InsertOutcome, any Error>
         let online: [UserID: [PresenceRecord]]?
         if elsewhere.isEmpty {
@@ -184,6 +185,9 @@ extension ChatService {
                 let event = received ?? self.transport.prepare(.messageReceived(ReceivedMessage(message: message, sender: sender, isNew: true)))
                 received = event
                 self.push(event, message: message.id, to: recipient, connections: connections)
+                // Connected to other nodes as well: a copy for those connections.
+                let nodes = Set((presence?[recipient] ?? []).map(\.nodeID)).subtracting([self.configuration.nodeID])
+                if !nodes.isEmpty { self.copy(entry, to: nodes) }
             case .enqueue(let startFlusher):
                 // Connected elsewhere (presence says which nodes): the flusher forwards there when a relay runs.
                 // Without presence (nil: the lookup failed) the recipient is treated as offline.

@@ -82,6 +82,8 @@ public actor ChatService: Service {
 
     var connectionUsers: [ConnectionID: User] = [:]
     var lanes: [UserID: RecipientLane] = [:]
+    /// Live messages' copies for recipients also connected to other nodes, per recipient (several nodes).
+    var remoteCopies: [UserID: RemoteCopies] = [:]
     var sequencer = SendSequencer<CheckedContinuation<Void, Never>>()
     /// Messages stored and not yet routed. Routing follows id order, so none of them is older than the smallest.
     var unrouted = Set<MessageID>()

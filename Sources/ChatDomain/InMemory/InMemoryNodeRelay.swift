@@ -21,6 +21,11 @@ public final class InMemoryNodeRelay: NodeRelay {
     /// Creates a relay with no inboxes.
     public init() {}
 
+    /// Whether `node` reads its inbox now.
+    public func hasInbox(_ node: NodeID) -> Bool {
+        self.state.withLock { $0.inboxes[node] != nil }
+    }
+
     /// Entries handed to an inbox so far.
     public var forwardedCount: Int {
         self.state.withLock { $0.forwarded }
