@@ -14,6 +14,8 @@
 #   ./scripts/bench.sh compare <before> <after> [rounds]   # two chatd binaries, embedded, run in turns (ABAB...,
 #                                 # 6 rounds by default): on a machine whose speed drifts by tens of percent over
 #                                 # minutes, only interleaved runs compare two builds fairly
+#   ./scripts/bench.sh nodes                 # two chatd nodes on one full stack: latency and throughput with the
+#                                 # receivers on the sender's node and on the other node, in turns (prints)
 #   ./scripts/bench.sh compare-full <before> <after> [rounds]   # the same on the full stack (latency-200,
 #                                 # throughput, drain-1000; RabbitMQ, Redis and nx-27017 started once for both)
 set -euo pipefail
@@ -70,7 +72,7 @@ if [ "$mode" = instructions ]; then
     exit 0
 fi
 
-if [ "$mode" = full ] || [ "$mode" = compare-full ]; then
+if [ "$mode" = full ] || [ "$mode" = compare-full ] || [ "$mode" = nodes ]; then
     for package in redis-server rabbitmq-server python3-venv; do
         dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing="${missing:-} $package"
     done
@@ -203,9 +205,50 @@ run() {
     wait "$pid" 2>/dev/null || true
 }
 
+# nodes: two chatd nodes on one full stack; each rep runs every scenario with the receivers on the sender's node
+# ("same-node") and on the other one ("cross-node"), alternately first.
+run_nodes() {
+    local rep=$1 port1=$((40000 + RANDOM % 2000)) port2=$((42000 + RANDOM % 2000))
+    local env=(HOST=127.0.0.1 LOG_LEVEL=warning JWT_SECRET="$bench_secret" SEND_RATE_PER_USER=0 FANOUT_RATE_PER_USER=0
+               HANDSHAKE_RATE_PER_ADDRESS=0 MAX_SESSIONS_PER_ADDRESS=0
+               MONGODB_URI="mongodb://127.0.0.1:$mongo_port/bench-nodes-$rep" RABBITMQ_HOST=127.0.0.1 RABBITMQ_PORT="$rabbit_port"
+               REDIS_HOST=127.0.0.1 REDIS_PORT="$redis_port")
+    env "${env[@]}" PORT="$port1" NODE_ID="bench-node-1" "$chatd" serve 2>"$work/chatd-node1-$rep.log" &
+    local pid1=$!
+    env "${env[@]}" PORT="$port2" NODE_ID="bench-node-2" "$chatd" serve 2>"$work/chatd-node2-$rep.log" &
+    local pid2=$!
+    pids+=($pid1 $pid2)
+    wait_port "$port1"; wait_port "$port2"
+    sleep 3  # each node declares its inbox as its engine starts
+    local same=(--url "http://127.0.0.1:$port1" --server-pid "$pid1" --receiver-pid "$pid2" --secret "$bench_secret")
+    local cross=("${same[@]}" --receiver-url "http://127.0.0.1:$port2")
+    nodes_scenario() {
+        local name=$1 placement=$2; shift 2
+        local args=("${same[@]}")
+        [ "$placement" = cross-node ] && args=("${cross[@]}")
+        log "nodes #$rep: $placement $name $*"
+        if out=$("$load" "${args[@]}" "$@" 2>"$work/load.err"); then
+            echo "$out" | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); d.update(mode='$placement', rep=$rep, name='$name'); print(json.dumps(d))" >> "$results"
+        else
+            log "scenario $name ($placement) failed: $(tail -3 "$work/load.err")"
+        fi
+    }
+    if [ $((rep % 2)) -eq 1 ]; then order=(same-node cross-node); else order=(cross-node same-node); fi
+    for placement in "${order[@]}"; do
+        nodes_scenario latency-100 "$placement" --scenario latency --messages 1000 --rate 100
+        nodes_scenario throughput "$placement" --scenario throughput --messages 2000 --pairs 4 --window 16
+    done
+    kill -TERM "$pid1" "$pid2" 2>/dev/null || true
+    wait "$pid1" "$pid2" 2>/dev/null || true
+}
+
 reps=3
 [ "$mode" = quick ] && reps=1
-if [ "$mode" = compare ]; then
+if [ "$mode" = nodes ]; then
+    log "Starting RabbitMQ, Redis and nx-27017 on loopback"
+    start_services
+    for rep in $(seq 1 "$reps"); do run_nodes "$rep"; done
+elif [ "$mode" = compare ]; then
     if [ "$compare_stack" = full ]; then
         log "Starting RabbitMQ, Redis and nx-27017 on loopback"
         start_services

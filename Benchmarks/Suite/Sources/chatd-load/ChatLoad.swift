@@ -17,6 +17,9 @@ struct ChatLoad: AsyncParsableCommand {
     )
 
     @Option(help: "chatd's base URL.") var url = "http://127.0.0.1:3000"
+    @Option(help: "Another chatd node's base URL for the receivers (latency, throughput): cross-node delivery.")
+    var receiverUrl: String?
+    @Option(help: "That node's process id, whose CPU time counts too.") var receiverPid: Int32?
     @Option(help: "chatd's JWT_SECRET (default: chatd's development secret).")
     var secret = "chatd-development-secret-do-not-use-in-production"
     @Option(help: "latency, throughput, drain or connections.") var scenario: String
@@ -30,7 +33,12 @@ struct ChatLoad: AsyncParsableCommand {
     @Option(help: "Give up after this many seconds.") var timeout = 120
 
     func run() async throws {
-        let context = try await LoadContext(base: self.url, secret: self.secret, serverPID: self.serverPid)
+        let context = try await LoadContext(
+            base: self.url,
+            receiverBase: self.receiverUrl ?? self.url,
+            secret: self.secret,
+            serverPIDs: [self.serverPid, self.receiverPid].compactMap { $0 }
+        )
         let result: [String: Double]
         switch self.scenario {
         case "latency": result = try await self.latency(context)
@@ -54,7 +62,7 @@ struct ChatLoad: AsyncParsableCommand {
         let (sender, receiver) = ("lat-a-\(run)", "lat-b-\(run)")
         let chat = try await context.createChat(owner: sender, with: [receiver])
         let latencies = Mutex<[Int64]>([])
-        let receiverClient = try await context.connect(receiver) { packet in
+        let receiverClient = try await context.connect(receiver, toReceiverNode: true) { packet in
             if let sent = Self.sentAt(packet) { latencies.withLock { $0.append(now() - sent) } }
         }
         let senderClient = try await context.connect(sender)
@@ -93,7 +101,7 @@ struct ChatLoad: AsyncParsableCommand {
             let chat = try await context.createChat(owner: sender, with: [receiver])
             let counter = Counter()
             receivers.append(
-                try await context.connect(receiver) { packet in
+                try await context.connect(receiver, toReceiverNode: true) { packet in
                     if packet.contains("message:received") {
                         counter.received()
                         delivered.add(1, ordering: .relaxed)
@@ -296,22 +304,26 @@ func now() -> Int64 {
 /// What every scenario shares: the server, tokens, chats, and /proc readings of the server process.
 struct LoadContext: Sendable {
     let base: String
+    /// Where receivers connect: another node for cross-node scenarios, else `base`.
+    let receiverBase: String
     let authenticator: TokenAuthenticator
-    let serverPID: Int32?
+    let serverPIDs: [Int32]
     let runID = String(UInt32.random(in: 0...UInt32.max), radix: 36)
 
-    init(base: String, secret: String, serverPID: Int32?) async throws {
+    init(base: String, receiverBase: String, secret: String, serverPIDs: [Int32]) async throws {
         self.base = base
+        self.receiverBase = receiverBase
         self.authenticator = try await TokenAuthenticator(secret: secret)
-        self.serverPID = serverPID
+        self.serverPIDs = serverPIDs
     }
 
     func token(_ user: String) async throws -> String {
         try await self.authenticator.token(for: User(id: UserID(user), username: user), lifetime: .seconds(3600))
     }
 
-    func connect(_ user: String, onPacket: @escaping @Sendable (String) -> Void = { _ in }) async throws -> SocketIOClient {
-        try await SocketIOClient.connect(base: self.base, user: user, token: try await self.token(user), onPacket: onPacket)
+    func connect(_ user: String, toReceiverNode: Bool = false, onPacket: @escaping @Sendable (String) -> Void = { _ in }) async throws -> SocketIOClient {
+        let base = toReceiverNode ? self.receiverBase : self.base
+        return try await SocketIOClient.connect(base: base, user: user, token: try await self.token(user), onPacket: onPacket)
     }
 
     func createChat(owner: String, with participants: [String]) async throws -> String {
@@ -325,19 +337,20 @@ struct LoadContext: Sendable {
         return String(text[range.upperBound...].prefix { $0 != "\"" })
     }
 
-    /// The server's CPU time in nanoseconds, summed over its threads (/proc/<pid>/task/*/schedstat).
+    /// The servers' CPU time in nanoseconds, summed over their threads (/proc/<pid>/task/*/schedstat).
     func serverCPU() -> Int64 {
-        guard let pid = self.serverPID else { return 0 }
-        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
-        return tasks.reduce(0) { total, task in
-            let text = (try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/schedstat", encoding: .utf8)) ?? ""
-            return total + (Int64(text.split(separator: " ").first ?? "") ?? 0)
+        self.serverPIDs.reduce(0) { total, pid in
+            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+            return total + tasks.reduce(0) { sum, task in
+                let text = (try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/schedstat", encoding: .utf8)) ?? ""
+                return sum + (Int64(text.split(separator: " ").first ?? "") ?? 0)
+            }
         }
     }
 
-    /// The server's resident memory in bytes (/proc/<pid>/status VmRSS).
+    /// The (first) server's resident memory in bytes (/proc/<pid>/status VmRSS).
     func serverRSS() -> Int64 {
-        guard let pid = self.serverPID,
+        guard let pid = self.serverPIDs.first,
             let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
             let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") })
         else { return 0 }
