@@ -7,8 +7,8 @@ import Testing
 /// each: what a deployment behind a load balancer sees.
 @Suite("chatd on several nodes", .serialized)
 struct SeveralNodesEndToEndTests {
-    @Test("Users on different nodes talk live: each message arrives at once (isNew), in order, both ways, and is recorded delivered")
-    func liveAcrossNodes() async throws {
+    /// Runs `body` with nodes `node-1` and `node-2` on one full stack, once both read their inboxes.
+    private func withTwoNodes(_ body: (ChatdProcess, ChatdProcess, RabbitTestServer, ClientDriver) async throws -> Void) async throws {
         try await withDriver { clients in
             try await withMongoServer { mongo in
                 try await withRedisServer { redis in
@@ -16,7 +16,12 @@ struct SeveralNodesEndToEndTests {
                         let services = FullStackTests.environment(mongo: mongo, rabbit: rabbit, redis: redis)
                         try await withChatd(environment: services.merging(["NODE_ID": "node-1"]) { $1 }) { one in
                             try await withChatd(environment: services.merging(["NODE_ID": "node-2"]) { $1 }) { two in
-                                try await self.conversation(one, two, clients)
+                                // A node's inbox exists once it reads it; before that, forwards to it take the
+                                // offline path.
+                                await eventually("both nodes to read their inboxes", timeout: .seconds(20)) {
+                                    one.log.contains("Reading this node's inbox") && two.log.contains("Reading this node's inbox")
+                                }
+                                try await body(one, two, rabbit, clients)
                             }
                         }
                     }
@@ -25,11 +30,49 @@ struct SeveralNodesEndToEndTests {
         }
     }
 
-    private func conversation(_ one: ChatdProcess, _ two: ChatdProcess, _ clients: ClientDriver) async throws {
-        // A node's inbox exists once it reads it; before that, forwards to it take the offline path.
-        await eventually("both nodes to read their inboxes", timeout: .seconds(20)) {
-            one.log.contains("Reading this node's inbox") && two.log.contains("Reading this node's inbox")
+    @Test("Users on different nodes talk live: each message arrives at once (isNew), in order, both ways, and is recorded delivered")
+    func liveAcrossNodes() async throws {
+        try await self.withTwoNodes { one, two, _, clients in try await self.conversation(one, two, clients) }
+    }
+
+    @Test("RabbitMQ down while two nodes serve: local delivery goes on, sends are confirmed, the user on the other node gets everything from the store on reconnect")
+    func brokerDown() async throws {
+        try await self.withTwoNodes { one, two, rabbit, clients in
+            let token = try await one.token("alice")
+            let chat = try #require(try await one.http("POST", "/api/chats", token: token, body: ["participants": ["bob", "carol"]]).json?["_id"]?.string)
+            try await clients.connect("alice", to: one)
+            try await clients.connect("carol", to: one)
+            try await clients.connect("bob", to: two)
+            _ = try await clients.send("alice", chat: chat, "before")
+            try await eventually("bob and carol to get the first message") {
+                let (bob, carol) = (try await clients.received("bob"), try await clients.received("carol"))
+                return bob == ["before"] && carol == ["before"]
+            }
+
+            await rabbit.stop()
+            var during: [String] = []
+            for index in 0..<3 {
+                let sent = try await clients.send("alice", chat: chat, "during \(index)")
+                #expect(sent["messageId"] != nil, "stored, so confirmed: \(sent)")
+                during.append("during \(index)")
+            }
+            let expected = ["before"] + during
+            // carol is on alice's node: live as ever.
+            try await eventually("carol (same node) to get them live") { try await clients.received("carol") == expected }
+            // bob is on the other node: neither the relay nor his queue can take them; the store holds them for him.
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(try await clients.received("bob") == ["before"])
+            try await clients("disconnect", ["user": "bob"])
+            try await clients.connect("bob", to: two)
+            let answer = try await clients("reconnected", ["user": "bob"])
+            #expect(answer["delivered"] == .number(3), "\(answer)")
+            let caughtUp = try await clients.events("bob", "message:received")
+            #expect(caughtUp.compactMap { $0["content"]?.string } == during)
+            #expect(caughtUp.allSatisfy { $0["isNew"] == .bool(false) })
         }
+    }
+
+    private func conversation(_ one: ChatdProcess, _ two: ChatdProcess, _ clients: ClientDriver) async throws {
         let token = try await one.token("alice")
         let chat = try #require(try await one.http("POST", "/api/chats", token: token, body: ["participants": ["bob"]]).json?["_id"]?.string)
         try await clients.connect("alice", to: one)
