@@ -15,16 +15,18 @@ extension ChatService {
                 let accepted = Set(batch.indices).subtracting(refused)
                 taken.formUnion(accepted)
                 self.statistics.forwarded += accepted.count
-                self.logger.info(
-                    "Message forwarded to the recipient's node",
-                    metadata: [
-                        "chat.user.id": "\(recipient)", "chat.node.id": "\(node)", "chat.message.count": "\(accepted.count)",
-                        "chat.message.id": "\(batch.last?.message.id.hexString ?? "")",
-                    ]
-                )
+                if !accepted.isEmpty {
+                    self.logger.info(
+                        "Message forwarded to the recipient's node",
+                        metadata: [
+                            "chat.user.id": "\(recipient)", "chat.node.id": "\(node)", "chat.message.count": "\(accepted.count)",
+                            "chat.message.id": "\(batch.last?.message.id.hexString ?? "")",
+                        ]
+                    )
+                }
                 if !refused.isEmpty {
                     self.logger.info(
-                        "The recipient's node has no inbox (gone since the presence lookup); queued instead",
+                        "The recipient's node did not take the messages (no inbox, or a full one)",
                         metadata: ["chat.user.id": "\(recipient)", "chat.node.id": "\(node)", "chat.message.count": "\(refused.count)"]
                     )
                 }
@@ -116,7 +118,10 @@ extension ChatService {
     /// connection, and their other connections catch up on reconnect. (Delivery is recorded once per user, so a
     /// store catch-up cannot tell which device missed it.)
     func forwardCopies(of recipient: UserID) async {
-        guard let relay = self.relay else { return }
+        guard let relay = self.relay else {
+            self.remoteCopies[recipient] = nil
+            return
+        }
         while let waiting = self.remoteCopies[recipient]?.entries, !waiting.isEmpty {
             self.remoteCopies[recipient]?.entries = []
             var start = 0
