@@ -4,7 +4,13 @@ import Foundation
 /// Several nodes on one broker: each node's inbox is the durable queue `chatd.node.<nodeId>`, bound to the direct
 /// exchange `chatd.route` by the node id. A forward is a persistent, `mandatory`, confirmed publish per entry, so a
 /// node whose inbox does not exist answers with a return (reported as refused) and a full inbox with a nack.
+/// Entries travel as queue entries' JSON; a presence notice as `{"presence": {...}}`.
 extension RabbitMQMessageQueue: NodeRelay {
+    /// A presence notice as it travels in an inbox, told apart from a queue entry by its one key.
+    private struct PresenceEnvelope: Codable {
+        var presence: PresenceNotice
+    }
+
     /// Publishes `entries` to `node`'s inbox and returns once the broker confirmed each: the indexes it refused
     /// (no such inbox, or a full one).
     public func forward(_ entries: [QueueEntry], to node: NodeID) async throws -> Set<Int> {
@@ -14,10 +20,18 @@ extension RabbitMQMessageQueue: NodeRelay {
         return try await self.publish(bodies, exchange: Topology.routeExchange, routingKey: node.rawValue, returnsAreRefusals: true)
     }
 
+    /// Publishes `notice` to `node`'s inbox (confirmed); a node without an inbox is skipped.
+    public func announce(_ notice: PresenceNotice, to node: NodeID) async throws {
+        let body = Array(try JSONEncoder().encode(PresenceEnvelope(presence: notice)))
+        let id = "presence:\(notice.change.userID):\(notice.online ? "online" : "offline")"
+        _ = try await self.publish([(id: id, body: body)], exchange: Topology.routeExchange, routingKey: node.rawValue, returnsAreRefusals: true)
+    }
+
     /// Declares `node`'s inbox and consumes it until the task is cancelled, on a consumer connection of its own:
     /// each batch (at most 256) goes to `deliver`, and is acknowledged once `deliver` returned. A body that is not
-    /// a queue entry is acknowledged and dropped with a log line (it would block the inbox otherwise).
-    public func receive(for node: NodeID, deliver: @escaping @Sendable ([QueueEntry]) async -> Void) async throws {
+    /// a queue entry nor a presence notice is acknowledged and dropped with a log line (it would block the inbox
+    /// otherwise).
+    public func receive(for node: NodeID, deliver: @escaping @Sendable ([RelayMessage]) async -> Void) async throws {
         try await self.perform { try $0.ensureNodeQueue(of: node.rawValue) }
         let consumer = try await self.openConsumer(queue: Topology.nodeQueue(of: node.rawValue), prefetch: 256)
         self.logger.info("Reading this node's inbox", metadata: ["amqp.queue": "\(Topology.nodeQueue(of: node.rawValue))"])
@@ -26,15 +40,18 @@ extension RabbitMQMessageQueue: NodeRelay {
             while !Task.isCancelled {
                 let deliveries = try await consumer.waitForDeliveries(timeout: .seconds(1))
                 guard !deliveries.isEmpty else { continue }
-                var entries: [QueueEntry] = []
+                var messages: [RelayMessage] = []
                 for delivery in deliveries {
-                    if let entry = try? decoder.decode(QueueEntry.self, from: Data(delivery.body)) {
-                        entries.append(entry)
+                    let body = Data(delivery.body)
+                    if let entry = try? decoder.decode(QueueEntry.self, from: body) {
+                        messages.append(.entry(entry))
+                    } else if let envelope = try? decoder.decode(PresenceEnvelope.self, from: body) {
+                        messages.append(.presence(envelope.presence))
                     } else {
-                        self.logger.warning("Node inbox message is not a queue entry; dropped", metadata: ["amqp.queue": "\(Topology.nodeQueue(of: node.rawValue))"])
+                        self.logger.warning("Node inbox message is neither a queue entry nor a presence notice; dropped", metadata: ["amqp.queue": "\(Topology.nodeQueue(of: node.rawValue))"])
                     }
                 }
-                if !entries.isEmpty { await deliver(entries) }
+                if !messages.isEmpty { await deliver(messages) }
                 try await consumer.ack(deliveries.map(\.tag))
             }
         } catch {

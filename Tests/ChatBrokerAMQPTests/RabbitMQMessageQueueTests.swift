@@ -159,8 +159,16 @@ struct RabbitMQSharedNodeTests {
             #expect(refused == [0, 1, 2])
 
             let received = Locked<[QueueEntry]>([])
+            let notices = Locked<[PresenceNotice]>([])
             let reader = Task {
-                try await node.receive(for: "node-b") { entries in received.withLock { $0 += entries } }
+                try await node.receive(for: "node-b") { messages in
+                    for message in messages {
+                        switch message {
+                        case .entry(let entry): received.withLock { $0.append(entry) }
+                        case .presence(let notice): notices.withLock { $0.append(notice) }
+                        }
+                    }
+                }
             }
             // The reader declares the inbox: a probe is refused until then, and arrives once taken.
             let probe = Fixtures.entries(1, for: "bob")
@@ -176,6 +184,10 @@ struct RabbitMQSharedNodeTests {
             }
             await eventually("node-b to receive all 50", timeout: .seconds(10), every: .milliseconds(20)) { received.withLock { $0.count } == 50 }
             #expect(received.withLock { $0 } == entries, "in order, whole")
+            // Presence notices share the inbox.
+            let notice = PresenceNotice(change: PresenceChange(userID: "carol", timestamp: Date(timeIntervalSince1970: 1_767_693_600)), online: true, recipients: ["bob"])
+            try await sender.announce(notice, to: "node-b")
+            await eventually("the notice to arrive", timeout: .seconds(10), every: .milliseconds(20)) { notices.withLock { $0 } == [notice] }
             reader.cancel()
             _ = try? await reader.value
 
@@ -185,7 +197,9 @@ struct RabbitMQSharedNodeTests {
             #expect(refusedLater.isEmpty)
             let again = Locked<[QueueEntry]>([])
             let second = Task {
-                try await node.receive(for: "node-b") { entries in again.withLock { $0 += entries } }
+                try await node.receive(for: "node-b") { messages in
+                    for case .entry(let entry) in messages { again.withLock { $0.append(entry) } }
+                }
             }
             await eventually("the next reader to get them", timeout: .seconds(10), every: .milliseconds(20)) { again.withLock { $0 } == later }
             second.cancel()

@@ -123,6 +123,33 @@ struct SeveralNodesTests {
         }
     }
 
+    @Test("Presence across nodes: contacts on another node see user:online and user:offline, for the first and the last connection anywhere")
+    func presenceAcrossNodes() async throws {
+        try await self.withTwoNodes { one, two in
+            let alice = await self.connectLive(Harness.alice, to: one)
+            @Sendable func events(_ name: String) -> [UserID] {
+                one.transport.events(of: alice).compactMap { event in
+                    switch event {
+                    case .userOnline(let change) where name == "online": change.userID
+                    case .userOffline(let change) where name == "offline": change.userID
+                    default: nil
+                    }
+                }
+            }
+            // Plain connects: `user:reconnected` announces the user once more, by design (the product's flow).
+            let laptop = await two.connect(Harness.bob)
+            await eventually("alice (node 1) to see bob come online on node 2") { events("online") == [Harness.bob.id] }
+            // A second device on alice's node: bob was online already.
+            let phone = await one.connect(Harness.bob)
+            await two.drop(laptop)
+            try await Task.sleep(for: .milliseconds(50))
+            #expect(events("online") == [Harness.bob.id], "no second user:online")
+            #expect(events("offline").isEmpty, "bob is still connected on node 1")
+            await one.drop(phone)
+            await eventually("alice to see bob go offline with his last connection") { events("offline") == [Harness.bob.id] }
+        }
+    }
+
     @Test("Presence names a node whose inbox is gone: the message goes to the offline queue and is caught up")
     func nodeWithoutInbox() async throws {
         let shared = Shared()

@@ -77,6 +77,10 @@ struct SeveralNodesEndToEndTests {
         let chat = try #require(try await one.http("POST", "/api/chats", token: token, body: ["participants": ["bob"]]).json?["_id"]?.string)
         try await clients.connect("alice", to: one)
         try await clients.connect("bob", to: two)
+        // Presence crosses nodes too.
+        try await eventually("alice (node 1) to see bob come online on node 2") {
+            try await clients.events("alice", "user:online").contains { $0["userId"] == "bob" }
+        }
 
         var ids: [String] = []
         for index in 0..<20 {

@@ -27,7 +27,12 @@ extension ChatService {
             PresenceRecord(userID: user.id, connectionID: connection, nodeID: self.configuration.nodeID, since: self.wallClock.now())
         )
         guard isFirst else { return }
-        await self.broadcast(.userOnline(PresenceChange(userID: user.id, timestamp: self.wallClock.now())), about: user.id)
+        // The first connection anywhere announces the user; one more device on another node does not.
+        if await self.isConnectedElsewhere(user.id) {
+            self.logger.debug("User already connected on another node; no user:online", metadata: ["chat.user.id": "\(user.id)"])
+        } else {
+            await self.broadcast(.userOnline(PresenceChange(userID: user.id, timestamp: self.wallClock.now())), about: user.id)
+        }
         let isEmpty = await self.hasNoBacklog(user.id)
         if self.lanes[user.id]?.backlogChecked(isEmpty: isEmpty, snapshot: snapshot) == true {
             self.logger.debug("User has no backlog; live delivery", metadata: ["chat.user.id": "\(user.id)"])
@@ -48,7 +53,8 @@ extension ChatService {
         } catch {
             self.presenceFailed(error)
         }
-        if isLast {
+        // The last connection anywhere: a user still connected on another node is not offline.
+        if isLast, !(await self.isConnectedElsewhere(user.id)) {
             await self.broadcast(.userOffline(PresenceChange(userID: user.id, timestamp: self.wallClock.now())), about: user.id)
         }
         self.removeLaneIfIdle(user.id)
@@ -71,7 +77,8 @@ extension ChatService {
         }
     }
 
-    /// Sends `event` to every local connection of the users who share a chat with `user`.
+    /// Sends `event` to every local connection of the users who share a chat with `user`, and, with several
+    /// nodes, to their connections on the other nodes.
     func broadcast(_ event: OutboundEvent, about user: UserID) async {
         let chats: [Chat]
         do {
@@ -96,6 +103,11 @@ extension ChatService {
             for connection in self.lanes[peer]?.connections ?? [] {
                 try? self.transport.emit(event, to: connection)
             }
+        }
+        switch event {
+        case .userOnline(let change): await self.announce(change, online: true, to: peers)
+        case .userOffline(let change): await self.announce(change, online: false, to: peers)
+        default: break
         }
     }
 

@@ -55,11 +55,24 @@ extension ChatService {
         }
     }
 
-    /// Delivers entries another node forwarded here, as if they had been sent here: live to a recipient who is
-    /// live on this node (confirmed by the client, then recorded in `readBy`), else onto the offline path behind
-    /// what is already there. Such entries are never forwarded again.
-    func receiveRelayed(_ entries: [QueueEntry]) async {
+    /// Delivers what other nodes sent here: entries as if they had been sent here (live to a recipient who is
+    /// live on this node, confirmed by the client, then recorded in `readBy`; else onto the offline path behind
+    /// what is already there; never forwarded again), and presence changes to the local connections of the
+    /// contacts they name.
+    func receiveRelayed(_ messages: [RelayMessage]) async {
         self.relaySucceeded()
+        var entries: [QueueEntry] = []
+        for message in messages {
+            switch message {
+            case .entry(let entry):
+                entries.append(entry)
+            case .presence(let notice):
+                let event: OutboundEvent = notice.online ? .userOnline(notice.change) : .userOffline(notice.change)
+                for recipient in notice.recipients {
+                    for connection in self.lanes[recipient]?.connections ?? [] { try? self.transport.emit(event, to: connection) }
+                }
+            }
+        }
         self.statistics.relayedIn += entries.count
         var flushers: [UserID] = []
         var prepared: [MessageID: PreparedEvent] = [:]
@@ -76,6 +89,31 @@ extension ChatService {
             }
         }
         await self.startEnqueueFlushers(for: flushers)
+    }
+
+    /// Tells the other nodes where `peers` are connected that `change` happened (one notice per node, naming the
+    /// peers connected there). Best effort, like the local broadcast: a contact who misses it sees the user's
+    /// state on their next connect.
+    func announce(_ change: PresenceChange, online: Bool, to peers: Set<UserID>) async {
+        guard let relay = self.relay, !peers.isEmpty, let records = await self.lookupPresence(Array(peers)) else { return }
+        var byNode: [NodeID: Set<UserID>] = [:]
+        for (peer, connections) in records {
+            for record in connections where record.nodeID != self.configuration.nodeID { byNode[record.nodeID, default: []].insert(peer) }
+        }
+        for (node, recipients) in byNode.sorted(by: { $0.key < $1.key }) {
+            do {
+                try await relay.announce(PresenceNotice(change: change, online: online, recipients: recipients.sorted()), to: node)
+                self.relaySucceeded()
+            } catch {
+                self.relayFailed(error)
+            }
+        }
+    }
+
+    /// Whether `user` has a live connection on another node (several nodes; false without a relay or presence).
+    func isConnectedElsewhere(_ user: UserID) async -> Bool {
+        guard self.relay != nil, let records = await self.lookupPresence([user]) else { return false }
+        return records[user, default: []].contains { $0.nodeID != self.configuration.nodeID }
     }
 
     func relayFailed(_ error: any Error) {

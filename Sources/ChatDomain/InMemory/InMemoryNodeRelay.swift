@@ -7,7 +7,7 @@ import Synchronization
 public final class InMemoryNodeRelay: NodeRelay {
     private struct Inbox {
         var id: Int
-        var continuation: AsyncStream<[QueueEntry]>.Continuation
+        var continuation: AsyncStream<[RelayMessage]>.Continuation
     }
 
     private struct State {
@@ -33,15 +33,21 @@ public final class InMemoryNodeRelay: NodeRelay {
 
     public func forward(_ entries: [QueueEntry], to node: NodeID) async throws -> Set<Int> {
         let taken = self.state.withLock { state -> Bool in
-            guard let inbox = state.inboxes[node], case .enqueued = inbox.continuation.yield(entries) else { return false }
+            guard let inbox = state.inboxes[node], case .enqueued = inbox.continuation.yield(entries.map(RelayMessage.entry)) else {
+                return false
+            }
             state.forwarded += entries.count
             return true
         }
         return taken ? [] : Set(entries.indices)
     }
 
-    public func receive(for node: NodeID, deliver: @escaping @Sendable ([QueueEntry]) async -> Void) async throws {
-        let (stream, continuation) = AsyncStream<[QueueEntry]>.makeStream()
+    public func announce(_ notice: PresenceNotice, to node: NodeID) async throws {
+        _ = self.state.withLock { state in state.inboxes[node]?.continuation.yield([.presence(notice)]) }
+    }
+
+    public func receive(for node: NodeID, deliver: @escaping @Sendable ([RelayMessage]) async -> Void) async throws {
+        let (stream, continuation) = AsyncStream<[RelayMessage]>.makeStream()
         let id = self.state.withLock { state in
             defer { state.nextID += 1 }
             state.inboxes[node]?.continuation.finish()

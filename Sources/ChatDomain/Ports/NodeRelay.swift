@@ -1,5 +1,6 @@
 /// Carries live messages between chatd nodes that share one presence store: the sender's node forwards a message to
-/// each node that holds a connection of a recipient, and that node delivers it as if it had been sent there.
+/// each node that holds a connection of a recipient, and that node delivers it as if it had been sent there. It
+/// also carries presence changes to the nodes where a user's contacts are connected.
 ///
 /// Each node reads only its own inbox. The store stays the final net: a forwarded message stays pending for its
 /// recipient until a client confirms it, so an inbox lost with a node delays it to the recipient's next catch-up,
@@ -12,7 +13,36 @@ public protocol NodeRelay: Sendable {
     /// removed after it died), which the caller routes to the offline path instead.
     func forward(_ entries: [QueueEntry], to node: NodeID) async throws -> Set<Int>
 
+    /// Tells `node` about a presence change, for the connections there of `notice.recipients`. Best effort: a
+    /// node without an inbox is skipped.
+    func announce(_ notice: PresenceNotice, to node: NodeID) async throws
+
     /// Reads `node`'s inbox until the task is cancelled, handing each batch to `deliver` in order; a batch is
     /// removed from the inbox once `deliver` returned, so one taken before a crash comes back to the next reader.
-    func receive(for node: NodeID, deliver: @escaping @Sendable ([QueueEntry]) async -> Void) async throws
+    func receive(for node: NodeID, deliver: @escaping @Sendable ([RelayMessage]) async -> Void) async throws
+}
+
+/// What one node's inbox holds.
+public enum RelayMessage: Sendable, Hashable {
+    /// A message for a recipient connected to the receiving node.
+    case entry(QueueEntry)
+    /// A user came online or went offline: tell their contacts' connections on the receiving node.
+    case presence(PresenceNotice)
+}
+
+/// A presence change for some users' connections on one node.
+public struct PresenceNotice: Sendable, Hashable, Codable {
+    /// Who came online or went offline, and when.
+    public var change: PresenceChange
+    /// Whether they came online (`user:online`) or went offline (`user:offline`).
+    public var online: Bool
+    /// The contacts to tell.
+    public var recipients: [UserID]
+
+    /// Creates a notice.
+    public init(change: PresenceChange, online: Bool, recipients: [UserID]) {
+        self.change = change
+        self.online = online
+        self.recipients = recipients
+    }
 }
