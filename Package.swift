@@ -265,6 +265,7 @@ let package = Package(
                 "ChatDomain",
                 "ChatTransport",
                 "ChatPresenceRedis",
+                "ChatBrokerAMQP",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -20,6 +20,13 @@ extension RabbitMQMessageQueue: NodeRelay {
         return try await self.publish(bodies, exchange: Topology.routeExchange, routingKey: node.rawValue, returnsAreRefusals: true)
     }
 
+    /// `node`'s inbox: ready entries (a passive declare, so unacknowledged ones are not counted) and consumers.
+    /// - Throws: ``ChatDomain/ChatError`` when the broker cannot be reached or the node has no inbox.
+    public func inboxDepth(of node: NodeID) async throws -> QueueDepth {
+        let depth = try await self.perform { try $0.depth(of: Topology.nodeQueue(of: node.rawValue)) }
+        return QueueDepth(ready: depth.messages, unacknowledged: 0, consumers: depth.consumers)
+    }
+
     /// Publishes `notice` to `node`'s inbox (confirmed); a node without an inbox is skipped.
     public func announce(_ notice: PresenceNotice, to node: NodeID) async throws {
         let body = Array(try JSONEncoder().encode(PresenceEnvelope(presence: notice)))

@@ -30,6 +30,8 @@ public struct ChatServerSettings: Sendable {
     /// The longest token lifetime accepted; nil for no cap.
     var jwtMaxTTL: Duration? = .seconds(24 * 60 * 60)
     var nodeID = NodeID(ProcessInfo.processInfo.hostName)
+    /// How long a node's connections count as online after its last heartbeat (heartbeats every third of it).
+    var presenceTTL: Duration = .seconds(15)
     /// The offline queue on RabbitMQ, when `RABBITMQ_HOST` is set.
     public var rabbitMQ: AMQPQueueConfiguration?
     /// Presence on Redis, when `REDIS_HOST` is set.
@@ -137,6 +139,9 @@ public struct ChatServerSettings: Sendable {
         settings.maxHTTPConnections =
             try reader.int("MAX_HTTP_CONNECTIONS", flag: "max-http-connections", in: 1...10_000_000) ?? settings.maxHTTPConnections
         if let node = reader.string("NODE_ID", flag: "node-id") { settings.nodeID = NodeID(node) }
+        if let ms = try reader.int("PRESENCE_TTL_MS", flag: "presence-ttl-ms", in: 3_000...3_600_000) {
+            settings.presenceTTL = .milliseconds(ms)
+        }
         if let ttl = try reader.int("QUEUE_TTL_SECONDS", flag: "queue-ttl-seconds", in: 1...(365 * 24 * 3600)) {
             settings.queueTTL = .seconds(ttl)
         }
@@ -163,6 +168,7 @@ public struct ChatServerSettings: Sendable {
             redis.port = try reader.int("REDIS_PORT", flag: "redis-port", in: 1...65535) ?? redis.port
             redis.password = reader.string("REDIS_PASSWORD", flag: "redis-password")
             redis.database = try reader.int("REDIS_DB", flag: "redis-db", in: 0...1_000_000) ?? redis.database
+            redis.presenceTTL = settings.presenceTTL
             settings.redis = redis
         }
         if let uri = reader.string("MONGODB_URI", flag: "mongodb-uri") {
@@ -218,6 +224,7 @@ public struct ChatServerSettings: Sendable {
     var chatService: ChatServiceConfiguration {
         var configuration = ChatServiceConfiguration()
         configuration.nodeID = self.nodeID
+        configuration.presenceHeartbeatInterval = self.presenceTTL / 3
         configuration.drainWindow = self.drainPrefetch
         configuration.retention = Double(self.queueTTL.components.seconds)
         configuration.deliveryConfirmation = .clientAcknowledgement(timeout: self.ackTimeout)

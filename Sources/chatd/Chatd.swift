@@ -58,10 +58,11 @@ struct Token: AsyncParsableCommand {
 struct QueueInfo: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "queue-info",
-        abstract: "Print offline queue depths from RabbitMQ (one user's queue, or the dead-letter and delivery queues)."
+        abstract: "Print queue depths from RabbitMQ (one user's offline queue, one node's inbox, or the dead-letter and delivery queues)."
     )
 
     @Option(help: "A user id: print that user's offline queue.") var user: String?
+    @Option(help: "A node id: print that node's inbox (several nodes).") var node: String?
     @OptionGroup var flags: ConfigurationFlags
 
     func run() async throws {
@@ -77,6 +78,9 @@ struct QueueInfo: AsyncParsableCommand {
         if let user = self.user {
             let depth = try await queue.depth(for: UserID(user))
             print("offline_messages.\(user)\tready=\(depth.ready)\tconsumers=\(depth.consumers)")
+        } else if let node = self.node {
+            let depth = try await queue.inboxDepth(of: NodeID(node))
+            print("chatd.node.\(node)\tready=\(depth.ready)\tconsumers=\(depth.consumers)")
         } else {
             print("offline_messages_dead\tready=\(try await queue.deadLetterDepth())")
             print("message_delivery\tready=\(try await queue.deliveryEventDepth())")

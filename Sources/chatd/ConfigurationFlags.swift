@@ -8,6 +8,7 @@ struct ConfigurationFlags: ParsableArguments {
     @Option(help: "trace, debug, info, notice, warning, error or critical (LOG_LEVEL; default info).") var logLevel: String?
     @Option(help: "HS256 secret for access tokens, at least 32 bytes (JWT_SECRET).") var jwtSecret: String?
     @Option(help: "This node's id in the presence store (NODE_ID; default the host name).") var nodeId: String?
+    @Option(help: "A node's connections count as online this many ms after its last heartbeat, sent every third of it (PRESENCE_TTL_MS; default 15000).") var presenceTtlMs: String?
     @Option(help: "RabbitMQ host; set to use RabbitMQ (RABBITMQ_HOST).") var rabbitmqHost: String?
     @Option(help: "RabbitMQ port (RABBITMQ_PORT; default 5672).") var rabbitmqPort: String?
     @Option(help: "RabbitMQ user (RABBITMQ_USER; default guest).") var rabbitmqUser: String?
@@ -48,7 +49,7 @@ struct ConfigurationFlags: ParsableArguments {
     var values: [String: String] {
         let pairs: [(String, String?)] = [
             ("host", self.host), ("port", self.port), ("port-file", self.portFile), ("log-level", self.logLevel), ("jwt-secret", self.jwtSecret),
-            ("node-id", self.nodeId), ("rabbitmq-host", self.rabbitmqHost), ("rabbitmq-port", self.rabbitmqPort),
+            ("node-id", self.nodeId), ("presence-ttl-ms", self.presenceTtlMs), ("rabbitmq-host", self.rabbitmqHost), ("rabbitmq-port", self.rabbitmqPort),
             ("rabbitmq-user", self.rabbitmqUser), ("rabbitmq-password", self.rabbitmqPassword),
             ("rabbitmq-vhost", self.rabbitmqVhost), ("redis-host", self.redisHost), ("redis-port", self.redisPort),
             ("redis-password", self.redisPassword), ("redis-db", self.redisDb), ("mongodb-uri", self.mongodbUri),

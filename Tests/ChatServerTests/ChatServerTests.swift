@@ -1,3 +1,4 @@
+import ChatBrokerAMQP
 import ChatDomain
 import ChatPresenceRedis
 @testable import ChatServer
@@ -164,7 +165,25 @@ struct ChatServerTests {
         #expect(embedded.services.isEmpty && embedded.store is InMemoryMessageStore)
         let redis = try Adapters(settings: ChatServerSettings.resolve(environment: ["REDIS_HOST": "127.0.0.1", "JWT_SECRET": Self.secret]))
         #expect(redis.services.count == 1 && redis.store is InMemoryMessageStore && !(redis.presence is InMemoryPresenceStore))
+        #expect(redis.relay == nil, "no relay without RabbitMQ")
         await (redis.presence as? RedisPresenceStore)?.close()
+
+        // Several nodes: the presence TTL sets Redis' TTL and the heartbeat (every third of it); RabbitMQ and Redis
+        // together give the engine a relay.
+        let services = ["REDIS_HOST": "127.0.0.1", "RABBITMQ_HOST": "127.0.0.1", "JWT_SECRET": Self.secret]
+        let nodes = try ChatServerSettings.resolve(environment: services.merging(["PRESENCE_TTL_MS": "6000"]) { $1 })
+        #expect(nodes.redis?.presenceTTL == .seconds(6) && nodes.chatService.presenceHeartbeatInterval == .seconds(2))
+        #expect(try ChatServerSettings.resolve(environment: services).redis?.presenceTTL == .seconds(15), "15 s by default")
+        do {
+            _ = try ChatServerSettings.resolve(environment: services.merging(["PRESENCE_TTL_MS": "100"]) { $1 })
+            Issue.record("a presence TTL under 3 s must be refused")
+        } catch {
+            #expect(error.description.contains("PRESENCE_TTL_MS"))
+        }
+        let cluster = try Adapters(settings: nodes)
+        #expect(cluster.relay is RabbitMQMessageQueue)
+        await (cluster.presence as? RedisPresenceStore)?.close()
+        await (cluster.queue as? RabbitMQMessageQueue)?.close()
     }
 }
 

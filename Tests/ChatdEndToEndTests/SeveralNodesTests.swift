@@ -105,5 +105,11 @@ struct SeveralNodesEndToEndTests {
         }
         #expect(one.log.contains("Message forwarded to the recipient's node"))
         #expect(two.log.contains("Message forwarded to the recipient's node"))
+
+        // `chatd queue-info --node` shows a node's inbox: drained, with its reader.
+        let info = try ChildProcess(ChatdProcess.binary, arguments: ["queue-info", "--node", "node-2"], environment: one.environment, label: "queue-info")
+        let status = await info.wait(timeout: .seconds(20))
+        #expect(status == 0 && info.stdout.contains("chatd.node.node-2\tready=0\tconsumers=1"), "\(info.stdout) \(info.stderr)")
+        await info.cleanUp()
     }
 }
