@@ -50,6 +50,22 @@ class Suite:
         url = self.ws_base + "?" + query + ("&sid=" + sid if sid else "")
         return websocket.create_connection(url, timeout=5)
 
+    def while_polling(self, sid, action):
+        """Runs `action` while a GET for `sid` waits (started 50 ms before); returns that GET's response (None if
+        it did not end within 5 s) and what `action` returned."""
+        url, params = self.polling(sid)
+        answers = {}
+
+        def poll():
+            answers["poll"] = requests.get(url, params=params, timeout=5)
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        time.sleep(0.05)
+        result = action()
+        poller.join(5)
+        return answers.get("poll"), result
+
     def open_ws(self):
         socket = self.ws()
         opened = socket.recv()
@@ -124,18 +140,9 @@ class Suite:
     def eio_polling_closes_on_duplicate_polls(self):
         sid = self.open_polling()
         url, params = self.polling(sid)
-        answers = {}
-
-        def first():
-            answers["first"] = requests.get(url, params=params, timeout=5)
-
-        poller = threading.Thread(target=first)
-        poller.start()
-        time.sleep(0.05)
-        second = requests.get(url, params=dict(params, t="burst"), timeout=5)
-        poller.join(5)
+        first, second = self.while_polling(sid, lambda: requests.get(url, params=dict(params, t="burst"), timeout=5))
         check(second.status_code in (400, 500), "the second GET is refused: %d" % second.status_code)
-        check(answers["first"].status_code == 200 and answers["first"].text == "1", "the first GET gets a CLOSE: %r" % answers["first"].text)
+        check(first is not None and first.status_code == 200 and first.text == "1", "the first GET gets a CLOSE: %r" % (first and first.text))
         check(requests.get(url, params=params, timeout=5).status_code == 400, "the session is gone")
 
     def eio_websocket_closes_on_an_invalid_packet(self):
@@ -180,17 +187,9 @@ class Suite:
     def eio_polling_close_answers_the_pending_poll_with_a_noop(self):
         sid = self.open_polling()
         url, params = self.polling(sid)
-        answers = {}
-
-        def poll():
-            answers["poll"] = requests.get(url, params=params, timeout=5)
-
-        poller = threading.Thread(target=poll)
-        poller.start()
-        time.sleep(0.05)
-        check(requests.post(url, params=params, data="1", timeout=5).status_code == 200, "CLOSE posted")
-        poller.join(5)
-        check(answers["poll"].status_code == 200 and answers["poll"].text == "6", "the pending GET gets a noop: %r" % answers["poll"].text)
+        poll, posted = self.while_polling(sid, lambda: requests.post(url, params=params, data="1", timeout=5))
+        check(posted.status_code == 200, "CLOSE posted")
+        check(poll is not None and poll.status_code == 200 and poll.text == "6", "the pending GET gets a noop: %r" % (poll and poll.text))
         check(requests.get(url, params=params, timeout=5).status_code == 400, "the session is gone")
 
     def eio_websocket_close(self):
@@ -202,20 +201,15 @@ class Suite:
 
     def upgrade(self, sid):
         """Probes a WebSocket for the polling session `sid` while a GET waits; returns the socket and that GET."""
-        url, params = self.polling(sid)
-        answers = {}
 
-        def poll():
-            answers["poll"] = requests.get(url, params=params, timeout=5)
+        def probe():
+            socket = self.ws(sid)
+            socket.send("2probe")
+            check(socket.recv() == "3probe", "the probe is answered")
+            return socket
 
-        poller = threading.Thread(target=poll)
-        poller.start()
-        time.sleep(0.05)
-        socket = self.ws(sid)
-        socket.send("2probe")
-        check(socket.recv() == "3probe", "the probe is answered")
-        poller.join(5)
-        return socket, answers.get("poll")
+        poll, socket = self.while_polling(sid, probe)
+        return socket, poll
 
     def eio_upgrades_from_polling_to_websocket(self):
         sid = self.open_polling()
