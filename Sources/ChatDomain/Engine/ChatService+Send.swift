@@ -186,17 +186,22 @@ extension ChatService {
                 received = event
                 self.push(event, message: message.id, to: recipient, connections: connections)
                 // Connected to other nodes as well: a copy for those connections.
-                let nodes = Set((presence?[recipient] ?? []).map(\.nodeID)).subtracting([self.configuration.nodeID])
+                let nodes = self.otherNodes(of: recipient, in: presence)
                 if !nodes.isEmpty { self.copy(entry, to: nodes) }
             case .enqueue(let startFlusher):
-                // Connected elsewhere (presence says which nodes): the flusher forwards there when a relay runs.
-                // Without presence (nil: the lookup failed) the recipient is treated as offline.
-                let nodes = Set((presence?[recipient] ?? []).map(\.nodeID)).subtracting([self.configuration.nodeID])
-                self.lanes[recipient]?.sawRemoteNodes(self.relay == nil ? [] : nodes)
+                // Connected elsewhere (presence says which nodes): the flusher forwards there.
+                self.lanes[recipient]?.sawRemoteNodes(self.otherNodes(of: recipient, in: presence))
                 if startFlusher { flushers.append(recipient) }
             }
         }
         return flushers
+    }
+
+    /// The other nodes `presence` says hold a connection of `recipient`; none without a relay, and none when
+    /// presence is unknown (nil: the lookup failed, and the recipient is treated as offline, the product's rule).
+    private func otherNodes(of recipient: UserID, in presence: [UserID: [PresenceRecord]]?) -> Set<NodeID> {
+        guard self.relay != nil, let records = presence?[recipient] else { return [] }
+        return Set(records.map(\.nodeID)).subtracting([self.configuration.nodeID])
     }
 
     /// Emits a live message to the connections of `recipient`; its confirmation (the first client acknowledgement,
