@@ -72,6 +72,49 @@ struct SeveralNodesEndToEndTests {
         }
     }
 
+    @Test("kill -9 of a node, messages forwarded to it meanwhile, restart with the same NODE_ID: its inbox is read once, the user gets everything, then live again")
+    func crashAndRestart() async throws {
+        try await self.withTwoNodes { one, two, _, clients in
+            let token = try await one.token("alice")
+            let chat = try #require(try await one.http("POST", "/api/chats", token: token, body: ["participants": ["bob"]]).json?["_id"]?.string)
+            try await clients.connect("alice", to: one)
+            try await clients.connect("bob", to: two)
+            _ = try await clients.send("alice", chat: chat, "before")
+            try await eventually("bob to get the first message live") { try await clients.received("bob") == ["before"] }
+
+            await two.crash()
+            try await clients("disconnect", ["user": "bob"])
+            // Presence still names node 2 (its entries live until its heartbeat key expires): these go to its inbox.
+            let during = (0..<10).map { "while node 2 was down \($0)" }
+            for content in during {
+                let sent = try await clients.send("alice", chat: chat, content)
+                #expect(sent["messageId"] != nil, "\(sent)")
+            }
+            #expect(one.log.contains("Message forwarded to the recipient's node"))
+
+            try await two.restart()
+            await eventually("node 2 to read its inbox again", timeout: .seconds(20)) { two.child.stderr.contains("Reading this node's inbox") }
+            try await clients.connect("bob", to: two)
+            let answer = try await clients("reconnected", ["user": "bob"])
+            #expect(answer["delivered"] == .number(10), "\(answer)")
+            let caughtUp = try await clients.events("bob", "message:received")
+            #expect(caughtUp.compactMap { $0["content"]?.string } == during, "every message, once, in order")
+            #expect(caughtUp.allSatisfy { $0["isNew"] == .bool(false) })
+
+            // The inbox was consumed, not doubled; and bob is live on the restarted node, once.
+            let info = try ChildProcess(ChatdProcess.binary, arguments: ["queue-info", "--node", "node-2"], environment: one.environment, label: "queue-info")
+            let status = await info.wait(timeout: .seconds(20))
+            #expect(status == 0 && info.stdout.contains("chatd.node.node-2\tready=0\tconsumers=1"), "\(info.stdout) \(info.stderr)")
+            await info.cleanUp()
+            _ = try await clients.send("alice", chat: chat, "after the restart")
+            try await eventually("bob to get the next message live") { try await clients.received("bob").last == "after the restart" }
+            try await Task.sleep(for: .milliseconds(300))
+            let received = try await clients.events("bob", "message:received")
+            #expect(received.filter { $0["content"]?.string == "after the restart" }.count == 1)
+            #expect(received.last?["isNew"] == .bool(true))
+        }
+    }
+
     private func conversation(_ one: ChatdProcess, _ two: ChatdProcess, _ clients: ClientDriver) async throws {
         let token = try await one.token("alice")
         let chat = try #require(try await one.http("POST", "/api/chats", token: token, body: ["participants": ["bob"]]).json?["_id"]?.string)
