@@ -56,6 +56,7 @@ let package = Package(
             name: "ChatAdapterSupport",
             dependencies: [
                 "ChatDomain",
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: strictSettings

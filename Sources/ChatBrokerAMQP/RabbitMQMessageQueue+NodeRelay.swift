@@ -39,9 +39,10 @@ extension RabbitMQMessageQueue: NodeRelay {
     /// a queue entry nor a presence notice is acknowledged and dropped with a log line (it would block the inbox
     /// otherwise).
     public func receive(for node: NodeID, deliver: @escaping @Sendable ([RelayMessage]) async -> Void) async throws {
+        let queue = Topology.nodeQueue(of: node.rawValue)
         try await self.perform { try $0.ensureNodeQueue(of: node.rawValue) }
-        let consumer = try await self.openConsumer(queue: Topology.nodeQueue(of: node.rawValue), prefetch: 256)
-        self.logger.info("Reading this node's inbox", metadata: ["amqp.queue": "\(Topology.nodeQueue(of: node.rawValue))"])
+        let consumer = try await self.openConsumer(queue: queue, prefetch: 256)
+        self.logger.info("Reading this node's inbox", metadata: ["amqp.queue": "\(queue)"])
         do {
             let decoder = JSONDecoder()
             while !Task.isCancelled {
@@ -55,7 +56,7 @@ extension RabbitMQMessageQueue: NodeRelay {
                     } else if let envelope = try? decoder.decode(PresenceEnvelope.self, from: body) {
                         messages.append(.presence(envelope.presence))
                     } else {
-                        self.logger.warning("Node inbox message is neither a queue entry nor a presence notice; dropped", metadata: ["amqp.queue": "\(Topology.nodeQueue(of: node.rawValue))"])
+                        self.logger.warning("Node inbox message is neither a queue entry nor a presence notice; dropped", metadata: ["amqp.queue": "\(queue)"])
                     }
                 }
                 if !messages.isEmpty { await deliver(messages) }

@@ -22,10 +22,10 @@ public final class MongoMessageStore: MessageStore, Service {
     private let logger: Logger
     private let maxPageSize: Int
     private let indexesReady = Mutex(false)
-    /// Calls that concurrent sends make, each kind taken in batches by a store thread (see ``BatchQueue``).
-    private let inserts = BatchQueue<InsertRequest>(maxCount: 500, maxWeight: 8 << 20) { $0.document.count }
-    private let chatLookups = BatchQueue<ChatLookup>(maxCount: 500)
-    private let blockerLookups = BatchQueue<BlockerLookup>(maxCount: 100, maxWeight: 10_000) { $0.users.count }
+    /// Calls that concurrent sends make, each kind taken in batches by a store thread (see ``BatchRequest``).
+    private let inserts = PumpQueue<InsertRequest>()
+    private let chatLookups = PumpQueue<ChatLookup>()
+    private let blockerLookups = PumpQueue<BlockerLookup>()
     /// The newest message this store set as each chat's `lastMessage` (see ``results(of:)``).
     private let newestWritten = Mutex<[ChatID: MessageID]>([:])
     /// Serialises this store's readBy writes. On MongoDB each update is atomic anyway; on a server that applies an
@@ -72,7 +72,7 @@ public final class MongoMessageStore: MessageStore, Service {
 
     /// Inserts `message` and sets it as its chat's `lastMessage`. Concurrent inserts share one visit to a store
     /// thread: one `insert` command for all their documents and one `update` for the newest message of each of
-    /// their chats (see ``BatchQueue``); the call returns once both were answered.
+    /// their chats (see ``BatchRequest``); the call returns once both were answered.
     public func insert(_ message: Message, pendingFor recipients: [UserID]) async throws -> InsertOutcome {
         let document: [UInt8]
         do {
@@ -396,10 +396,14 @@ public final class MongoMessageStore: MessageStore, Service {
 
     /// Queues `request`, and schedules a pump on a store thread that hands `queue`'s batches to `pump` until none
     /// wait; when the threads are gone, every waiting request fails with `unavailable` instead.
-    private func enqueue<Request: BatchRequest>(_ request: Request, in queue: BatchQueue<Request>, pump: @escaping @Sendable ([Request]) -> Void) {
+    private func enqueue<Request: BatchRequest>(_ request: Request, in queue: PumpQueue<Request>, pump: @escaping @Sendable ([Request]) -> Void) {
         guard queue.add(request) else { return }
         self.threads.submit(
-            { while let batch = queue.takeBatch() { pump(batch) } },
+            {
+                while let batch = queue.takeBatch(maxCount: Request.maxBatchCount, maxWeight: Request.maxBatchWeight, weight: \.batchWeight) {
+                    pump(batch)
+                }
+            },
             cancelled: { for request in queue.takeAll() { request.fail(ChatError(.unavailable, "the message store is closed")) } }
         )
     }

@@ -28,6 +28,25 @@ struct AdapterSupportTests {
         var chatError: ChatError { ChatError(.internalError, "refused", underlying: self) }
     }
 
+    @Test("A pump queue asks for one pump at a time, hands batches in order within their limits, and asks again once a pump ended")
+    func pumpQueue() {
+        let queue = PumpQueue<Int>()
+        #expect(queue.add(1), "the first request needs a pump")
+        #expect(!queue.add(2) && !queue.add(30) && !queue.add(4), "one is scheduled already")
+        // At most 3 per batch and a weight of 32: 1 + 2 fit, 30 would not.
+        #expect(queue.takeBatch(maxCount: 3, maxWeight: 32, weight: { $0 }) == [1, 2])
+        // A batch holds at least one request, whatever it weighs.
+        #expect(queue.takeBatch(maxCount: 3, maxWeight: 10, weight: { $0 }) == [30])
+        queue.putBack(3)
+        #expect(queue.takeFirst() == 3)
+        #expect(!queue.stopIfEmpty(), "4 still waits: the pump goes on")
+        #expect(queue.takeBatch(maxCount: 3) == [4])
+        #expect(queue.takeBatch(maxCount: 3) == nil, "nothing left: the turn ends")
+        #expect(queue.add(5), "after the turn ended the next request needs a pump again")
+        #expect(queue.takeAll() == [5])
+        #expect(queue.add(6), "takeAll leaves no pump scheduled")
+    }
+
     @Test("Blocking calls run off the cooperative pool; adapter errors become the engine's, a stopped pool is unavailable")
     func threads() async throws {
         let threads = BlockingThreads(role: "test store")
