@@ -79,8 +79,14 @@ struct SeveralNodesEndToEndTests {
             let chat = try #require(try await one.http("POST", "/api/chats", token: token, body: ["participants": ["bob"]]).json?["_id"]?.string)
             try await clients.connect("alice", to: one)
             try await clients.connect("bob", to: two)
-            _ = try await clients.send("alice", chat: chat, "before")
+            let before = try #require(try await clients.send("alice", chat: chat, "before")["messageId"]?.string)
             try await eventually("bob to get the first message live") { try await clients.received("bob") == ["before"] }
+            // Its delivery recorded before the crash (readBy writes are batched: a crash before they land leaves it
+            // pending, and bob would get it once more after the restart, with the same id, as designed).
+            try await eventually("bob's receipt for the first message", timeout: .seconds(10)) {
+                let receipts = try await one.http("GET", "/api/messages/\(before)/receipts", token: token)
+                return receipts.json?["receipts"]?.array?.contains { $0["userId"] == "bob" && $0["status"] == "delivered" } == true
+            }
 
             await two.crash()
             try await clients("disconnect", ["user": "bob"])
