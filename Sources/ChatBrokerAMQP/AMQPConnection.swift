@@ -75,6 +75,19 @@ final class AMQPConnection: @unchecked Sendable {
         return (Int(ok.pointee.message_count), Int(ok.pointee.consumer_count))
     }
 
+    /// Deletes `queue` if it has no consumer and no message; false when it has either (the broker refused; the
+    /// channel is reopened). A queue that does not exist counts as deleted.
+    func deleteIfIdle(_ queue: String) throws(AMQPQueueError) -> Bool {
+        try self.ensureConnected()
+        guard let connection = self.connection else { throw self.notConnected() }
+        guard amqp_queue_delete(connection, Self.channel, amqp_cstring_bytes(queue), 1, 1) != nil else {
+            let error = self.failure(amqp_get_rpc_reply(connection))
+            if error.code == .channelClosed, error.message.contains("406") { return false }
+            throw error
+        }
+        return true
+    }
+
     func close() {
         guard let connection = self.connection else { return }
         self.connection = nil

@@ -44,21 +44,10 @@ extension RabbitMQMessageQueue: NodeRelay {
         let consumer = try await self.openConsumer(queue: queue, prefetch: 256)
         self.logger.info("Reading this node's inbox", metadata: ["amqp.queue": "\(queue)"])
         do {
-            let decoder = JSONDecoder()
             while !Task.isCancelled {
                 let deliveries = try await consumer.waitForDeliveries(timeout: .seconds(1))
                 guard !deliveries.isEmpty else { continue }
-                var messages: [RelayMessage] = []
-                for delivery in deliveries {
-                    let body = Data(delivery.body)
-                    if let entry = try? decoder.decode(QueueEntry.self, from: body) {
-                        messages.append(.entry(entry))
-                    } else if let envelope = try? decoder.decode(PresenceEnvelope.self, from: body) {
-                        messages.append(.presence(envelope.presence))
-                    } else {
-                        self.logger.warning("Node inbox message is neither a queue entry nor a presence notice; dropped", metadata: ["amqp.queue": "\(queue)"])
-                    }
-                }
+                let messages = self.decodeRelayMessages(deliveries.map(\.body), from: queue)
                 if !messages.isEmpty { await deliver(messages) }
                 try await consumer.ack(deliveries.map(\.tag))
             }
@@ -68,5 +57,55 @@ extension RabbitMQMessageQueue: NodeRelay {
             throw error
         }
         await consumer.close()
+    }
+
+    /// Moves the inbox of a dead `node` on: unless a consumer still reads it, consumes what it holds (each batch
+    /// acknowledged once `deliver` returned), then deletes it if it is still idle and empty.
+    public func takeOver(inboxOf node: NodeID, deliver: @escaping @Sendable ([RelayMessage]) async -> Void) async throws -> InboxTakeover {
+        let queue = Topology.nodeQueue(of: node.rawValue)
+        let depth = try await self.perform { try $0.depth(of: queue) }
+        guard depth.consumers == 0 else { return InboxTakeover(moved: 0, removed: false) }
+        var moved = 0
+        if depth.messages > 0 {
+            let consumer = try await self.openConsumer(queue: queue, prefetch: 256)
+            do {
+                // The broker pushes up to the prefetch at once; a quiet half second means the inbox is empty.
+                while true {
+                    let deliveries = try await consumer.waitForDeliveries(timeout: .milliseconds(500))
+                    guard !deliveries.isEmpty else { break }
+                    let messages = self.decodeRelayMessages(deliveries.map(\.body), from: queue)
+                    if !messages.isEmpty { await deliver(messages) }
+                    try await consumer.ack(deliveries.map(\.tag))
+                    moved += deliveries.count
+                }
+            } catch {
+                await consumer.close()
+                throw error
+            }
+            await consumer.close()
+        }
+        let removed = try await self.perform { try $0.deleteIfIdle(queue) }
+        if removed {
+            self.logger.info("Dead node's inbox deleted", metadata: ["amqp.queue": "\(queue)", "chat.message.count": "\(moved)"])
+        }
+        return InboxTakeover(moved: moved, removed: removed)
+    }
+
+    /// Decodes inbox bodies; one that is neither a queue entry nor a presence notice is dropped with a log line
+    /// (it would block the inbox otherwise).
+    private func decodeRelayMessages(_ bodies: [[UInt8]], from queue: String) -> [RelayMessage] {
+        let decoder = JSONDecoder()
+        var messages: [RelayMessage] = []
+        for body in bodies {
+            let data = Data(body)
+            if let entry = try? decoder.decode(QueueEntry.self, from: data) {
+                messages.append(.entry(entry))
+            } else if let envelope = try? decoder.decode(PresenceEnvelope.self, from: data) {
+                messages.append(.presence(envelope.presence))
+            } else {
+                self.logger.warning("Node inbox message is neither a queue entry nor a presence notice; dropped", metadata: ["amqp.queue": "\(queue)"])
+            }
+        }
+        return messages
     }
 }

@@ -43,6 +43,63 @@ final class RedisConnection: @unchecked Sendable {
         return result
         """
 
+    /// Claims the expired nodes for a janitor. ARGV[1]: the key prefix (with its colon), ARGV[2]: the claimer,
+    /// ARGV[3]: the lease in ms. A node is expired when it is in the set of nodes and its heartbeat key is gone.
+    static let claimScript = """
+        local claimed = {}
+        for _, node in ipairs(redis.call('SMEMBERS', ARGV[1] .. 'nodes')) do
+          if node ~= ARGV[2] and redis.call('EXISTS', ARGV[1] .. 'node:' .. node) == 0 then
+            if redis.call('SET', ARGV[1] .. 'janitor:' .. node, ARGV[2], 'NX', 'PX', ARGV[3]) then
+              claimed[#claimed + 1] = node
+            end
+          end
+        end
+        return claimed
+        """
+
+    /// Removes a node's connections of earlier lives (every one when its heartbeat is gone, else those whose
+    /// incarnation is not the heartbeat's) and returns the users left with no live connection anywhere.
+    /// ARGV[1]: the key prefix (with its colon), ARGV[2]: the node.
+    static let removeStaleScript = """
+        local prefix, node = ARGV[1], ARGV[2]
+        local current = redis.call('GET', prefix .. 'node:' .. node)
+        local usersKey = prefix .. 'node-users:' .. node
+        local alive = {}
+        local offline = {}
+        for _, user in ipairs(redis.call('SMEMBERS', usersKey)) do
+          local key = prefix .. 'user:' .. user
+          local entries = redis.call('HGETALL', key)
+          local keeps, live = false, false
+          for j = 1, #entries, 2 do
+            local incarnation, owner = string.match(entries[j + 1], '^([^|]*)|[^|]*|(.*)$')
+            if owner == node and incarnation ~= current then
+              redis.call('HDEL', key, entries[j])
+            elseif owner then
+              if owner == node then keeps = true end
+              local beat = alive[owner]
+              if beat == nil then
+                beat = redis.call('GET', prefix .. 'node:' .. owner) or false
+                alive[owner] = beat
+              end
+              if beat and beat == incarnation then live = true end
+            end
+          end
+          if not keeps then redis.call('SREM', usersKey, user) end
+          if not live then offline[#offline + 1] = user end
+        end
+        return offline
+        """
+
+    /// Forgets a node after its cleanup unless it heartbeats again, and ends the claim on it.
+    /// ARGV[1]: the key prefix (with its colon), ARGV[2]: the node.
+    static let forgetScript = """
+        if redis.call('EXISTS', ARGV[1] .. 'node:' .. ARGV[2]) == 0 and redis.call('SCARD', ARGV[1] .. 'node-users:' .. ARGV[2]) == 0 then
+          redis.call('SREM', ARGV[1] .. 'nodes', ARGV[2])
+        end
+        redis.call('DEL', ARGV[1] .. 'janitor:' .. ARGV[2])
+        return 1
+        """
+
     private let configuration: RedisPresenceConfiguration
     private let logger: Logger
     /// Identifies this process's registrations: a node that restarts under the same id does not resurrect the
@@ -55,6 +112,8 @@ final class RedisConnection: @unchecked Sendable {
     private var scriptSHA: String?
     /// What this node registered; written again after every reconnect, because a restarted Redis lost it.
     private var registrations: [ConnectionID: PresenceRecord] = [:]
+    /// How many of `registrations` each (node, user) has: the user leaves the node's user set with the last.
+    private var registrationCounts: [NodeUser: Int] = [:]
     private var heartbeatNodes: Set<NodeID> = []
     private(set) var roundTrips = 0
 
@@ -72,19 +131,67 @@ final class RedisConnection: @unchecked Sendable {
     // MARK: Presence operations
 
     func register(_ record: PresenceRecord) throws(RedisPresenceError) {
-        self.registrations[record.connectionID] = record
+        if self.registrations.updateValue(record, forKey: record.connectionID) == nil {
+            self.registrationCounts[NodeUser(node: record.nodeID, user: record.userID), default: 0] += 1
+        }
         self.heartbeatNodes.insert(record.nodeID)
-        try self.expectSuccess(self.execute([self.registerCommand(record), self.heartbeatCommand(record.nodeID)]))
+        // The heartbeat first: a janitor that looks between the commands must not find the node expired.
+        try self.expectSuccess(self.execute([self.heartbeatCommand(record.nodeID)] + self.registerCommands(record)))
     }
 
-    func unregister(connection: ConnectionID, of user: UserID) throws(RedisPresenceError) {
-        self.registrations[connection] = nil
-        try self.expectSuccess(self.execute([["HDEL", self.userKey(user), connection.rawValue]]))
+    func unregister(connection: ConnectionID, of user: UserID, node: NodeID) throws(RedisPresenceError) {
+        var commands = [["HDEL", self.userKey(user), connection.rawValue]]
+        if let record = self.registrations.removeValue(forKey: connection) {
+            let key = NodeUser(node: record.nodeID, user: record.userID)
+            self.registrationCounts[key, default: 1] -= 1
+            if self.registrationCounts[key] == 0 {
+                self.registrationCounts[key] = nil
+                commands.append(["SREM", self.nodeUsersKey(node), user.rawValue])
+            }
+        }
+        try self.expectSuccess(self.execute(commands))
     }
 
+    /// Refreshes `node`'s heartbeat. If it had expired (this node was paused, or cut off from Redis, for longer
+    /// than the TTL), other nodes may have removed its connections: they are written again.
     func heartbeat(node: NodeID) throws(RedisPresenceError) {
         self.heartbeatNodes.insert(node)
-        try self.expectSuccess(self.execute([self.heartbeatCommand(node)]))
+        let reply = try self.execute([self.heartbeatCommand(node) + ["GET"]])[0]
+        if case .error(let message) = reply { throw self.serverError(message) }
+        let mine = self.registrations.values.filter { $0.nodeID == node }
+        guard reply == .null, !mine.isEmpty else { return }
+        self.logger.warning(
+            "This node's presence heartbeat had expired (paused or cut off from Redis for longer than the presence TTL); its connections are registered again",
+            metadata: ["chat.node.id": "\(node)", "presence.reregistered": "\(mine.count)"]
+        )
+        try self.expectSuccess(self.execute(mine.flatMap(self.registerCommands)))
+    }
+
+    func claimExpiredNodes(for claimer: NodeID, lease: Duration) throws(RedisPresenceError) -> [NodeID] {
+        let reply = try self.evaluate(Self.claimScript, [self.keyPrefix, claimer.rawValue, "\(max(1, lease.wholeMilliseconds))"])
+        guard case .array(let nodes) = reply else {
+            throw RedisPresenceError(code: .protocolError, message: "unexpected reply to the expired-node claim: \(reply)")
+        }
+        return nodes.compactMap { $0.string.map { NodeID($0) } }.sorted()
+    }
+
+    func removeStaleConnections(of node: NodeID) throws(RedisPresenceError) -> [UserID] {
+        let reply = try self.evaluate(Self.removeStaleScript, [self.keyPrefix, node.rawValue])
+        guard case .array(let users) = reply else {
+            throw RedisPresenceError(code: .protocolError, message: "unexpected reply to the stale-connection removal: \(reply)")
+        }
+        return users.compactMap { $0.string.map { UserID($0) } }.sorted()
+    }
+
+    func forgetExpiredNode(_ node: NodeID) throws(RedisPresenceError) {
+        _ = try self.evaluate(Self.forgetScript, [self.keyPrefix, node.rawValue])
+    }
+
+    /// Runs a script of the janitor's (rare: no script cache), with no keys and `arguments`.
+    private func evaluate(_ script: String, _ arguments: [String]) throws(RedisPresenceError) -> RedisReply {
+        let reply = try self.execute([["EVAL", script, "0"] + arguments])[0]
+        if case .error(let message) = reply { throw self.serverError(message) }
+        return reply
     }
 
     func lookup(_ users: [UserID]) throws(RedisPresenceError) -> [UserID: [PresenceRecord]] {
@@ -122,16 +229,27 @@ final class RedisConnection: @unchecked Sendable {
 
     // MARK: Commands and keys
 
+    private var keyPrefix: String { "\(self.configuration.keyPrefix):" }
+
     private var nodeKeyPrefix: String { "\(self.configuration.keyPrefix):node:" }
+
+    private func nodeUsersKey(_ node: NodeID) -> String {
+        "\(self.configuration.keyPrefix):node-users:\(node.rawValue)"
+    }
 
     private func userKey(_ user: UserID) -> String {
         "\(self.configuration.keyPrefix):user:\(user.rawValue)"
     }
 
-    private func registerCommand(_ record: PresenceRecord) -> [String] {
+    /// The connection's entry, and its node and user in the sets a janitor reads.
+    private func registerCommands(_ record: PresenceRecord) -> [[String]] {
         let since = Int64((record.since.timeIntervalSince1970 * 1000).rounded(.down))
         let value = "\(self.incarnation)|\(since)|\(record.nodeID.rawValue)"
-        return ["HSET", self.userKey(record.userID), record.connectionID.rawValue, value]
+        return [
+            ["HSET", self.userKey(record.userID), record.connectionID.rawValue, value],
+            ["SADD", "\(self.keyPrefix)nodes", record.nodeID.rawValue],
+            ["SADD", self.nodeUsersKey(record.nodeID), record.userID.rawValue],
+        ]
     }
 
     private func heartbeatCommand(_ node: NodeID) -> [String] {
@@ -239,8 +357,8 @@ final class RedisConnection: @unchecked Sendable {
         if let password = self.configuration.password { commands.append(["AUTH", password]) }
         commands.append(["SELECT", "\(self.configuration.database)"])
         commands.append(["SCRIPT", "LOAD", Self.lookupScript])
-        commands += self.registrations.values.map(self.registerCommand)
         commands += self.heartbeatNodes.map(self.heartbeatCommand)
+        commands += self.registrations.values.flatMap(self.registerCommands)
         let replies = try self.pipeline(commands)
         var index = 0
         if self.configuration.password != nil, case .error(let message) = replies[0] {
@@ -297,6 +415,12 @@ final class RedisConnection: @unchecked Sendable {
     }
 
     private var endpoint: String { "\(self.configuration.host):\(self.configuration.port)" }
+}
+
+/// A user as registered by one node.
+private struct NodeUser: Hashable {
+    var node: NodeID
+    var user: UserID
 }
 
 extension RedisPresenceError {

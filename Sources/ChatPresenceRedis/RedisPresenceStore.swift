@@ -7,8 +7,9 @@ public import ServiceLifecycle
 ///
 /// A user is online while one of their connections is recorded under a node whose heartbeat key is alive; a
 /// node that stops heartbeating (crashed, partitioned) takes its users offline after
-/// ``RedisPresenceConfiguration/presenceTTL`` with nobody cleaning up after it. A batch lookup is one round trip
-/// (a Lua script), whatever the number of users.
+/// ``RedisPresenceConfiguration/presenceTTL``, and a live node's janitor then removes its entries (the set
+/// `<prefix>:nodes` and each node's `<prefix>:node-users:<node>` say where to look; `<prefix>:janitor:<node>`
+/// is the claim). A batch lookup is one round trip (a Lua script), whatever the number of users.
 ///
 /// hiredis blocks, so every call runs on a thread of this store's own, never on Swift's cooperative pool. While
 /// Redis is unreachable calls fail fast with ``ChatDomain/ChatError`` code `unavailable` (reconnects back off
@@ -37,7 +38,7 @@ public final class RedisPresenceStore: PresenceStore, Service {
     }
 
     public func unregister(connection: ConnectionID, of user: UserID, node: NodeID) async throws {
-        try await self.perform { try $0.unregister(connection: connection, of: user) }
+        try await self.perform { try $0.unregister(connection: connection, of: user, node: node) }
     }
 
     public func lookup(_ users: [UserID]) async throws -> [UserID: [PresenceRecord]] {
@@ -46,6 +47,18 @@ public final class RedisPresenceStore: PresenceStore, Service {
 
     public func heartbeat(node: NodeID) async throws {
         try await self.perform { try $0.heartbeat(node: node) }
+    }
+
+    public func claimExpiredNodes(for claimer: NodeID, lease: Duration) async throws -> [NodeID] {
+        try await self.perform { try $0.claimExpiredNodes(for: claimer, lease: lease) }
+    }
+
+    public func removeStaleConnections(of node: NodeID) async throws -> [UserID] {
+        try await self.perform { try $0.removeStaleConnections(of: node) }
+    }
+
+    public func forgetExpiredNode(_ node: NodeID) async throws {
+        try await self.perform { try $0.forgetExpiredNode(node) }
     }
 
     /// How many round trips to Redis this store made (for tests and benchmarks).

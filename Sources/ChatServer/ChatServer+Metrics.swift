@@ -44,6 +44,8 @@ struct StatisticsExporter: Service {
         let rejected = Counter(label: "chatd_sends_rejected_total", factory: self.factory)
         let forwarded = Counter(label: "chatd_messages_forwarded_total", dimensions: [("direction", "out")], factory: self.factory)
         let relayedIn = Counter(label: "chatd_messages_forwarded_total", dimensions: [("direction", "in")], factory: self.factory)
+        let janitorMoved = Counter(label: "chatd_janitor_moved_total", factory: self.factory)
+        let nodesCleanedUp = Counter(label: "chatd_janitor_nodes_cleaned_up_total", factory: self.factory)
         let sockets = Gauge(label: "chatd_connected_sockets", factory: self.factory)
         let sessions = Gauge(label: "chatd_engineio_sessions", factory: self.factory)
         let backlog = Gauge(label: "chatd_queue_backlog_estimate", factory: self.factory)
@@ -66,6 +68,8 @@ struct StatisticsExporter: Service {
                 rejected.increment(by: now.rejectedSends - last.rejectedSends)
                 forwarded.increment(by: now.forwarded - last.forwarded)
                 relayedIn.increment(by: now.relayedIn - last.relayedIn)
+                janitorMoved.increment(by: now.janitorMoved - last.janitorMoved)
+                nodesCleanedUp.increment(by: now.nodesCleanedUp - last.nodesCleanedUp)
                 last = now
                 sockets.record(self.socketIO.connectionCount)
                 sessions.record(self.socketIO.sessionCount)

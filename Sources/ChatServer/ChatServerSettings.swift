@@ -225,6 +225,9 @@ public struct ChatServerSettings: Sendable {
         var configuration = ChatServiceConfiguration()
         configuration.nodeID = self.nodeID
         configuration.presenceHeartbeatInterval = self.presenceTTL / 3
+        // A dead node is noticed within the TTL plus a third of it; its janitor has four TTLs before another may take over.
+        configuration.janitorInterval = self.presenceTTL / 3
+        configuration.janitorLease = self.presenceTTL * 4
         configuration.drainWindow = self.drainPrefetch
         configuration.retention = Double(self.queueTTL.components.seconds)
         configuration.deliveryConfirmation = .clientAcknowledgement(timeout: self.ackTimeout)

@@ -209,6 +209,44 @@ struct RabbitMQSharedNodeTests {
         }
     }
 
+    @Test("Taking over a dead node's inbox: left alone while read; then every entry handed on once, the inbox deleted, later forwards refused")
+    func inboxTakeover() async throws {
+        try await withIsolatedRabbitHost { host in
+            let sender = host.makeQueue()
+            let node = host.makeQueue()
+            let janitor = host.makeQueue()
+            #expect(try await janitor.takeOver(inboxOf: "node-never") { _ in } == InboxTakeover(moved: 0, removed: true), "no inbox: nothing to do")
+
+            let reader = Task { try await node.receive(for: "node-d") { _ in } }
+            let probe = Fixtures.entries(1, for: "bob")
+            await eventually("node-d's inbox to exist", timeout: .seconds(10), every: .milliseconds(20)) {
+                (try? await sender.forward(probe, to: "node-d"))?.isEmpty == true
+            }
+            #expect(try await janitor.takeOver(inboxOf: "node-d") { _ in } == InboxTakeover(moved: 0, removed: false), "still read: left alone")
+            reader.cancel()
+            _ = try? await reader.value
+            await eventually("node-d's reader to be gone", timeout: .seconds(10), every: .milliseconds(50)) {
+                (try? await janitor.inboxDepth(of: "node-d"))?.consumers == 0
+            }
+
+            // node-d is dead: 600 entries (more than one prefetch) wait in its inbox.
+            let entries = Fixtures.entries(600, for: "bob")
+            for start in stride(from: 0, to: 600, by: 100) {
+                #expect(try await sender.forward(Array(entries[start..<start + 100]), to: "node-d").isEmpty)
+            }
+            await eventually("the inbox to hold them", timeout: .seconds(10), every: .milliseconds(50)) {
+                (try? await janitor.inboxDepth(of: "node-d"))?.ready == 600
+            }
+            let moved = Locked<[QueueEntry]>([])
+            let takeover = try await janitor.takeOver(inboxOf: "node-d") { messages in
+                for case .entry(let entry) in messages { moved.withLock { $0.append(entry) } }
+            }
+            #expect(takeover == InboxTakeover(moved: 600, removed: true))
+            #expect(moved.withLock { $0 } == entries, "each once, in order")
+            #expect(try await sender.forward(probe, to: "node-d") == [0], "the inbox is gone: refused, for the offline path")
+        }
+    }
+
     @Test("A queue deleted behind the adapter's back: the returned publishes go to the queue declared again, none lost")
     func deletedQueue() async throws {
         try await withIsolatedRabbitHost { host in

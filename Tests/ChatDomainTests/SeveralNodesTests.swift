@@ -1,4 +1,4 @@
-import ChatDomain
+@testable import ChatDomain
 import ChatScenarioKit
 import Foundation
 import Testing
@@ -200,6 +200,106 @@ struct SeveralNodesTests {
             let again = await one.connect(Harness.bob)
             #expect(await one.service.reconnected(again) == 1)
             #expect(one.contents(of: again) == ["lost in transit"])
+        }
+    }
+
+    @Test("A node dies: a live node moves what waited in its inbox on, deletes the inbox and announces its users offline; nothing is lost")
+    func deadNodeIsCleanedUp() async throws {
+        let shared = Shared()
+        // Presence on real time with a short TTL: the dead node expires while the live ones keep heartbeating.
+        let presence = InMemoryPresenceStore(ttl: 0.4, clock: SystemWallClock())
+        @Sendable func configuration(_ node: NodeID) -> ChatServiceConfiguration {
+            var configuration = ChatServiceConfiguration()
+            configuration.nodeID = node
+            configuration.presenceHeartbeatInterval = .milliseconds(50)
+            configuration.janitorInterval = .milliseconds(50)
+            return configuration
+        }
+        @Sendable func node(_ id: NodeID, _ body: @Sendable (Harness) async throws -> Void) async throws {
+            try await withHarness(configuration: configuration(id), clock: shared.clock, presence: presence, store: shared.store, queue: shared.queue, relay: shared.relay, body)
+        }
+        try await node("node-1") { one in
+            try await node("node-3") { three in
+                let alice = await self.connectLive(Harness.alice, to: one)
+                let carol = await self.connectLive(Harness.carol, to: three)
+                // node-2 holds bob, takes two messages live, then dies (no disconnect, no unregistering) with three
+                // more forwarded to its inbox before its heartbeat expires.
+                let stop = AsyncStream<Void>.makeStream()
+                let bobOnTwo = Locked<[String]>([])
+                let two = Task {
+                    try await node("node-2") { two in
+                        await eventually("node 2 to read its inbox") { shared.relay.hasInbox("node-2") }
+                        let bob = await self.connectLive(Harness.bob, to: two)
+                        try await one.send("before 1", from: alice)
+                        try await one.send("before 2", from: alice)
+                        await eventually("bob to get both live on node 2") { two.contents(of: bob).count == 2 }
+                        try await eventually("bob's deliveries to be recorded") { try await two.depth(of: Harness.bob) == 0 }
+                        bobOnTwo.withLock { $0 = two.contents(of: bob) }
+                        for await _ in stop.stream {}
+                    }
+                }
+                await eventually("node 2 to hold bob") { bobOnTwo.value.count == 2 }
+                stop.continuation.finish()
+                try await two.value
+                #expect(!shared.relay.hasInbox("node-2") && shared.relay.inboxExists("node-2"), "the inbox outlives its reader")
+                var sent: [MessageID] = []
+                for index in 1...3 { sent.append(try await one.send("after \(index)", from: alice).messageID) }
+                #expect(shared.relay.pendingCount(of: "node-2") == 3, "forwarded to the dead node's inbox: presence does not know yet")
+
+                await eventually("a live node to clean up after node 2", timeout: .seconds(10)) { !shared.relay.inboxExists("node-2") }
+                try await eventually("the three to wait in bob's offline queue") { try await one.depth(of: Harness.bob) == 3 }
+                await eventually("carol (node 3) to see bob go offline") {
+                    three.transport.events(of: carol).contains { if case .userOffline(let change) = $0 { change.userID == Harness.bob.id } else { false } }
+                }
+                let moved = await one.service.currentStatistics().janitorMoved + three.service.currentStatistics().janitorMoved
+                let cleanedUp = await one.service.currentStatistics().nodesCleanedUp + three.service.currentStatistics().nodesCleanedUp
+                #expect(moved == 3 && cleanedUp == 1, "one janitor moved the three, once")
+                #expect(try await presence.lookup([Harness.bob.id])[Harness.bob.id] == [])
+                #expect(try await presence.claimExpiredNodes(for: "node-9", lease: .seconds(1)).isEmpty, "node 2 is forgotten")
+
+                // bob comes back on node 3 and gets the three, once each, in order.
+                let bob = await three.connect(Harness.bob)
+                #expect(await three.service.reconnected(bob) == 3)
+                #expect(three.contents(of: bob) == ["after 1", "after 2", "after 3"])
+                let ids = sent
+                try await eventually("the three to be recorded delivered") {
+                    try await ids.asyncAllSatisfy { try await one.pendingRecipients(of: $0).isEmpty }
+                }
+            }
+        }
+    }
+
+    @Test("A dead node's inbox is moved to the node its recipient is on now, live")
+    func deadNodesInboxFollowsTheRecipient() async throws {
+        let shared = Shared()
+        try await self.withTwoNodes(shared) { one, two in
+            // node-3 read its inbox once and died with bob registered there.
+            let reader = Task { try await shared.relay.receive(for: "node-3") { _ in } }
+            await eventually("node 3's inbox to exist") { shared.relay.hasInbox("node-3") }
+            reader.cancel()
+            await eventually("node 3 to stop reading") { !shared.relay.hasInbox("node-3") }
+            let alice = await self.connectLive(Harness.alice, to: one)
+            try await shared.presence.register(PresenceRecord(userID: Harness.bob.id, connectionID: "bob-on-3", nodeID: "node-3", since: shared.clock.now()))
+            // alice's two messages follow presence to node 3's inbox, where nobody reads them.
+            try await one.send("one", from: alice)
+            try await one.send("two", from: alice)
+            #expect(shared.relay.pendingCount(of: "node-3") == 2)
+            // bob is back, on node 2: he catches them up from the store.
+            let bob = await self.connectLive(Harness.bob, to: two)
+            #expect(two.contents(of: bob) == ["one", "two"])
+            // node-3 expires (30 s TTL on the manual clock); the live nodes heartbeat on their own schedule, so
+            // the janitor runs here by hand.
+            shared.clock.advance(by: 31)
+            try await shared.presence.heartbeat(node: "node-1")
+            try await shared.presence.heartbeat(node: "node-2")
+            let forwardedBefore = await one.service.currentStatistics().forwarded
+            await one.service.cleanUpExpiredNodes()
+            await eventually("bob to get the moved entries live on node 2") { two.contents(of: bob).count == 4 }
+            #expect(two.contents(of: bob) == ["one", "two", "one", "two"], "at least once: the same messages again")
+            #expect(two.transport.receivedMessages(of: bob).suffix(2).allSatisfy { $0.isNew })
+            #expect(!shared.relay.inboxExists("node-3"))
+            #expect(await one.service.currentStatistics().janitorMoved == 2)
+            #expect(await one.service.currentStatistics().forwarded == forwardedBefore + 2, "node 1 forwarded them to bob's node")
         }
     }
 }

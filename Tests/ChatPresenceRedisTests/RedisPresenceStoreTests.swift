@@ -72,6 +72,70 @@ struct RedisPresenceStoreTests {
         }
     }
 
+    @Test("An expired node is claimed by one janitor at a time; its connections go, the users left with none are named, then it is forgotten")
+    func expiredNodeCleanup() async throws {
+        try await withRedisServer { server in
+            let dead = server.makeStore()
+            let survivor = server.makeStore()
+            let other = server.makeStore()
+            try await dead.register(Self.record("carol", "c1", on: "node-x"))
+            try await dead.register(Self.record("frank", "f1", on: "node-x"))
+            try await survivor.register(Self.record("frank", "f2", on: "node-ok"))
+            try await other.heartbeat(node: "node-z")
+            #expect(try await survivor.claimExpiredNodes(for: "node-ok", lease: .seconds(30)) == [], "every node heartbeats")
+
+            await dead.close()
+            // Its heartbeat expires (deleted here rather than waited for).
+            _ = try await server.cli("DEL", "chatd:presence:node:node-x")
+            #expect(try await survivor.claimExpiredNodes(for: "node-ok", lease: .seconds(30)) == ["node-x"])
+            #expect(try await other.claimExpiredNodes(for: "node-z", lease: .seconds(30)) == [], "claimed by node-ok already")
+
+            #expect(try await survivor.removeStaleConnections(of: "node-x") == ["carol"], "frank is still on node-ok")
+            #expect(try await server.cli("HLEN", "chatd:presence:user:carol") == "0")
+            #expect(try await survivor.lookup(["frank"])["frank"]?.map(\.connectionID) == ["f2"])
+            #expect(try await server.cli("SCARD", "chatd:presence:node-users:node-x") == "0")
+            #expect(try await survivor.removeStaleConnections(of: "node-x") == [], "a second pass finds nothing")
+
+            try await survivor.forgetExpiredNode("node-x")
+            #expect(try await server.cli("SISMEMBER", "chatd:presence:nodes", "node-x") == "0")
+            #expect(try await server.cli("EXISTS", "chatd:presence:janitor:node-x") == "0", "the claim ended")
+            #expect(try await other.claimExpiredNodes(for: "node-z", lease: .seconds(30)) == [], "nothing left to clean up")
+        }
+    }
+
+    @Test("A node restarted under its id removes its previous life's connections, naming the users it left offline")
+    func previousLife() async throws {
+        try await withRedisServer { server in
+            let before = server.makeStore()
+            try await before.register(Self.record("erin", "e-old", on: "node-1"))
+            try await before.register(Self.record("gina", "g-old", on: "node-1"))
+            await before.close()
+            let after = server.makeStore()
+            try await after.register(Self.record("gina", "g-new", on: "node-1"))
+            #expect(try await after.removeStaleConnections(of: "node-1") == ["erin"], "gina is back on this node")
+            #expect(try await server.cli("HKEYS", "chatd:presence:user:gina") == "g-new")
+            #expect(try await after.claimExpiredNodes(for: "node-2", lease: .seconds(30)) == [], "node-1 is alive")
+        }
+    }
+
+    @Test("A heartbeat that finds this node's key expired (paused longer than the TTL) registers its connections again")
+    func heartbeatAfterExpiry() async throws {
+        try await withRedisServer { server in
+            let paused = server.makeStore()
+            let janitor = server.makeStore()
+            try await paused.register(Self.record("hank", "h1", on: "node-p"))
+            _ = try await server.cli("DEL", "chatd:presence:node:node-p")
+            #expect(try await janitor.removeStaleConnections(of: "node-p") == ["hank"], "another node cleaned up meanwhile")
+            #expect(try await janitor.lookup(["hank"])["hank"] == [])
+            try await paused.heartbeat(node: "node-p")
+            #expect(try await janitor.lookup(["hank"])["hank"]?.map(\.connectionID) == ["h1"], "back without reconnecting")
+            #expect(try await server.cli("SISMEMBER", "chatd:presence:node-users:node-p", "hank") == "1")
+            // A normal disconnect takes hank out of the node's users again.
+            try await paused.unregister(connection: "h1", of: "hank", node: "node-p")
+            #expect(try await server.cli("SCARD", "chatd:presence:node-users:node-p") == "0")
+        }
+    }
+
     @Test("A batch lookup of 1,000 users is one round trip")
     func batchLookup() async throws {
         try await withRedisServer { server in

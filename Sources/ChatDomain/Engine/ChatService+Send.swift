@@ -199,7 +199,7 @@ extension ChatService {
 
     /// The other nodes `presence` says hold a connection of `recipient`; none without a relay, and none when
     /// presence is unknown (nil: the lookup failed, and the recipient is treated as offline, the product's rule).
-    private func otherNodes(of recipient: UserID, in presence: [UserID: [PresenceRecord]]?) -> Set<NodeID> {
+    func otherNodes(of recipient: UserID, in presence: [UserID: [PresenceRecord]]?) -> Set<NodeID> {
         guard self.relay != nil, let records = presence?[recipient] else { return [] }
         return Set(records.map(\.nodeID)).subtracting([self.configuration.nodeID])
     }

@@ -161,6 +161,7 @@ public actor ChatService: Service {
             group.addTask { await self.heartbeatLoop() }
             group.addTask { await self.settlementLoop() }
             group.addTask { await self.readRelayInbox() }
+            group.addTask { await self.janitorLoop() }
             await withGracefulShutdownHandler {
                 await withTaskCancellationHandler {
                     for await job in self.jobs {

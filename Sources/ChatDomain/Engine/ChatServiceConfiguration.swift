@@ -28,6 +28,12 @@ public struct ChatServiceConfiguration: Sendable {
     public var catchUpBatchSize: Int = 256
     /// How often this node refreshes its presence heartbeat. Keep it well under the presence store's TTL.
     public var presenceHeartbeatInterval: Duration = .seconds(10)
+    /// Several nodes (with a ``NodeRelay``): how often this node looks for nodes whose heartbeat expired and
+    /// cleans up after them (their inbox moved on, their connections announced offline). Default 5 seconds.
+    public var janitorInterval: Duration = .seconds(5)
+    /// How long a node's claim to clean up after a dead one lasts; past it another node may take over (the
+    /// first one died too, or is stuck). Default 60 seconds.
+    public var janitorLease: Duration = .seconds(60)
     /// The most `readBy` updates written in one batch. Default 1,000.
     public var maxDeliveryMarkBatch: Int = 1000
     /// How fast one user may send messages; a send over it gets `rate_limited` with the time to wait. Nil (the
@@ -72,6 +78,9 @@ public struct ChatServiceConfiguration: Sendable {
         }
         if self.maxChatsPerUser < 1 {
             throw ChatError(.badRequest, "maxChatsPerUser must be at least 1 (got \(self.maxChatsPerUser))")
+        }
+        if self.janitorInterval <= .zero || self.janitorLease <= .zero {
+            throw ChatError(.badRequest, "janitorInterval and janitorLease must be positive (got \(self.janitorInterval), \(self.janitorLease))")
         }
         if self.allowedMessageTypes.isEmpty {
             throw ChatError(.badRequest, "allowedMessageTypes must not be empty")

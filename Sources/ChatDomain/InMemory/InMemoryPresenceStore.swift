@@ -2,7 +2,8 @@ public import Foundation
 import Synchronization
 
 /// A ``PresenceStore`` in process memory with the same expiry rule as the Redis one: a connection counts only
-/// while its node's last heartbeat (or registration) is younger than the TTL.
+/// while its node's last heartbeat (or registration) is younger than the TTL. Processes do not restart inside it,
+/// so a node whose heartbeat is alive has no connections of an earlier life to remove.
 ///
 /// ``setAvailable(_:)`` simulates an outage: while unavailable every call throws ``ChatError/Code/unavailable``.
 public final class InMemoryPresenceStore: PresenceStore {
@@ -10,6 +11,10 @@ public final class InMemoryPresenceStore: PresenceStore {
         var available = true
         var records: [UserID: [ConnectionID: PresenceRecord]] = [:]
         var heartbeats: [NodeID: Date] = [:]
+        /// Nodes that registered connections, until forgotten after their cleanup.
+        var nodes: Set<NodeID> = []
+        /// Who cleans up after an expired node, and until when.
+        var claims: [NodeID: (claimer: NodeID, until: Date)] = [:]
         var lookups = 0
     }
 
@@ -38,6 +43,7 @@ public final class InMemoryPresenceStore: PresenceStore {
         try self.withAvailableState { state in
             state.records[record.userID, default: [:]][record.connectionID] = record
             state.heartbeats[record.nodeID] = now
+            state.nodes.insert(record.nodeID)
         }
     }
 
@@ -55,10 +61,7 @@ public final class InMemoryPresenceStore: PresenceStore {
             var result: [UserID: [PresenceRecord]] = [:]
             for user in users {
                 result[user] = (state.records[user]?.values ?? [:].values)
-                    .filter { record in
-                        guard let beat = state.heartbeats[record.nodeID] else { return false }
-                        return now.timeIntervalSince(beat) < self.ttl
-                    }
+                    .filter { self.isAlive($0.nodeID, in: state, at: now) }
                     .sorted { $0.connectionID < $1.connectionID }
             }
             return result
@@ -68,6 +71,46 @@ public final class InMemoryPresenceStore: PresenceStore {
     public func heartbeat(node: NodeID) async throws {
         let now = self.clock.now()
         try self.withAvailableState { $0.heartbeats[node] = now }
+    }
+
+    public func claimExpiredNodes(for claimer: NodeID, lease: Duration) async throws -> [NodeID] {
+        let now = self.clock.now()
+        return try self.withAvailableState { state in
+            var claimed: [NodeID] = []
+            for node in state.nodes.sorted() where node != claimer && !self.isAlive(node, in: state, at: now) {
+                if let claim = state.claims[node], claim.until > now { continue }
+                state.claims[node] = (claimer, now.addingTimeInterval(TimeInterval(lease.wholeMilliseconds) / 1000))
+                claimed.append(node)
+            }
+            return claimed
+        }
+    }
+
+    public func removeStaleConnections(of node: NodeID) async throws -> [UserID] {
+        let now = self.clock.now()
+        return try self.withAvailableState { state in
+            guard !self.isAlive(node, in: state, at: now) else { return [] }
+            var offline: [UserID] = []
+            for (user, connections) in state.records where connections.values.contains(where: { $0.nodeID == node }) {
+                let kept = connections.filter { $0.value.nodeID != node }
+                state.records[user] = kept.isEmpty ? nil : kept
+                if !kept.values.contains(where: { self.isAlive($0.nodeID, in: state, at: now) }) { offline.append(user) }
+            }
+            return offline.sorted()
+        }
+    }
+
+    public func forgetExpiredNode(_ node: NodeID) async throws {
+        let now = self.clock.now()
+        try self.withAvailableState { state in
+            state.claims[node] = nil
+            if !self.isAlive(node, in: state, at: now) { state.nodes.remove(node) }
+        }
+    }
+
+    private func isAlive(_ node: NodeID, in state: State, at now: Date) -> Bool {
+        guard let beat = state.heartbeats[node] else { return false }
+        return now.timeIntervalSince(beat) < self.ttl
     }
 
     private func withAvailableState<Result>(_ body: (inout State) throws -> Result) throws -> Result {

@@ -20,6 +20,26 @@ public protocol NodeRelay: Sendable {
     /// Reads `node`'s inbox until the task is cancelled, handing each batch to `deliver` in order; a batch is
     /// removed from the inbox once `deliver` returned, so one taken before a crash comes back to the next reader.
     func receive(for node: NodeID, deliver: @escaping @Sendable ([RelayMessage]) async -> Void) async throws
+
+    /// Takes over the inbox of `node`, which died: hands what is left in it to `deliver`, batch after batch,
+    /// removes each batch once `deliver` returned, then deletes the inbox so that later forwards to `node` are
+    /// refused. An inbox that is still read (the node came back) or that received more meanwhile is left alone
+    /// and reported as not removed, for the next attempt; a node that never had an inbox counts as removed.
+    func takeOver(inboxOf node: NodeID, deliver: @escaping @Sendable ([RelayMessage]) async -> Void) async throws -> InboxTakeover
+}
+
+/// What taking over a dead node's inbox did.
+public struct InboxTakeover: Sendable, Hashable {
+    /// How many messages were handed on.
+    public var moved: Int
+    /// Whether the inbox is gone; false when it is still read or still receiving (try again later).
+    public var removed: Bool
+
+    /// Creates a report.
+    public init(moved: Int, removed: Bool) {
+        self.moved = moved
+        self.removed = removed
+    }
 }
 
 /// What one node's inbox holds.

@@ -14,4 +14,18 @@ public protocol PresenceStore: Sendable {
 
     /// Tells the store that `node` is alive; its connections stay online for one TTL after the last heartbeat.
     func heartbeat(node: NodeID) async throws
+
+    /// The nodes that registered connections and whose heartbeat expired (they died, or lost the store for longer
+    /// than the TTL), each claimed for `claimer` for `lease`: a claimed node is not returned to anyone again until
+    /// the lease ends or ``forgetExpiredNode(_:)`` is called, so two nodes never clean up after the same one.
+    func claimExpiredNodes(for claimer: NodeID, lease: Duration) async throws -> [NodeID]
+
+    /// Removes the connections `node` registered in an earlier life: all of them when its heartbeat expired, and
+    /// those of a previous process when it runs again under the same id. Returns the users who, as a result, have
+    /// no live connection anywhere (announce them offline).
+    func removeStaleConnections(of node: NodeID) async throws -> [UserID]
+
+    /// Forgets `node` once everything it left behind was cleaned up, and ends its claim; a node that heartbeats
+    /// again meanwhile is kept.
+    func forgetExpiredNode(_ node: NodeID) async throws
 }
