@@ -63,13 +63,18 @@ final class AMQPConnection: @unchecked Sendable {
         }
     }
 
-    /// Ready messages and consumers of `user`'s queue (0 when it does not exist yet).
+    /// Ready messages and consumers of `queue` (0 when it does not exist yet).
     func depth(of queue: String) throws(AMQPQueueError) -> (messages: Int, consumers: Int) {
+        try self.depthIfExists(of: queue) ?? (0, 0)
+    }
+
+    /// Ready messages and consumers of `queue`, nil when it does not exist (a passive declare).
+    func depthIfExists(of queue: String) throws(AMQPQueueError) -> (messages: Int, consumers: Int)? {
         try self.ensureConnected()
         guard let connection = self.connection else { throw self.notConnected() }
         guard let ok = chatd_amqp_declare_queue(connection, Self.channel, queue, 1, 0, 0, 0, nil, 0) else {
             let error = self.failure(amqp_get_rpc_reply(connection))
-            if error.code == .channelClosed, error.message.contains("404") { return (0, 0) }
+            if error.code == .channelClosed, error.message.contains("404") { return nil }
             throw error
         }
         return (Int(ok.pointee.message_count), Int(ok.pointee.consumer_count))

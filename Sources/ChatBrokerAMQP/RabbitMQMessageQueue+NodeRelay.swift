@@ -20,11 +20,12 @@ extension RabbitMQMessageQueue: NodeRelay {
         return try await self.publish(bodies, exchange: Topology.routeExchange, routingKey: node.rawValue, returnsAreRefusals: true)
     }
 
-    /// `node`'s inbox: ready entries (a passive declare, so unacknowledged ones are not counted) and consumers.
-    /// - Throws: ``ChatDomain/ChatError`` when the broker cannot be reached or the node has no inbox.
-    public func inboxDepth(of node: NodeID) async throws -> QueueDepth {
-        let depth = try await self.perform { try $0.depth(of: Topology.nodeQueue(of: node.rawValue)) }
-        return QueueDepth(ready: depth.messages, unacknowledged: 0, consumers: depth.consumers)
+    /// `node`'s inbox: ready entries (a passive declare, so unacknowledged ones are not counted) and consumers;
+    /// nil when the node has no inbox (it never read one, or it died and its inbox was taken over).
+    /// - Throws: ``ChatDomain/ChatError`` when the broker cannot be reached.
+    public func inboxDepth(of node: NodeID) async throws -> QueueDepth? {
+        let depth = try await self.perform { try $0.depthIfExists(of: Topology.nodeQueue(of: node.rawValue)) }
+        return depth.map { QueueDepth(ready: $0.messages, unacknowledged: 0, consumers: $0.consumers) }
     }
 
     /// Publishes `notice` to `node`'s inbox (confirmed); a node without an inbox is skipped.

@@ -79,8 +79,11 @@ struct QueueInfo: AsyncParsableCommand {
             let depth = try await queue.depth(for: UserID(user))
             print("offline_messages.\(user)\tready=\(depth.ready)\tconsumers=\(depth.consumers)")
         } else if let node = self.node {
-            let depth = try await queue.inboxDepth(of: NodeID(node))
-            print("chatd.node.\(node)\tready=\(depth.ready)\tconsumers=\(depth.consumers)")
+            if let depth = try await queue.inboxDepth(of: NodeID(node)) {
+                print("chatd.node.\(node)\tready=\(depth.ready)\tconsumers=\(depth.consumers)")
+            } else {
+                print("chatd.node.\(node)\tabsent")
+            }
         } else {
             print("offline_messages_dead\tready=\(try await queue.deadLetterDepth())")
             print("message_delivery\tready=\(try await queue.deliveryEventDepth())")

@@ -243,7 +243,8 @@ struct RabbitMQSharedNodeTests {
             }
             #expect(takeover == InboxTakeover(moved: 600, removed: true))
             #expect(moved.withLock { $0 } == entries, "each once, in order")
-            #expect(try await sender.forward(probe, to: "node-d") == [0], "the inbox is gone: refused, for the offline path")
+            #expect(try await janitor.inboxDepth(of: "node-d") == nil, "the inbox is gone")
+            #expect(try await sender.forward(probe, to: "node-d") == [0], "refused, for the offline path")
         }
     }
 

@@ -178,10 +178,11 @@ final class ClientDriver: OwnedTestServer, @unchecked Sendable {
         return reply["result"] ?? .null
     }
 
-    /// Connects `user` to `chatd`.
-    func connect(_ user: String, to chatd: ChatdProcess, ackDelayMs: Int = 0) async throws {
+    /// Connects `user` to `chatd`, as the driver's client `device` (default: the user's name; another name is a
+    /// second device of the same user, addressed by that name in the other calls).
+    func connect(_ user: String, to chatd: ChatdProcess, device: String? = nil, ackDelayMs: Int = 0) async throws {
         try await self("connect", [
-            "user": .string(user), "url": .string(chatd.url), "token": .string(try await chatd.token(user)),
+            "user": .string(device ?? user), "url": .string(chatd.url), "token": .string(try await chatd.token(user)),
             "ackDelayMs": .number(Double(ackDelayMs)),
         ])
     }

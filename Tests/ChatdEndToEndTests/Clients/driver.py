@@ -7,8 +7,8 @@ It listens on a loopback port (printed as the first stdout line) and takes JSON 
   reconnected  {"user", "wait"?}                                        -> the ack {"delivered"} (or {} with wait false)
   events       {"user", "name"?}                                        -> [[name, payload], ...] received so far
   status       {"user"}                                                 -> {"connected", "transport"}
-Each user is one socketio.Client without automatic reconnection; it acknowledges message:received (after
-ackDelayMs, to make a drain take a while).
+Each "user" is one socketio.Client (a user, or one device of a user: the token says who) without automatic
+reconnection; it acknowledges message:received (after ackDelayMs, to make a drain take a while).
 """
 import json
 import sys
