@@ -115,6 +115,11 @@ struct SeveralNodesEndToEndTests {
 
             try await two.restart()
             await eventually("node 2 to read its inbox again", timeout: .seconds(20)) { two.child.stderr.contains("Reading this node's inbox") }
+            // No ghost: bob's connection of node 2's previous life is removed, and alice is told he is offline.
+            #expect(try await clients.events("alice", "user:offline").isEmpty)
+            try await eventually("alice to see bob go offline", timeout: .seconds(20)) {
+                try await clients.events("alice", "user:offline").contains { $0["userId"] == "bob" }
+            }
             try await clients.connect("bob", to: two)
             let answer = try await clients("reconnected", ["user": "bob"])
             #expect(answer["delivered"] == .number(10), "\(answer)")
