@@ -80,17 +80,28 @@ final class AMQPConnection: @unchecked Sendable {
         return (Int(ok.pointee.message_count), Int(ok.pointee.consumer_count))
     }
 
-    /// Deletes `queue` if it has no consumer and no message; false when it has either (the broker refused; the
-    /// channel is reopened). A queue that does not exist counts as deleted.
-    func deleteIfIdle(_ queue: String) throws(AMQPQueueError) -> Bool {
+    /// Deletes `queue` if it has no consumer and no message: the number of messages the delete removed (0 for a
+    /// classic queue, whose delete the broker refuses when the queue is in use), or nil when it was left alone
+    /// (the broker refused; the channel is reopened). A queue that does not exist counts as deleted.
+    ///
+    /// Quorum queues support neither `if-unused` nor `if-empty`: for them the queue is checked just before an
+    /// unconditional delete, so a message that lands in between is removed with it (the caller reports it) and a
+    /// consumer that attaches in between is cancelled (its node declares and reads its inbox again at once).
+    func deleteIfIdle(_ queue: String) throws(AMQPQueueError) -> Int? {
+        let quorum = self.configuration.queueType == .quorum
+        if quorum {
+            guard let depth = try self.depthIfExists(of: queue) else { return 0 }
+            if depth.consumers > 0 || depth.messages > 0 { return nil }
+        }
         try self.ensureConnected()
         guard let connection = self.connection else { throw self.notConnected() }
-        guard amqp_queue_delete(connection, Self.channel, amqp_cstring_bytes(queue), 1, 1) != nil else {
+        let conditional: amqp_boolean_t = quorum ? 0 : 1
+        guard let ok = amqp_queue_delete(connection, Self.channel, amqp_cstring_bytes(queue), conditional, conditional) else {
             let error = self.failure(amqp_get_rpc_reply(connection))
-            if error.code == .channelClosed, error.message.contains("406") { return false }
+            if error.code == .channelClosed, error.message.contains("406") { return nil }
             throw error
         }
-        return true
+        return Int(ok.pointee.message_count)
     }
 
     func close() {

@@ -85,11 +85,17 @@ extension RabbitMQMessageQueue: NodeRelay {
             }
             await consumer.close()
         }
-        let removed = try await self.perform { try $0.deleteIfIdle(queue) }
-        if removed {
-            self.logger.info("Dead node's inbox deleted", metadata: ["amqp.queue": "\(queue)", "chat.message.count": "\(moved)"])
+        guard let dropped = try await self.perform({ try $0.deleteIfIdle(queue) }) else {
+            return InboxTakeover(moved: moved, removed: false)
         }
-        return InboxTakeover(moved: moved, removed: removed)
+        self.logger.info("Dead node's inbox deleted", metadata: ["amqp.queue": "\(queue)", "chat.message.count": "\(moved)"])
+        if dropped > 0 {
+            self.logger.warning(
+                "Messages reached the dead node's inbox as it was deleted; they stay pending in the store and reach their recipients on their next reconnect",
+                metadata: ["amqp.queue": "\(queue)", "chat.message.count": "\(dropped)"]
+            )
+        }
+        return InboxTakeover(moved: moved, removed: true)
     }
 
     /// Decodes inbox bodies; one that is neither a queue entry nor a presence notice is dropped with a log line

@@ -158,6 +158,12 @@ public struct ChatServerSettings: Sendable {
             amqp.user = reader.string("RABBITMQ_USER", flag: "rabbitmq-user") ?? amqp.user
             amqp.password = reader.string("RABBITMQ_PASSWORD", flag: "rabbitmq-password") ?? amqp.password
             amqp.virtualHost = reader.string("RABBITMQ_VHOST", flag: "rabbitmq-vhost") ?? amqp.virtualHost
+            if let type = reader.string("RABBITMQ_QUEUE_TYPE", flag: "rabbitmq-queue-type") {
+                guard let queueType = AMQPQueueConfiguration.QueueType(rawValue: type) else {
+                    throw Invalid(description: "RABBITMQ_QUEUE_TYPE (or --rabbitmq-queue-type) must be classic or quorum (got '\(type)')")
+                }
+                amqp.queueType = queueType
+            }
             amqp.messageTTL = settings.queueTTL
             amqp.maxLength = settings.queueMaxLength
             settings.rabbitMQ = amqp

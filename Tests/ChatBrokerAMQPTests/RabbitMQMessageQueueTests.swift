@@ -248,6 +248,36 @@ struct RabbitMQSharedNodeTests {
         }
     }
 
+    @Test("Quorum queues (a cluster's setting): a user's offline queue and a node's inbox work as the classic ones do")
+    func quorumQueues() async throws {
+        try await withIsolatedRabbitHost { host in
+            let queue = host.makeQueue { $0.queueType = .quorum }
+            let entries = Fixtures.entries(20, for: "quinn")
+            #expect(try await queue.enqueue(entries, for: "quinn").isEmpty)
+            let consumer = try await queue.consumer(for: "quinn", prefetch: 50)
+            #expect(try await Fixtures.drain(consumer).map(\.entry) == entries)
+            await consumer.close()
+
+            let node = host.makeQueue { $0.queueType = .quorum }
+            let reader = Task { try await node.receive(for: "node-q") { _ in } }
+            await eventually("node-q's inbox to be read", timeout: .seconds(10), every: .milliseconds(50)) {
+                (try? await queue.inboxDepth(of: "node-q"))?.consumers == 1
+            }
+            reader.cancel()
+            _ = try? await reader.value
+            await eventually("node-q's reader to be gone", timeout: .seconds(10), every: .milliseconds(50)) {
+                (try? await queue.inboxDepth(of: "node-q"))?.consumers == 0
+            }
+            let waiting = Fixtures.entries(5, for: "quinn")
+            #expect(try await queue.forward(waiting, to: "node-q").isEmpty)
+            let moved = Locked<[QueueEntry]>([])
+            let takeover = try await queue.takeOver(inboxOf: "node-q") { messages in
+                for case .entry(let entry) in messages { moved.withLock { $0.append(entry) } }
+            }
+            #expect(takeover == InboxTakeover(moved: 5, removed: true) && moved.value == waiting)
+        }
+    }
+
     @Test("A queue deleted behind the adapter's back: the returned publishes go to the queue declared again, none lost")
     func deletedQueue() async throws {
         try await withIsolatedRabbitHost { host in

@@ -173,6 +173,15 @@ struct ChatServerTests {
         let services = ["REDIS_HOST": "127.0.0.1", "RABBITMQ_HOST": "127.0.0.1", "JWT_SECRET": Self.secret]
         let nodes = try ChatServerSettings.resolve(environment: services.merging(["PRESENCE_TTL_MS": "6000"]) { $1 })
         #expect(nodes.redis?.presenceTTL == .seconds(6) && nodes.chatService.presenceHeartbeatInterval == .seconds(2))
+        #expect(nodes.chatService.janitorInterval == .seconds(2) && nodes.chatService.janitorLease == .seconds(24), "a janitor round every third of the TTL")
+        #expect(nodes.rabbitMQ?.queueType == .classic)
+        #expect(try ChatServerSettings.resolve(environment: services.merging(["RABBITMQ_QUEUE_TYPE": "quorum"]) { $1 }).rabbitMQ?.queueType == .quorum)
+        do {
+            _ = try ChatServerSettings.resolve(environment: services.merging(["RABBITMQ_QUEUE_TYPE": "mirrored"]) { $1 })
+            Issue.record("an unknown queue type must be refused")
+        } catch {
+            #expect(error.description.contains("RABBITMQ_QUEUE_TYPE") && error.description.contains("classic or quorum"))
+        }
         #expect(try ChatServerSettings.resolve(environment: services).redis?.presenceTTL == .seconds(15), "15 s by default")
         do {
             _ = try ChatServerSettings.resolve(environment: services.merging(["PRESENCE_TTL_MS": "100"]) { $1 })
