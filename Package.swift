@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "ChatAdapterSupport", targets: ["ChatAdapterSupport"]),
         .library(name: "ChatPresenceRedis", targets: ["ChatPresenceRedis"]),
         .library(name: "ChatStoreMongo", targets: ["ChatStoreMongo"]),
+        .library(name: "ChatStoreSQLite", targets: ["ChatStoreSQLite"]),
         .library(name: "ChatBrokerAMQP", targets: ["ChatBrokerAMQP"]),
         .library(name: "ChatTransport", targets: ["ChatTransport"]),
         .executable(name: "chatd", targets: ["chatd"]),
@@ -125,6 +126,21 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        .systemLibrary(
+            name: "CSQLite",
+            providers: [.apt(["libsqlite3-dev"])]
+        ),
+        .target(
+            name: "ChatStoreSQLite",
+            dependencies: [
+                "ChatAdapterSupport",
+                "ChatDomain",
+                "CSQLite",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSettings
+        ),
         // The server: configuration, wiring and lifecycle only.
         // chatd as a library: settings, the adapter table, the wiring and the Hummingbird application.
         .target(
@@ -134,6 +150,7 @@ let package = Package(
                 "ChatTransport",
                 "ChatPresenceRedis",
                 "ChatStoreMongo",
+                "ChatStoreSQLite",
                 "ChatBrokerAMQP",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
@@ -238,6 +255,11 @@ let package = Package(
             dependencies: ["ChatStoreMongo", "ChatDomain", "ChatScenarioKit"],
             swiftSettings: strictSettings
         ),
+        .testTarget(
+            name: "ChatStoreSQLiteTests",
+            dependencies: ["ChatStoreSQLite", "ChatDomain", "ChatScenarioKit", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strictSettings
+        ),
         // End to end: a real chatd process, real RabbitMQ, Redis and MongoDB-wire servers, real python-socketio
         // clients (the interop script of ChatTransportTests).
         .testTarget(
@@ -266,6 +288,7 @@ let package = Package(
                 "ChatDomain",
                 "ChatTransport",
                 "ChatPresenceRedis",
+                "ChatStoreSQLite",
                 "ChatBrokerAMQP",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),

@@ -10,7 +10,7 @@ command -v swift >/dev/null || { echo "swift is not on PATH: install the Swift t
 
 # System packages: the C client libraries the adapters link, and the servers the integration tests start
 # themselves on loopback ports of their own (each test starts and stops its own server).
-apt_packages=(pkg-config libhiredis-dev redis-server redis-tools libmongoc-dev python3-venv librabbitmq-dev rabbitmq-server)
+apt_packages=(pkg-config libhiredis-dev redis-server redis-tools libmongoc-dev python3-venv librabbitmq-dev rabbitmq-server libsqlite3-dev)
 missing=()
 for package in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
@@ -57,7 +57,7 @@ log "Running the test suites"
 # Two phases on two cores: everything light in parallel, then the suites that start RabbitMQ nodes (each takes
 # a core for ~15 s to boot) or a whole chatd stack, and the heartbeat timing suite (tens of milliseconds), one test
 # at a time, so no broker boots while another test measures timeouts.
-heavy='RabbitMQMessageQueueTests|RabbitMQSharedNodeTests|FullStackTests|BothModesTests|SeveralNodesEndToEndTests|HeartbeatTimingTests'
+heavy='RabbitMQMessageQueueTests|RabbitMQSharedNodeTests|FullStackTests|BothModesTests|SeveralNodesEndToEndTests|HeartbeatTimingTests|DurableDefaultTests'
 swift test --skip-build --skip "$heavy"
 log "Running the broker and end-to-end suites, one test at a time"
 swift test --skip-build --filter "$heavy" --no-parallel

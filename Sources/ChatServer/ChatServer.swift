@@ -2,6 +2,7 @@ import ChatBrokerAMQP
 public import ChatDomain
 import ChatPresenceRedis
 import ChatStoreMongo
+import ChatStoreSQLite
 public import ChatTransport
 import Foundation
 public import Hummingbird
@@ -153,13 +154,30 @@ struct Adapters {
         inMemoryQueue.messageTTL = TimeInterval(settings.queueTTL.components.seconds)
         inMemoryQueue.maxLength = settings.queueMaxLength
 
+        // What no service holds is kept in the embedded SQLite file (unless in memory was asked for).
+        var embedded: SQLiteChatStore?
+        if let sqlite = settings.sqlite {
+            let directory = URL(fileURLWithPath: sqlite.path).deletingLastPathComponent()
+            do {
+                try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+                let file = try SQLiteChatStore(configuration: sqlite, logger: Logger(label: "chatd.store"))
+                services.append(file)
+                embedded = file
+            } catch let error as SQLiteStoreError {
+                throw ChatServerSettings.Invalid(description: "\(error.message) (DATA_DIR, or --data-dir; IN_MEMORY=true keeps everything in memory)")
+            } catch {
+                throw ChatServerSettings.Invalid(
+                    description: "cannot create the data directory \(directory.path): \(error.localizedDescription); set DATA_DIR (or --data-dir) to a writable directory"
+                )
+            }
+        }
         self.store = try choose(
             settings.mongo, { try MongoMessageStore(configuration: $0, logger: Logger(label: "chatd.store")) },
-            as: { $0 as any MessageStore }, otherwise: InMemoryMessageStore()
+            as: { $0 as any MessageStore }, otherwise: embedded.map { $0 as any MessageStore } ?? InMemoryMessageStore()
         )
         self.queue = choose(
             settings.rabbitMQ, { RabbitMQMessageQueue(configuration: $0, logger: Logger(label: "chatd.queue")) },
-            as: { $0 as any MessageQueue }, otherwise: InMemoryMessageQueue(configuration: inMemoryQueue)
+            as: { $0 as any MessageQueue }, otherwise: embedded.map { $0 as any MessageQueue } ?? InMemoryMessageQueue(configuration: inMemoryQueue)
         )
         self.presence = choose(
             settings.redis, { RedisPresenceStore(configuration: $0, logger: Logger(label: "chatd.presence")) },

@@ -2,6 +2,7 @@ public import ChatBrokerAMQP
 import ChatDomain
 public import ChatPresenceRedis
 public import ChatStoreMongo
+public import ChatStoreSQLite
 public import ChatTransport
 import Foundation
 public import Logging
@@ -38,6 +39,13 @@ public struct ChatServerSettings: Sendable {
     public var redis: RedisPresenceConfiguration?
     /// The message store on MongoDB, when `MONGODB_URI` is set.
     public var mongo: MongoStoreConfiguration?
+    /// Where chatd keeps what no configured service holds (`DATA_DIR`, default `./chatd-data`).
+    var dataDirectory = "./chatd-data"
+    /// Whether what no service holds lives in this process's memory instead (`IN_MEMORY=true`, `--in-memory`):
+    /// for tests and demos; everything is lost when chatd stops.
+    var inMemory = false
+    /// How hard a commit to the embedded file waits for the disk (`SQLITE_SYNCHRONOUS`, normal or full).
+    var sqliteSynchronous: SQLiteStoreConfiguration.Synchronous = .normal
     var queueTTL: Duration = .seconds(24 * 60 * 60)
     var queueMaxLength = 100_000
     var drainPrefetch = 64
@@ -177,6 +185,20 @@ public struct ChatServerSettings: Sendable {
             redis.presenceTTL = settings.presenceTTL
             settings.redis = redis
         }
+        settings.dataDirectory = reader.string("DATA_DIR", flag: "data-dir") ?? settings.dataDirectory
+        if let value = reader.string("IN_MEMORY", flag: "in-memory") {
+            switch value.lowercased() {
+            case "true", "1", "yes": settings.inMemory = true
+            case "false", "0", "no": settings.inMemory = false
+            default: throw Invalid(description: "IN_MEMORY must be true or false (got '\(value)')")
+            }
+        }
+        if let value = reader.string("SQLITE_SYNCHRONOUS", flag: "sqlite-synchronous") {
+            guard let synchronous = SQLiteStoreConfiguration.Synchronous(rawValue: value.uppercased()) else {
+                throw Invalid(description: "SQLITE_SYNCHRONOUS (or --sqlite-synchronous) must be normal or full (got '\(value)')")
+            }
+            settings.sqliteSynchronous = synchronous
+        }
         if let uri = reader.string("MONGODB_URI", flag: "mongodb-uri") {
             guard uri.hasPrefix("mongodb://") || uri.hasPrefix("mongodb+srv://") else {
                 throw Invalid(description: "MONGODB_URI (or --mongodb-uri) must start with mongodb:// or mongodb+srv://")
@@ -193,12 +215,29 @@ public struct ChatServerSettings: Sendable {
         return settings
     }
 
+    /// The embedded SQLite file, for the store and the queue where no service is configured (none with
+    /// ``inMemory``, or when every one is).
+    public var sqlite: SQLiteStoreConfiguration? {
+        guard !self.inMemory, self.mongo == nil || self.rabbitMQ == nil else { return nil }
+        var configuration = SQLiteStoreConfiguration(directory: URL(fileURLWithPath: self.dataDirectory))
+        configuration.synchronous = self.sqliteSynchronous
+        configuration.queueTTL = self.queueTTL
+        configuration.queueMaxLength = self.queueMaxLength
+        return configuration
+    }
+
     /// Logs which mode and adapters these settings select, and what an operator should know about them.
     public func announce(to logger: Logger) {
-        if self.isEmbedded {
-            logger.notice("Embedded mode: no RabbitMQ, Redis or MongoDB configured; messages live in this process's memory and are lost when it stops")
-        } else if self.mongo == nil {
+        if self.isEmbedded, let sqlite = self.sqlite {
+            logger.notice(
+                "Embedded mode: no RabbitMQ, Redis or MongoDB configured; chats, messages and queued deliveries are kept in \(sqlite.path) and survive a restart or a crash"
+            )
+        } else if self.isEmbedded {
+            logger.notice("Embedded mode, in memory (IN_MEMORY): messages live in this process's memory and are lost when it stops")
+        } else if self.mongo == nil, self.sqlite == nil {
             logger.warning("The message store is in memory: chats and messages are lost when chatd stops although other services are configured; set MONGODB_URI")
+        } else if self.mongo == nil, self.redis != nil, self.rabbitMQ != nil {
+            logger.warning("The message store is this node's own SQLite file; several nodes need a shared store: set MONGODB_URI")
         }
         for line in self.summary { logger.info("Using \(line)") }
         if self.jwtSecretIsDefault {
@@ -265,8 +304,11 @@ public struct ChatServerSettings: Sendable {
     public var summary: [String] {
         [
             self.mongo.map { "store: MongoDB at \(Self.redactedURI($0.uri))" }
+                ?? self.sqlite.map { "store: SQLite at \($0.path) (synchronous \($0.synchronous.rawValue.lowercased()))" }
                 ?? "store: in memory: chats and messages are lost when chatd stops (set MONGODB_URI for MongoDB)",
-            self.rabbitMQ.map { "queue: RabbitMQ at \($0.host):\($0.port) as \($0.user)" } ?? "queue: in memory (set RABBITMQ_HOST for RabbitMQ)",
+            self.rabbitMQ.map { "queue: RabbitMQ at \($0.host):\($0.port) as \($0.user)" }
+                ?? self.sqlite.map { "queue: SQLite at \($0.path)" }
+                ?? "queue: in memory (set RABBITMQ_HOST for RabbitMQ)",
             self.redis.map { "presence: Redis at \($0.host):\($0.port) db \($0.database)" } ?? "presence: in memory (set REDIS_HOST for Redis)",
         ]
     }

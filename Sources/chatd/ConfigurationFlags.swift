@@ -14,6 +14,9 @@ struct ConfigurationFlags: ParsableArguments {
     @Option(help: "RabbitMQ user (RABBITMQ_USER; default guest).") var rabbitmqUser: String?
     @Option(help: "RabbitMQ password (RABBITMQ_PASSWORD; default guest).") var rabbitmqPassword: String?
     @Option(help: "RabbitMQ virtual host (RABBITMQ_VHOST; default /).") var rabbitmqVhost: String?
+    @Option(help: "Where chatd keeps what no configured service holds, in chatd.sqlite (DATA_DIR; default ./chatd-data).") var dataDir: String?
+    @Flag(help: "Keep what no configured service holds in memory instead of DATA_DIR: lost when chatd stops (IN_MEMORY=true).") var inMemory = false
+    @Option(help: "normal (a commit survives a crash of chatd) or full (a power loss too, slower) (SQLITE_SYNCHRONOUS; default normal).") var sqliteSynchronous: String?
     @Option(help: "RabbitMQ queue type, classic or quorum (RABBITMQ_QUEUE_TYPE; default classic; quorum on a cluster).") var rabbitmqQueueType: String?
     @Option(help: "Redis host; set to use Redis (REDIS_HOST).") var redisHost: String?
     @Option(help: "Redis port (REDIS_PORT; default 6379).") var redisPort: String?
@@ -52,7 +55,8 @@ struct ConfigurationFlags: ParsableArguments {
             ("host", self.host), ("port", self.port), ("port-file", self.portFile), ("log-level", self.logLevel), ("jwt-secret", self.jwtSecret),
             ("node-id", self.nodeId), ("presence-ttl-ms", self.presenceTtlMs), ("rabbitmq-host", self.rabbitmqHost), ("rabbitmq-port", self.rabbitmqPort),
             ("rabbitmq-user", self.rabbitmqUser), ("rabbitmq-password", self.rabbitmqPassword),
-            ("rabbitmq-vhost", self.rabbitmqVhost), ("rabbitmq-queue-type", self.rabbitmqQueueType), ("redis-host", self.redisHost), ("redis-port", self.redisPort),
+            ("rabbitmq-vhost", self.rabbitmqVhost), ("rabbitmq-queue-type", self.rabbitmqQueueType), ("data-dir", self.dataDir),
+            ("in-memory", self.inMemory ? "true" : nil), ("sqlite-synchronous", self.sqliteSynchronous), ("redis-host", self.redisHost), ("redis-port", self.redisPort),
             ("redis-password", self.redisPassword), ("redis-db", self.redisDb), ("mongodb-uri", self.mongodbUri),
             ("queue-ttl-seconds", self.queueTtlSeconds), ("queue-max-length", self.queueMaxLength),
             ("queue-prefetch", self.queuePrefetch), ("ping-interval-ms", self.pingIntervalMs),

@@ -2,6 +2,7 @@ import ChatBrokerAMQP
 import ChatDomain
 import ChatPresenceRedis
 @testable import ChatServer
+import ChatStoreSQLite
 import ChatTransport
 import Foundation
 import Hummingbird
@@ -22,7 +23,10 @@ struct ChatServerTests {
         _ environment: [String: String] = [:],
         _ body: @Sendable (ChatServer, RouterClient) async throws -> Void
     ) async throws {
-        var base = ["JWT_SECRET": Self.secret, "PORT": "0", "SEND_RATE_PER_USER": "0", "FANOUT_RATE_PER_USER": "0"]
+        // Each server keeps its embedded file in a directory of its own (the default mode, SQLite).
+        let dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("chatd-server-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dataDirectory) }
+        var base = ["JWT_SECRET": Self.secret, "PORT": "0", "SEND_RATE_PER_USER": "0", "FANOUT_RATE_PER_USER": "0", "DATA_DIR": dataDirectory.path]
         base.merge(environment) { $1 }
         let settings = try ChatServerSettings.resolve(environment: base)
         var logger = Logger(label: "chatd.test")
@@ -161,16 +165,31 @@ struct ChatServerTests {
         } catch {
             #expect(error.description.contains("JWT_SECRET"))
         }
-        let embedded = try Adapters(settings: ChatServerSettings.resolve(environment: [:]))
-        #expect(embedded.services.isEmpty && embedded.store is InMemoryMessageStore)
-        let redis = try Adapters(settings: ChatServerSettings.resolve(environment: ["REDIS_HOST": "127.0.0.1", "JWT_SECRET": Self.secret]))
+        // Nothing configured: the embedded SQLite file in DATA_DIR holds the store and the queue; IN_MEMORY keeps
+        // them in memory; a second chatd on the same directory is refused.
+        let dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("chatd-settings-\(UUID().uuidString)/nested")
+        defer { try? FileManager.default.removeItem(at: dataDirectory.deletingLastPathComponent()) }
+        let embedded = try Adapters(settings: ChatServerSettings.resolve(environment: ["DATA_DIR": dataDirectory.path]))
+        #expect(embedded.services.count == 1 && embedded.store is SQLiteChatStore && embedded.queue is SQLiteChatStore)
+        #expect(FileManager.default.fileExists(atPath: dataDirectory.appendingPathComponent("chatd.sqlite").path), "DATA_DIR created")
+        do {
+            _ = try Adapters(settings: ChatServerSettings.resolve(environment: ["DATA_DIR": dataDirectory.path]))
+            Issue.record("a second chatd on the same DATA_DIR must be refused")
+        } catch {
+            #expect("\(error)".contains("another chatd process uses this database"))
+        }
+        await (embedded.store as? SQLiteChatStore)?.close()
+        let inMemory = try Adapters(settings: ChatServerSettings.resolve(environment: ["IN_MEMORY": "true"]))
+        #expect(inMemory.services.isEmpty && inMemory.store is InMemoryMessageStore && inMemory.queue is InMemoryMessageQueue)
+        #expect(throws: ChatServerSettings.Invalid.self) { try ChatServerSettings.resolve(environment: ["IN_MEMORY": "maybe"]) }
+        let redis = try Adapters(settings: ChatServerSettings.resolve(environment: ["REDIS_HOST": "127.0.0.1", "JWT_SECRET": Self.secret, "IN_MEMORY": "true"]))
         #expect(redis.services.count == 1 && redis.store is InMemoryMessageStore && !(redis.presence is InMemoryPresenceStore))
         #expect(redis.relay == nil, "no relay without RabbitMQ")
         await (redis.presence as? RedisPresenceStore)?.close()
 
         // Several nodes: the presence TTL sets Redis' TTL and the heartbeat (every third of it); RabbitMQ and Redis
         // together give the engine a relay.
-        let services = ["REDIS_HOST": "127.0.0.1", "RABBITMQ_HOST": "127.0.0.1", "JWT_SECRET": Self.secret]
+        let services = ["REDIS_HOST": "127.0.0.1", "RABBITMQ_HOST": "127.0.0.1", "JWT_SECRET": Self.secret, "IN_MEMORY": "true"]
         let nodes = try ChatServerSettings.resolve(environment: services.merging(["PRESENCE_TTL_MS": "6000"]) { $1 })
         #expect(nodes.redis?.presenceTTL == .seconds(6) && nodes.chatService.presenceHeartbeatInterval == .seconds(2))
         #expect(nodes.chatService.janitorInterval == .seconds(2) && nodes.chatService.janitorLease == .seconds(24), "a janitor round every third of the TTL")

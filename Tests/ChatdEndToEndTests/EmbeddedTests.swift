@@ -3,7 +3,7 @@ import ChatScenarioKit
 import Foundation
 import Testing
 
-/// chatd with nothing configured: the in-memory adapters, real python-socketio clients, the HTTP API.
+/// chatd with nothing configured: its embedded SQLite file, real python-socketio clients, the HTTP API.
 @Suite("chatd embedded")
 struct EmbeddedTests {
     @Test("With no configuration chatd serves two clients end to end, and stops cleanly on SIGTERM")
@@ -126,13 +126,18 @@ struct EmbeddedTests {
         }
     }
 
-    @Test("With only Redis configured the store is still in memory, and the startup lines say so")
-    func inMemoryStoreIsAnnounced() async throws {
+    @Test("With only Redis configured the store and the queue are the node's SQLite file; with IN_MEMORY they are in memory; the startup lines say which")
+    func storeIsAnnounced() async throws {
         try await withChatd(environment: ["REDIS_HOST": "127.0.0.1", "REDIS_PORT": "9"]) { chatd in
-            #expect(chatd.log.contains("The message store is in memory"))
-            #expect(chatd.log.contains("store: in memory: chats and messages are lost when chatd stops"))
+            #expect(chatd.log.contains("store: SQLite at \(chatd.dataDirectory.path)/chatd.sqlite (synchronous normal)"))
+            #expect(chatd.log.contains("queue: SQLite at \(chatd.dataDirectory.path)/chatd.sqlite"))
             let health = try await chatd.http("GET", "/healthz")
             #expect(health.status == 200)
+        }
+        try await withChatd(environment: ["REDIS_HOST": "127.0.0.1", "REDIS_PORT": "9", "IN_MEMORY": "true"]) { chatd in
+            #expect(chatd.log.contains("The message store is in memory"))
+            #expect(chatd.log.contains("store: in memory: chats and messages are lost when chatd stops"))
+            #expect(!FileManager.default.fileExists(atPath: chatd.dataDirectory.path), "nothing written to DATA_DIR")
         }
     }
 

@@ -22,6 +22,8 @@ final class ChatdProcess: @unchecked Sendable {
     let environment: [String: String]
     /// Where chatd writes its port once listening (a new file for every start).
     private let portFile: URL
+    /// The process's own `DATA_DIR` (its embedded SQLite file), kept across restarts, removed at clean-up.
+    let dataDirectory: URL
     private(set) var child: ChildProcess
     private(set) var port = 0
     /// Logs of earlier runs (restarts), oldest first.
@@ -33,7 +35,8 @@ final class ChatdProcess: @unchecked Sendable {
     /// Starts chatd with `environment` (over a clean one: PORT 0, the test secret, LOG_LEVEL info).
     init(environment: [String: String] = [:]) async throws {
         self.portFile = FileManager.default.temporaryDirectory.appendingPathComponent("chatd-port-\(UUID().uuidString)")
-        var base = ["PORT": "0", "PORT_FILE": self.portFile.path, "HOST": "127.0.0.1", "JWT_SECRET": Self.secret, "LOG_LEVEL": "info", "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"]
+        self.dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("chatd-data-\(UUID().uuidString)")
+        var base = ["PORT": "0", "PORT_FILE": self.portFile.path, "DATA_DIR": self.dataDirectory.path, "HOST": "127.0.0.1", "JWT_SECRET": Self.secret, "LOG_LEVEL": "info", "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"]
         // Every test client runs on 127.0.0.1 and some send 1,000 messages in a burst: the per-address and
         // per-user limits are off unless a test sets them (they are tested in-process, and their defaults once
         // end to end).
@@ -108,6 +111,7 @@ final class ChatdProcess: @unchecked Sendable {
     func cleanUp() async {
         await self.child.cleanUp()
         try? FileManager.default.removeItem(at: self.portFile)
+        try? FileManager.default.removeItem(at: self.dataDirectory)
     }
 }
 

@@ -1,0 +1,250 @@
+public import ChatDomain
+public import Foundation
+
+/// The message store: messages, chats, users and block lists. Messages, chats and users are stored as their JSON
+/// (the same as on the wire); what is looked up by is in columns of its own.
+extension SQLiteChatStore {
+    public func insert(_ message: Message, pendingFor recipients: [UserID]) async throws -> InsertOutcome {
+        let json = try Self.encode(message)
+        let created = Self.milliseconds(message.createdAt)
+        return try await self.write { db in
+            if let clientID = message.clientMessageID {
+                var first: Data?
+                try db.run(
+                    "SELECT json FROM messages WHERE chat_id = ? AND sender = ? AND client_id = ?",
+                    [.text(message.chatID.rawValue), .text(message.senderID.rawValue), .text(clientID)]
+                ) { row in first = row.blob(0) }
+                if let first { return InsertOutcome.duplicate(try Self.decode(Message.self, first)) }
+            }
+            let id = message.id.hexString
+            try db.run(
+                "INSERT INTO messages (id, chat_id, sender, client_id, created_ms, json) VALUES (?, ?, ?, ?, ?, ?)",
+                [.text(id), .text(message.chatID.rawValue), .text(message.senderID.rawValue), message.clientMessageID.map(SQLValue.text) ?? .null,
+                 .integer(created), .blob(json)]
+            )
+            for recipient in Set(recipients) {
+                try db.run("INSERT OR IGNORE INTO pending (user_id, message_id, created_ms) VALUES (?, ?, ?)", [.text(recipient.rawValue), .text(id), .integer(created)])
+            }
+            // Forward only: a batch can commit an older message of a chat after a newer one.
+            try db.run(
+                "UPDATE chats SET last_message = ?1 WHERE id = ?2 AND (last_message IS NULL OR last_message < ?1)",
+                [.text(id), .text(message.chatID.rawValue)]
+            )
+            return InsertOutcome.inserted
+        }
+    }
+
+    public func markDelivered(_ marks: [DeliveryMark]) async throws {
+        guard !marks.isEmpty else { return }
+        try await self.write { db in
+            for mark in marks {
+                // Only a recipient still pending joins readBy, in the same step that clears them.
+                let cleared = try db.run("DELETE FROM pending WHERE user_id = ? AND message_id = ?", [.text(mark.userID.rawValue), .text(mark.messageID.hexString)])
+                guard cleared > 0 else { continue }
+                var stored: Data?
+                try db.run("SELECT json FROM messages WHERE id = ?", [.text(mark.messageID.hexString)]) { row in stored = row.blob(0) }
+                guard let stored else { continue }
+                var message = try Self.decode(Message.self, stored)
+                message.markRead(by: mark.userID, at: mark.at)
+                try db.run("UPDATE messages SET json = ? WHERE id = ?", [.blob(try Self.encode(message)), .text(mark.messageID.hexString)])
+            }
+        }
+    }
+
+    public func recordOutcome(_ status: DeliveryStatus, messageID: MessageID, userID: UserID, at date: Date) async throws {
+        try await self.write { db in
+            let cleared = try db.run("DELETE FROM pending WHERE user_id = ? AND message_id = ?", [.text(userID.rawValue), .text(messageID.hexString)])
+            guard cleared > 0 else { return }
+            try db.run(
+                "INSERT OR REPLACE INTO outcomes (message_id, user_id, status, at_ms) VALUES (?, ?, ?, ?)",
+                [.text(messageID.hexString), .text(userID.rawValue), .text(status.rawValue), .integer(Self.milliseconds(date))]
+            )
+        }
+    }
+
+    public func pendingMessages(for user: UserID, createdSince: Date, afterID: MessageID?, limit: Int) async throws -> [Message] {
+        guard limit > 0 else { return [] }
+        return try await self.read { db in
+            var messages: [Message] = []
+            try db.run(
+                """
+                SELECT m.json FROM pending p JOIN messages m ON m.id = p.message_id
+                WHERE p.user_id = ? AND p.message_id > ? AND p.created_ms >= ? ORDER BY p.message_id LIMIT ?
+                """,
+                [.text(user.rawValue), .text(afterID?.hexString ?? ""), .integer(Self.milliseconds(createdSince)), .integer(Int64(limit))]
+            ) { row in messages.append(try Self.decode(Message.self, row.blob(0))) }
+            return messages
+        }
+    }
+
+    public func history(of chat: ChatID, before: MessageID?, limit: Int) async throws -> [Message] {
+        guard limit > 0 else { return [] }
+        return try await self.read { db in
+            var messages: [Message] = []
+            let upper = before?.hexString ?? String(repeating: "g", count: 24)  // above every hex id
+            try db.run(
+                "SELECT json FROM messages WHERE chat_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+                [.text(chat.rawValue), .text(upper), .integer(Int64(limit))]
+            ) { row in messages.append(try Self.decode(Message.self, row.blob(0))) }
+            return messages
+        }
+    }
+
+    public func receipts(for messageID: MessageID) async throws -> [DeliveryReceipt] {
+        try await self.read { db in
+            var stored: Data?
+            try db.run("SELECT json FROM messages WHERE id = ?", [.text(messageID.hexString)]) { row in stored = row.blob(0) }
+            guard let stored else { return [] }
+            let message = try Self.decode(Message.self, stored)
+            var outcomes: [DeliveryReceipt] = []
+            try db.run("SELECT user_id, status, at_ms FROM outcomes WHERE message_id = ?", [.text(messageID.hexString)]) { row in
+                outcomes.append(DeliveryReceipt(
+                    userID: UserID(row.text(0) ?? ""),
+                    status: DeliveryStatus(rawValue: row.text(1) ?? ""),
+                    at: Self.date(row.integer(2))
+                ))
+            }
+            var recipients: [UserID]
+            if let chat = try Self.chat(message.chatID, in: db) {
+                recipients = chat.participants
+            } else {
+                // Without the chat, everyone the message names is a recipient.
+                recipients = []
+                try db.run("SELECT user_id FROM pending WHERE message_id = ?", [.text(messageID.hexString)]) { row in recipients.append(UserID(row.text(0) ?? "")) }
+                recipients += message.readBy.map(\.userID) + outcomes.map(\.userID)
+            }
+            return DeliveryReceipt.receipts(of: message, recipients: recipients, outcomes: outcomes)
+        }
+    }
+
+    public func message(_ id: MessageID) async throws -> Message? {
+        try await self.read { db in
+            var stored: Data?
+            try db.run("SELECT json FROM messages WHERE id = ?", [.text(id.hexString)]) { row in stored = row.blob(0) }
+            return try stored.map { try Self.decode(Message.self, $0) }
+        }
+    }
+
+    public func chat(_ id: ChatID) async throws -> Chat? {
+        try await self.read { db in try Self.chat(id, in: db) }
+    }
+
+    public func chats(of user: UserID) async throws -> [Chat] {
+        try await self.read { db in
+            var chats: [Chat] = []
+            try db.run(
+                "SELECT c.json, c.last_message FROM chat_members m JOIN chats c ON c.id = m.chat_id WHERE m.user_id = ? ORDER BY c.id",
+                [.text(user.rawValue)]
+            ) { row in chats.append(try Self.chat(json: row.blob(0), lastMessage: row.text(1))) }
+            return chats
+        }
+    }
+
+    public func saveChat(_ chat: Chat) async throws {
+        let json = try Self.encode(chat)
+        try await self.write { db in
+            try db.run(
+                "INSERT INTO chats (id, json, last_message) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO UPDATE SET json = ?2, last_message = ?3",
+                [.text(chat.id.rawValue), .blob(json), chat.lastMessage.map { .text($0.hexString) } ?? .null]
+            )
+            try db.run("DELETE FROM chat_members WHERE chat_id = ?", [.text(chat.id.rawValue)])
+            for participant in Set(chat.participants) {
+                try db.run("INSERT INTO chat_members (user_id, chat_id) VALUES (?, ?)", [.text(participant.rawValue), .text(chat.id.rawValue)])
+            }
+        }
+    }
+
+    public func users(_ ids: [UserID]) async throws -> [UserID: User] {
+        guard !ids.isEmpty else { return [:] }
+        return try await self.read { db in
+            var users: [UserID: User] = [:]
+            for chunk in Self.chunks(Array(Set(ids))) {
+                try db.run("SELECT json FROM users WHERE id IN (\(Self.placeholders(chunk.count)))", chunk.map { .text($0.rawValue) }) { row in
+                    let user = try Self.decode(User.self, row.blob(0))
+                    users[user.id] = user
+                }
+            }
+            return users
+        }
+    }
+
+    public func saveUser(_ user: User) async throws {
+        let json = try Self.encode(user)
+        try await self.write { db in
+            try db.run("INSERT INTO users (id, json) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET json = ?2 WHERE json != ?2", [.text(user.id.rawValue), .blob(json)])
+        }
+    }
+
+    public func usersBlocking(_ sender: UserID, among users: [UserID]) async throws -> Set<UserID> {
+        guard !users.isEmpty else { return [] }
+        return try await self.read { db in
+            var blocking = Set<UserID>()
+            for chunk in Self.chunks(Array(Set(users))) {
+                try db.run(
+                    "SELECT user_id FROM blocks WHERE blocked = ? AND user_id IN (\(Self.placeholders(chunk.count)))",
+                    [.text(sender.rawValue)] + chunk.map { .text($0.rawValue) }
+                ) { row in blocking.insert(UserID(row.text(0) ?? "")) }
+            }
+            return blocking
+        }
+    }
+
+    public func blockedUsers(of user: UserID) async throws -> Set<UserID> {
+        try await self.read { db in
+            var blocked = Set<UserID>()
+            try db.run("SELECT blocked FROM blocks WHERE user_id = ?", [.text(user.rawValue)]) { row in blocked.insert(UserID(row.text(0) ?? "")) }
+            return blocked
+        }
+    }
+
+    public func setBlocked(_ other: UserID, by user: UserID, blocked: Bool) async throws {
+        try await self.write { db in
+            if blocked {
+                try db.run("INSERT OR IGNORE INTO blocks (user_id, blocked) VALUES (?, ?)", [.text(user.rawValue), .text(other.rawValue)])
+            } else {
+                try db.run("DELETE FROM blocks WHERE user_id = ? AND blocked = ?", [.text(user.rawValue), .text(other.rawValue)])
+            }
+        }
+    }
+
+    // MARK: Helpers
+
+    private static func chat(_ id: ChatID, in db: SQLiteConnection) throws -> Chat? {
+        var chat: Chat?
+        try db.run("SELECT json, last_message FROM chats WHERE id = ?", [.text(id.rawValue)]) { row in
+            chat = try Self.chat(json: row.blob(0), lastMessage: row.text(1))
+        }
+        return chat
+    }
+
+    private static func chat(json: Data, lastMessage: String?) throws -> Chat {
+        var chat = try Self.decode(Chat.self, json)
+        chat.lastMessage = lastMessage.flatMap { MessageID(hex: $0) }
+        return chat
+    }
+
+    static func encode(_ value: some Encodable) throws -> Data {
+        try JSONEncoder().encode(value)
+    }
+
+    static func decode<Value: Decodable>(_ type: Value.Type, _ data: Data) throws -> Value {
+        try JSONDecoder().decode(type, from: data)
+    }
+
+    static func milliseconds(_ date: Date) -> Int64 {
+        Int64((date.timeIntervalSince1970 * 1000).rounded(.down))
+    }
+
+    static func date(_ milliseconds: Int64) -> Date {
+        Date(timeIntervalSince1970: TimeInterval(milliseconds) / 1000)
+    }
+
+    /// At most 500 ids per `IN` list (SQLite allows 32,766 parameters; a shorter list keeps statements cacheable).
+    static func chunks<Element>(_ values: [Element]) -> [[Element]] {
+        stride(from: 0, to: values.count, by: 500).map { Array(values[$0..<min($0 + 500, values.count)]) }
+    }
+
+    static func placeholders(_ count: Int) -> String {
+        Array(repeating: "?", count: count).joined(separator: ", ")
+    }
+}

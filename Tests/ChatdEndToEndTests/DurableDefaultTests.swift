@@ -1,0 +1,87 @@
+import ChatDomain
+import ChatScenarioKit
+import Foundation
+import Testing
+
+/// chatd with nothing configured keeps everything in its DATA_DIR: a crash loses nothing.
+@Suite("chatd's durable default", .serialized)
+struct DurableDefaultTests {
+    @Test("kill -9 with 1,000 messages queued for an offline user: after a restart on the same DATA_DIR each arrives once, in order; chats and history survive; another restart delivers nothing twice")
+    func crashLosesNothing() async throws {
+        try await withDriver { clients in
+            try await withChatd { chatd in
+                #expect(chatd.log.contains("kept in \(chatd.dataDirectory.path)/chatd.sqlite and survive a restart or a crash"))
+                let token = try await chatd.token("alice")
+                let chat = try #require(try await chatd.http("POST", "/api/chats", token: token, body: ["participants": ["bob"]]).json?["_id"]?.string)
+                try await clients.connect("alice", to: chatd)
+                // bob connected once (so he is known), and is offline now.
+                try await clients.connect("bob", to: chatd)
+                try await clients("disconnect", ["user": "bob"])
+                var ids: [String] = []
+                for index in 0..<1000 {
+                    let sent = try await clients.send("alice", chat: chat, "m\(index)")
+                    ids.append(try #require(sent["messageId"]?.string, "\(sent)"))
+                }
+
+                await chatd.crash()
+                try await chatd.restart()
+                try await clients.connect("bob", to: chatd)
+                let answer = try await clients("reconnected", ["user": "bob"])
+                #expect(answer["delivered"] == .number(1000), "\(answer)")
+                let received = try await clients.events("bob", "message:received")
+                #expect(received.compactMap { $0["_id"]?.string } == ids, "every message, once, in order")
+                #expect(received.allSatisfy { $0["isNew"] == .bool(false) })
+
+                // The chat and its history came back too.
+                let chats = try await chatd.http("GET", "/api/chats", token: token)
+                #expect(chats.json?["chats"]?.array?.compactMap { $0["_id"]?.string } == [chat], "\(String(describing: chats.json))")
+                let history = try await chatd.http("GET", "/api/chats/\(chat)/messages?limit=5", token: token)
+                #expect(history.json?["messages"]?.array?.first?["_id"]?.string == ids.last, "\(String(describing: history.json))")
+
+                // Deliveries are recorded before the next crash: nothing comes twice.
+                let last = try #require(ids.last)
+                try await eventually("bob's receipt for the last message", timeout: .seconds(15)) {
+                    let receipts = try await chatd.http("GET", "/api/messages/\(last)/receipts", token: token)
+                    return receipts.json?["receipts"]?.array?.contains { $0["userId"] == "bob" && $0["status"] == "delivered" } == true
+                }
+                try await clients("disconnect", ["user": "bob"])
+                await chatd.crash()
+                try await chatd.restart()
+                try await clients.connect("bob", to: chatd)
+                let again = try await clients("reconnected", ["user": "bob"])
+                #expect(again["delivered"] == .number(0), "\(again)")
+                #expect(try await clients.received("bob").isEmpty)
+            }
+        }
+    }
+
+    @Test("SIGTERM during a drain: what the client had not confirmed is delivered after the restart")
+    func stopDuringDrain() async throws {
+        try await withDriver { clients in
+            try await withChatd { chatd in
+                let token = try await chatd.token("alice")
+                let chat = try #require(try await chatd.http("POST", "/api/chats", token: token, body: ["participants": ["bob"]]).json?["_id"]?.string)
+                try await clients.connect("alice", to: chatd)
+                var ids: [String] = []
+                for index in 0..<200 {
+                    ids.append(try #require(try await clients.send("alice", chat: chat, "d\(index)")["messageId"]?.string))
+                }
+                // bob acknowledges slowly: the drain takes seconds, and chatd is stopped in the middle of it.
+                try await clients.connect("bob", to: chatd, ackDelayMs: 20)
+                _ = try await clients("reconnected", ["user": "bob", "wait": false])
+                try await eventually("bob to be part way through", timeout: .seconds(20)) { try await clients.received("bob").count >= 20 }
+                #expect(await chatd.stop() == 0)
+                let first = try await clients.events("bob", "message:received").compactMap { $0["_id"]?.string }
+                #expect(first.count < 200, "stopped mid-drain (\(first.count) delivered)")
+
+                try await chatd.restart()
+                try await clients.connect("bob", to: chatd)
+                _ = try await clients("reconnected", ["user": "bob"])
+                let second = try await clients.events("bob", "message:received").compactMap { $0["_id"]?.string }
+                #expect(Set(first + second) == Set(ids), "every message at least once")
+                let rest = ids.filter { !first.contains($0) }
+                #expect(second.filter { !first.contains($0) } == rest, "the rest, in order, after the restart")
+            }
+        }
+    }
+}
