@@ -14,6 +14,7 @@ FIGURES = {
     "drain": [("seconds_to_last", "time to the last message, s"), ("msgs_per_s", "messages/s"),
               ("server_cpu_us_per_msg", "chatd CPU per message, µs"), ("lost", "lost")],
     "connections": [("rss_kb_per_conn", "chatd RSS per idle socket, KB"), ("server_cpu_us_per_conn", "chatd CPU per connect, µs")],
+    "restart": [("restart_ms", "start to listening after kill -9, ms")],
 }
 
 
@@ -41,7 +42,7 @@ for row in rows:
         order.append(key)
 for mode, name in order:
     group = [r for r in rows if r["mode"] == mode and r["name"] == name]
-    kind = group[0]["scenario"]
+    kind = group[0].get("scenario", "restart")
     for field, label in FIGURES[kind]:
         values = [r[field] for r in group if r.get(field) is not None]
         if not values:

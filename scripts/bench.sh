@@ -18,6 +18,8 @@
 #                                 # receivers on the sender's node and on the other node, in turns (prints)
 #   ./scripts/bench.sh compare-full <before> <after> [rounds]   # the same on the full stack (latency-200,
 #                                 # throughput, drain-1000; RabbitMQ, Redis and nx-27017 started once for both)
+#   ./scripts/bench.sh durable    # the durable default (SQLite in DATA_DIR) next to in memory, in turns:
+#                                 # throughput (8 pairs), drain-10000; then restart time with 100,000 messages
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -154,6 +156,12 @@ run() {
                MAX_HTTP_CONNECTIONS=20000)
     local services=$stack
     [ "$mode" = compare ] && services=$compare_stack
+    # Embedded means in memory here (the suite's history); "durable" is the default SQLite file.
+    if [ "$services" = durable ]; then
+        env+=(DATA_DIR="$work/data-$rep-$RANDOM")
+    elif [ "$services" != full ]; then
+        env+=(IN_MEMORY=true)
+    fi
     if [ "$services" = full ]; then
         env+=(MONGODB_URI="mongodb://127.0.0.1:$mongo_port/bench-$stack-$rep" RABBITMQ_HOST=127.0.0.1 RABBITMQ_PORT="$rabbit_port"
               REDIS_HOST=127.0.0.1 REDIS_PORT="$redis_port")
@@ -172,7 +180,10 @@ run() {
             log "scenario $name failed: $(tail -3 "$work/load.err")"
         fi
     }
-    if [ "$mode" = compare ] && [ "$services" = full ]; then
+    if [ "$mode" = durable ]; then
+        scenario throughput --scenario throughput --messages 20000 --pairs 8 --window 64
+        scenario drain-10000 --scenario drain --messages 10000 --timeout 300
+    elif [ "$mode" = compare ] && [ "$services" = full ]; then
         scenario latency-200 --scenario latency --messages 1000 --rate 200
         scenario throughput --scenario throughput --messages 4000 --pairs 4 --window 16
         scenario drain-1000 --scenario drain --messages 1000
@@ -248,6 +259,29 @@ if [ "$mode" = nodes ]; then
     log "Starting RabbitMQ, Redis and nx-27017 on loopback"
     start_services
     for rep in $(seq 1 "$reps"); do run_nodes "$rep"; done
+elif [ "$mode" = durable ]; then
+    for rep in $(seq 1 "$reps"); do
+        if [ $((rep % 2)) -eq 1 ]; then order=(embedded durable); else order=(durable embedded); fi
+        for stack in "${order[@]}"; do run "$stack" "$rep"; done
+    done
+    # Restart time: 100,000 messages stored, kill -9, then start to listening on the same DATA_DIR, three times.
+    data="$work/data-restart"; port=$((45000 + RANDOM % 1000))
+    restart_env=(PORT="$port" PORT_FILE="$work/port" HOST=127.0.0.1 LOG_LEVEL=warning JWT_SECRET="$bench_secret" DATA_DIR="$data"
+                 SEND_RATE_PER_USER=0 FANOUT_RATE_PER_USER=0 HANDSHAKE_RATE_PER_ADDRESS=0 MAX_SESSIONS_PER_ADDRESS=0)
+    env "${restart_env[@]}" "$chatd" serve 2>"$work/chatd-fill.log" &
+    pid=$!; pids+=($pid); wait_port "$port"
+    log "durable: storing 100,000 messages"
+    "$load" --url "http://127.0.0.1:$port" --server-pid "$pid" --secret "$bench_secret" --scenario throughput --messages 100000 --pairs 8 --window 64 --timeout 600 >/dev/null 2>"$work/load.err"
+    kill -KILL "$pid"; wait "$pid" 2>/dev/null || true
+    for attempt in 1 2 3; do
+        rm -f "$work/port"
+        started=$(date +%s%N)
+        env "${restart_env[@]}" "$chatd" serve 2>"$work/chatd-restart.log" &
+        pid=$!; pids+=($pid)
+        until [ -s "$work/port" ]; do sleep 0.005; done
+        echo "{\"mode\": \"durable\", \"rep\": $attempt, \"name\": \"restart-100000\", \"restart_ms\": $(( ($(date +%s%N) - started) / 1000000 ))}" >> "$results"
+        kill -KILL "$pid"; wait "$pid" 2>/dev/null || true
+    done
 elif [ "$mode" = compare ]; then
     if [ "$compare_stack" = full ]; then
         log "Starting RabbitMQ, Redis and nx-27017 on loopback"

@@ -9,12 +9,12 @@ extension SQLiteChatStore {
         let created = Self.milliseconds(message.createdAt)
         return try await self.write { db in
             if let clientID = message.clientMessageID {
-                var first: Data?
+                var first: [(id: String, json: Data)] = []
                 try db.run(
-                    "SELECT json FROM messages WHERE chat_id = ? AND sender = ? AND client_id = ?",
+                    "SELECT id, json FROM messages WHERE chat_id = ? AND sender = ? AND client_id = ?",
                     [.text(message.chatID.rawValue), .text(message.senderID.rawValue), .text(clientID)]
-                ) { row in first = row.blob(0) }
-                if let first { return InsertOutcome.duplicate(try Self.decode(Message.self, first)) }
+                ) { row in first.append((row.text(0) ?? "", row.blob(1))) }
+                if let duplicate = try Self.messages(first, in: db).first { return InsertOutcome.duplicate(duplicate) }
             }
             let id = message.id.hexString
             try db.run(
@@ -38,15 +38,14 @@ extension SQLiteChatStore {
         guard !marks.isEmpty else { return }
         try await self.write { db in
             for mark in marks {
-                // Only a recipient still pending joins readBy, in the same step that clears them.
+                // Only a recipient still pending joins readBy, in the same step that clears them. readBy beyond the
+                // sender's own receipt lives in `reads`, so a mark writes two small rows and no JSON.
                 let cleared = try db.run("DELETE FROM pending WHERE user_id = ? AND message_id = ?", [.text(mark.userID.rawValue), .text(mark.messageID.hexString)])
                 guard cleared > 0 else { continue }
-                var stored: Data?
-                try db.run("SELECT json FROM messages WHERE id = ?", [.text(mark.messageID.hexString)]) { row in stored = row.blob(0) }
-                guard let stored else { continue }
-                var message = try Self.decode(Message.self, stored)
-                message.markRead(by: mark.userID, at: mark.at)
-                try db.run("UPDATE messages SET json = ? WHERE id = ?", [.blob(try Self.encode(message)), .text(mark.messageID.hexString)])
+                try db.run(
+                    "INSERT OR IGNORE INTO reads (message_id, user_id, at_ms) VALUES (?, ?, ?)",
+                    [.text(mark.messageID.hexString), .text(mark.userID.rawValue), .integer(Self.milliseconds(mark.at))]
+                )
             }
         }
     }
@@ -65,37 +64,34 @@ extension SQLiteChatStore {
     public func pendingMessages(for user: UserID, createdSince: Date, afterID: MessageID?, limit: Int) async throws -> [Message] {
         guard limit > 0 else { return [] }
         return try await self.read { db in
-            var messages: [Message] = []
+            var rows: [(id: String, json: Data)] = []
             try db.run(
                 """
-                SELECT m.json FROM pending p JOIN messages m ON m.id = p.message_id
+                SELECT m.id, m.json FROM pending p JOIN messages m ON m.id = p.message_id
                 WHERE p.user_id = ? AND p.message_id > ? AND p.created_ms >= ? ORDER BY p.message_id LIMIT ?
                 """,
                 [.text(user.rawValue), .text(afterID?.hexString ?? ""), .integer(Self.milliseconds(createdSince)), .integer(Int64(limit))]
-            ) { row in messages.append(try Self.decode(Message.self, row.blob(0))) }
-            return messages
+            ) { row in rows.append((row.text(0) ?? "", row.blob(1))) }
+            return try Self.messages(rows, in: db)
         }
     }
 
     public func history(of chat: ChatID, before: MessageID?, limit: Int) async throws -> [Message] {
         guard limit > 0 else { return [] }
         return try await self.read { db in
-            var messages: [Message] = []
+            var rows: [(id: String, json: Data)] = []
             let upper = before?.hexString ?? String(repeating: "g", count: 24)  // above every hex id
             try db.run(
-                "SELECT json FROM messages WHERE chat_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+                "SELECT id, json FROM messages WHERE chat_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
                 [.text(chat.rawValue), .text(upper), .integer(Int64(limit))]
-            ) { row in messages.append(try Self.decode(Message.self, row.blob(0))) }
-            return messages
+            ) { row in rows.append((row.text(0) ?? "", row.blob(1))) }
+            return try Self.messages(rows, in: db)
         }
     }
 
     public func receipts(for messageID: MessageID) async throws -> [DeliveryReceipt] {
         try await self.read { db in
-            var stored: Data?
-            try db.run("SELECT json FROM messages WHERE id = ?", [.text(messageID.hexString)]) { row in stored = row.blob(0) }
-            guard let stored else { return [] }
-            let message = try Self.decode(Message.self, stored)
+            guard let message = try Self.message(messageID, in: db) else { return [] }
             var outcomes: [DeliveryReceipt] = []
             try db.run("SELECT user_id, status, at_ms FROM outcomes WHERE message_id = ?", [.text(messageID.hexString)]) { row in
                 outcomes.append(DeliveryReceipt(
@@ -105,7 +101,7 @@ extension SQLiteChatStore {
                 ))
             }
             var recipients: [UserID]
-            if let chat = try Self.chat(message.chatID, in: db) {
+            if let chat = try self.chat(message.chatID, in: db) {
                 recipients = chat.participants
             } else {
                 // Without the chat, everyone the message names is a recipient.
@@ -118,15 +114,11 @@ extension SQLiteChatStore {
     }
 
     public func message(_ id: MessageID) async throws -> Message? {
-        try await self.read { db in
-            var stored: Data?
-            try db.run("SELECT json FROM messages WHERE id = ?", [.text(id.hexString)]) { row in stored = row.blob(0) }
-            return try stored.map { try Self.decode(Message.self, $0) }
-        }
+        try await self.read { db in try Self.message(id, in: db) }
     }
 
     public func chat(_ id: ChatID) async throws -> Chat? {
-        try await self.read { db in try Self.chat(id, in: db) }
+        try await self.read { db in try self.chat(id, in: db) }
     }
 
     public func chats(of user: UserID) async throws -> [Chat] {
@@ -135,7 +127,7 @@ extension SQLiteChatStore {
             try db.run(
                 "SELECT c.json, c.last_message FROM chat_members m JOIN chats c ON c.id = m.chat_id WHERE m.user_id = ? ORDER BY c.id",
                 [.text(user.rawValue)]
-            ) { row in chats.append(try Self.chat(json: row.blob(0), lastMessage: row.text(1))) }
+            ) { row in chats.append(try self.chat(json: row.blob(0), lastMessage: row.text(1))) }
             return chats
         }
     }
@@ -209,16 +201,53 @@ extension SQLiteChatStore {
 
     // MARK: Helpers
 
-    private static func chat(_ id: ChatID, in db: SQLiteConnection) throws -> Chat? {
+    private static func message(_ id: MessageID, in db: SQLiteConnection) throws -> Message? {
+        var rows: [(id: String, json: Data)] = []
+        try db.run("SELECT id, json FROM messages WHERE id = ?", [.text(id.hexString)]) { row in rows.append((row.text(0) ?? "", row.blob(1))) }
+        return try Self.messages(rows, in: db).first
+    }
+
+    /// Decodes stored messages and adds the recipients' receipts from `reads` to each one's `readBy`, in the
+    /// order they were read.
+    private static func messages(_ rows: [(id: String, json: Data)], in db: SQLiteConnection) throws -> [Message] {
+        guard !rows.isEmpty else { return [] }
+        var reads: [String: [ReadReceipt]] = [:]
+        for chunk in Self.chunks(rows.map(\.id)) {
+            try db.run(
+                "SELECT message_id, user_id, at_ms FROM reads WHERE message_id IN (\(Self.placeholders(chunk.count))) ORDER BY at_ms, user_id",
+                chunk.map { .text($0) }
+            ) { row in
+                reads[row.text(0) ?? "", default: []].append(ReadReceipt(userID: UserID(row.text(1) ?? ""), readAt: Self.date(row.integer(2))))
+            }
+        }
+        return try rows.map { row in
+            var message = try Self.decode(Message.self, row.json)
+            for receipt in reads[row.id] ?? [] { message.markRead(by: receipt.userID, at: receipt.readAt) }
+            return message
+        }
+    }
+
+    private func chat(_ id: ChatID, in db: SQLiteConnection) throws -> Chat? {
         var chat: Chat?
         try db.run("SELECT json, last_message FROM chats WHERE id = ?", [.text(id.rawValue)]) { row in
-            chat = try Self.chat(json: row.blob(0), lastMessage: row.text(1))
+            chat = try self.chat(json: row.blob(0), lastMessage: row.text(1))
         }
         return chat
     }
 
-    private static func chat(json: Data, lastMessage: String?) throws -> Chat {
-        var chat = try Self.decode(Chat.self, json)
+    /// Every send reads its chat: the decoded chat is kept while its stored JSON is unchanged (this process is
+    /// the file's only writer, and the JSON is compared anyway). At most 10,000 chats are kept.
+    private func chat(json: Data, lastMessage: String?) throws -> Chat {
+        var chat: Chat
+        if let cached = self.decodedChats.withLock({ $0[json] }) {
+            chat = cached
+        } else {
+            chat = try Self.decode(Chat.self, json)
+            self.decodedChats.withLock { cache in
+                if cache.count >= 10_000 { cache.removeAll(keepingCapacity: true) }
+                cache[json] = chat
+            }
+        }
         chat.lastMessage = lastMessage.flatMap { MessageID(hex: $0) }
         return chat
     }

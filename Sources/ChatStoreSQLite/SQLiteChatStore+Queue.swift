@@ -1,4 +1,5 @@
 public import ChatDomain
+import Synchronization
 import Foundation
 
 /// The offline queue: table `queue`, one row per entry, in `seq` order per user.
@@ -51,10 +52,12 @@ extension SQLiteChatStore {
 
     public func publishDeliveryEvents(_ events: [DeliveryEvent]) async throws {
         guard !events.isEmpty else { return }
-        let bodies = try events.map { (Self.milliseconds($0.timestamp), try Self.encode($0)) }
         try await self.write { db in
-            for (at, body) in bodies {
-                try db.run("INSERT INTO delivery_events (at_ms, json) VALUES (?, ?)", [.integer(at), .blob(body)])
+            for event in events {
+                try db.run(
+                    "INSERT INTO delivery_events (at_ms, message_id, user_id, status) VALUES (?, ?, ?, ?)",
+                    [.integer(Self.milliseconds(event.timestamp)), .text(event.messageID.hexString), .text(event.userID.rawValue), .text(event.status.rawValue)]
+                )
             }
         }
     }
@@ -96,43 +99,53 @@ extension SQLiteChatStore {
 
     // MARK: Consumer operations
 
-    func next(user: UserID, consumer: UInt64, prefetch: Int) async throws -> QueueDelivery? {
-        let held = try self.consumers.withLock { state throws(ChatError) -> [Int64: UInt64] in
+    /// A queue row as a consumer reads it.
+    struct QueueRow: Sendable {
+        var seq: Int64
+        var json: Data
+        var redelivered: Bool
+        var enqueued: Int64
+    }
+
+    /// Checks that `consumer` is open and below its prefetch.
+    func checkRoom(user: UserID, consumer: UInt64, prefetch: Int) throws(ChatError) {
+        try self.consumers.withLock { state throws(ChatError) in
             guard state.open[consumer] != nil else { throw ChatError(.unavailable, "this consumer was closed; open a new one") }
-            let held = state.handedOut[user] ?? [:]
-            guard held.values.count(where: { $0 == consumer }) < prefetch else {
+            guard (state.handedOut[user] ?? [:]).values.count(where: { $0 == consumer }) < prefetch else {
                 throw ChatError(.badRequest, "consumer has \(prefetch) unacknowledged deliveries (its prefetch); ack some first")
             }
-            return held
         }
-        let cutoff = Self.milliseconds(self.clock.now()) - Int64(self.configuration.queueTTL.wholeMilliseconds)
-        // The oldest entry nobody holds: at most `held.count` rows come before it.
-        let candidates = try await self.read { db in
-            var rows: [(seq: Int64, json: Data, redelivered: Bool, enqueued: Int64)] = []
+    }
+
+    /// Up to `limit` of `user`'s rows after `seq`, in order: one read for a consumer's next `limit` deliveries.
+    func rows(of user: UserID, after seq: Int64, limit: Int) async throws(ChatError) -> [QueueRow] {
+        try await self.read { db in
+            var rows: [QueueRow] = []
             try db.run(
-                "SELECT seq, json, redelivered, enqueued_ms FROM queue WHERE user_id = ? ORDER BY seq LIMIT ?",
-                [.text(user.rawValue), .integer(Int64(held.count + 1))]
-            ) { row in rows.append((row.integer(0), row.blob(1), row.integer(2) != 0, row.integer(3))) }
+                "SELECT seq, json, redelivered, enqueued_ms FROM queue WHERE user_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                [.text(user.rawValue), .integer(seq), .integer(Int64(limit))]
+            ) { row in rows.append(QueueRow(seq: row.integer(0), json: row.blob(1), redelivered: row.integer(2) != 0, enqueued: row.integer(3))) }
             return rows
         }
-        for candidate in candidates where held[candidate.seq] == nil {
-            // An expired entry is the expiry pass's (it dead-letters it); nothing behind it is older.
-            guard candidate.enqueued > cutoff else { return nil }
-            let taken = self.consumers.withLock { state -> Bool in
-                guard state.open[consumer] != nil, state.handedOut[user]?[candidate.seq] == nil else { return false }
-                state.handedOut[user, default: [:]][candidate.seq] = consumer
-                return true
-            }
-            guard taken else { continue }
-            let entry: QueueEntry
-            do {
-                entry = try Self.decode(QueueEntry.self, candidate.json)
-            } catch {
-                throw Self.storeError(error).chatError
-            }
-            return QueueDelivery(entry: entry, tag: DeliveryTag(UInt64(candidate.seq)), redelivered: candidate.redelivered)
+    }
+
+    /// Hands `row` to `consumer` unless another consumer holds it or it expired (nil: skip it; an expired row is
+    /// the expiry pass's, which dead-letters it).
+    func take(_ row: QueueRow, user: UserID, consumer: UInt64) throws(ChatError) -> QueueDelivery? {
+        let cutoff = Self.milliseconds(self.clock.now()) - Int64(self.configuration.queueTTL.wholeMilliseconds)
+        guard row.enqueued > cutoff else { return nil }
+        let taken = self.consumers.withLock { state -> Bool in
+            guard state.open[consumer] != nil, state.handedOut[user]?[row.seq] == nil else { return false }
+            state.handedOut[user, default: [:]][row.seq] = consumer
+            return true
         }
-        return nil
+        guard taken else { return nil }
+        do {
+            let entry = try Self.decode(QueueEntry.self, row.json)
+            return QueueDelivery(entry: entry, tag: DeliveryTag(UInt64(row.seq)), redelivered: row.redelivered)
+        } catch {
+            throw Self.storeError(error).chatError
+        }
     }
 
     func settle(_ tags: [DeliveryTag], user: UserID, consumer: UInt64, requeue: Bool) async throws {
@@ -179,12 +192,21 @@ extension SQLiteChatStore {
     }
 }
 
-/// A consumer of one user's queue in the SQLite store.
+/// A consumer of one user's queue in the SQLite store. It reads its queue a prefetch window at a time and hands
+/// the rows out one by one; a nack puts its reading position back, so the returned entry comes again at its place.
 final class SQLiteQueueConsumer: QueueConsumer {
+    private struct Cursor {
+        /// Rows read and not handed out yet.
+        var buffered: [SQLiteChatStore.QueueRow] = []
+        /// The highest sequence read so far.
+        var position: Int64 = 0
+    }
+
     private let store: SQLiteChatStore
     private let user: UserID
     private let id: UInt64
     private let prefetch: Int
+    private let cursor = Mutex(Cursor())
 
     init(store: SQLiteChatStore, user: UserID, id: UInt64, prefetch: Int) {
         self.store = store
@@ -194,7 +216,23 @@ final class SQLiteQueueConsumer: QueueConsumer {
     }
 
     func next() async throws -> QueueDelivery? {
-        try await self.store.next(user: self.user, consumer: self.id, prefetch: self.prefetch)
+        try self.store.checkRoom(user: self.user, consumer: self.id, prefetch: self.prefetch)
+        while true {
+            let row = self.cursor.withLock { cursor -> SQLiteChatStore.QueueRow? in
+                cursor.buffered.isEmpty ? nil : cursor.buffered.removeFirst()
+            }
+            if let row {
+                if let delivery = try self.store.take(row, user: self.user, consumer: self.id) { return delivery }
+                continue
+            }
+            let position = self.cursor.withLock { $0.position }
+            let rows = try await self.store.rows(of: self.user, after: position, limit: self.prefetch)
+            guard let last = rows.last else { return nil }
+            self.cursor.withLock { cursor in
+                cursor.buffered = rows
+                cursor.position = last.seq
+            }
+        }
     }
 
     func ack(_ tag: DeliveryTag) async throws {
@@ -207,6 +245,11 @@ final class SQLiteQueueConsumer: QueueConsumer {
 
     func nack(_ tag: DeliveryTag) async throws {
         try await self.store.settle([tag], user: self.user, consumer: self.id, requeue: true)
+        // Read again from the returned entry's place.
+        self.cursor.withLock { cursor in
+            cursor.position = min(cursor.position, Int64(tag.rawValue) - 1)
+            cursor.buffered = []
+        }
     }
 
     func close() async {

@@ -30,11 +30,14 @@ public final class SQLiteChatStore: MessageStore, MessageQueue, Service {
     private let writerThread = BlockingThreads(role: "message store")
     private let readerThread = BlockingThreads(role: "message store")
     private let writes = PumpQueue<WriteRequest>()
+    private let reads = PumpQueue<ReadRequest>()
     /// Queue entries handed to a consumer and not yet settled, per user, and the open consumers per user.
     let consumers = Mutex(ConsumerState())
     let deadLetterStream: AsyncStream<DeadLetter>
     let deadLetterContinuation: AsyncStream<DeadLetter>.Continuation
     private let commits = Atomic<Int>(0)
+    /// Chats decoded from their stored JSON, by that JSON.
+    let decodedChats = Mutex<[Data: Chat]>([:])
 
     struct ConsumerState {
         /// Entries handed to a consumer and not settled yet, per user: sequence → consumer.
@@ -83,20 +86,43 @@ public final class SQLiteChatStore: MessageStore, MessageQueue, Service {
         await self.writerThread.shutDown()
         await self.readerThread.shutDown()
         for request in self.writes.takeAll() { request.finish(SQLiteStoreError(code: .closed, message: "the SQLite store is closed")) }
+        for request in self.reads.takeAll() { request.cancel() }
         self.deadLetterContinuation.finish()
         self.lock.release()
     }
 
     // MARK: Reads and writes
 
-    /// Runs `body` on the reader connection's thread.
+    /// Runs `body` on the reader connection's thread. Reads that arrive while the thread is busy wait in a queue
+    /// and run in its next visit, one wake-up for all of them (every send reads its chat and its blockers).
     func read<Result: Sendable>(_ body: @escaping @Sendable (SQLiteConnection) throws -> Result) async throws(ChatError) -> Result {
-        try await self.readerThread.run { [reader] in
-            do {
-                return try body(reader)
-            } catch {
-                throw Self.storeError(error)
+        let outcome: Swift.Result<Result, SQLiteStoreError> = await withCheckedContinuation { continuation in
+            let request = ReadRequest(
+                run: { connection in
+                    do {
+                        continuation.resume(returning: .success(try body(connection)))
+                    } catch {
+                        continuation.resume(returning: .failure(Self.storeError(error)))
+                    }
+                },
+                cancel: { continuation.resume(returning: .failure(SQLiteStoreError(code: .closed, message: "the SQLite store is closed"))) }
+            )
+            if self.reads.add(request) {
+                self.readerThread.submit({ self.pumpReads() }) {
+                    for request in self.reads.takeAll() { request.cancel() }
+                }
             }
+        }
+        switch outcome {
+        case .success(let value): return value
+        case .failure(let error): throw error.chatError
+        }
+    }
+
+    /// On the reader's thread: runs the waiting reads until none wait.
+    private func pumpReads() {
+        while let batch = self.reads.takeBatch(maxCount: 256) {
+            for request in batch { request.run(self.reader) }
         }
     }
 
@@ -135,34 +161,34 @@ public final class SQLiteChatStore: MessageStore, MessageQueue, Service {
     private func pumpWrites() {
         while let batch = self.writes.takeBatch(maxCount: self.configuration.maxWritesPerCommit) {
             do {
-                try self.writer.execute("BEGIN IMMEDIATE")
+                try self.writer.run("BEGIN IMMEDIATE")
             } catch {
-                for request in batch { request.finish(error) }
+                for request in batch { request.finish(Self.storeError(error)) }
                 continue
             }
             var failures: [SQLiteStoreError?] = []
             failures.reserveCapacity(batch.count)
             for request in batch {
                 do {
-                    try self.writer.execute("SAVEPOINT write")
+                    try self.writer.run("SAVEPOINT write")
                     try request.apply(self.writer)
-                    try self.writer.execute("RELEASE write")
+                    try self.writer.run("RELEASE write")
                     failures.append(nil)
                 } catch {
-                    try? self.writer.execute("ROLLBACK TO write")
-                    try? self.writer.execute("RELEASE write")
+                    _ = try? self.writer.run("ROLLBACK TO write")
+                    _ = try? self.writer.run("RELEASE write")
                     failures.append(Self.storeError(error))
                 }
             }
             do {
-                try self.writer.execute("COMMIT")
+                try self.writer.run("COMMIT")
                 self.commits.add(1, ordering: .relaxed)
                 for (request, failure) in zip(batch, failures) { request.finish(failure) }
             } catch {
                 // Nothing of this transaction is on disk (a full disk, an I/O error): every caller hears so.
-                try? self.writer.execute("ROLLBACK")
+                _ = try? self.writer.run("ROLLBACK")
                 self.logger.warning("SQLite commit failed; these writes were not stored", metadata: ["sqlite.path": "\(self.configuration.path)", "error": "\(error)"])
-                for request in batch { request.finish(error) }
+                for request in batch { request.finish(Self.storeError(error)) }
             }
         }
     }
@@ -207,6 +233,14 @@ final class FileLock: Sendable {
     deinit {
         self.release()
     }
+}
+
+/// A read waiting for the reader.
+struct ReadRequest: Sendable {
+    /// Runs the read on the reader's connection and answers the caller.
+    var run: @Sendable (SQLiteConnection) -> Void
+    /// Answers the caller that the store closed first.
+    var cancel: @Sendable () -> Void
 }
 
 /// A write waiting for the writer.

@@ -22,6 +22,8 @@ enum Schema {
         CREATE UNIQUE INDEX messages_client ON messages (chat_id, sender, client_id) WHERE client_id IS NOT NULL;
         CREATE TABLE pending (user_id TEXT NOT NULL, message_id TEXT NOT NULL, created_ms INTEGER NOT NULL,
             PRIMARY KEY (user_id, message_id)) WITHOUT ROWID;
+        CREATE TABLE reads (message_id TEXT NOT NULL, user_id TEXT NOT NULL, at_ms INTEGER NOT NULL,
+            PRIMARY KEY (message_id, user_id)) WITHOUT ROWID;
         CREATE TABLE outcomes (message_id TEXT NOT NULL, user_id TEXT NOT NULL, status TEXT NOT NULL, at_ms INTEGER NOT NULL,
             PRIMARY KEY (message_id, user_id)) WITHOUT ROWID;
         CREATE TABLE blocks (user_id TEXT NOT NULL, blocked TEXT NOT NULL, PRIMARY KEY (user_id, blocked)) WITHOUT ROWID;
@@ -30,7 +32,8 @@ enum Schema {
             enqueued_ms INTEGER NOT NULL, redelivered INTEGER NOT NULL DEFAULT 0, json BLOB NOT NULL);
         CREATE INDEX queue_user ON queue (user_id, seq);
         CREATE INDEX queue_enqueued ON queue (enqueued_ms);
-        CREATE TABLE delivery_events (seq INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL, json BLOB NOT NULL);
+        CREATE TABLE delivery_events (seq INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL, message_id TEXT NOT NULL,
+            user_id TEXT NOT NULL, status TEXT NOT NULL);
         """
     ]
 
