@@ -7,7 +7,7 @@ extension SQLiteChatStore {
     public func insert(_ message: Message, pendingFor recipients: [UserID]) async throws -> InsertOutcome {
         let json = try Self.encode(message)
         let created = Self.milliseconds(message.createdAt)
-        return try await self.write { db in
+        let outcome = try await self.write { db in
             if let clientID = message.clientMessageID {
                 var first: [(id: String, json: Data)] = []
                 try db.run(
@@ -32,6 +32,14 @@ extension SQLiteChatStore {
             )
             return InsertOutcome.inserted
         }
+        if outcome == .inserted {
+            self.chatCache.update(message.chatID) { entry in
+                guard case .some(.some(var chat)) = entry, chat.lastMessage.map({ $0 < message.id }) ?? true else { return }
+                chat.lastMessage = message.id
+                entry = .some(chat)
+            }
+        }
+        return outcome
     }
 
     public func markDelivered(_ marks: [DeliveryMark]) async throws {
@@ -118,7 +126,11 @@ extension SQLiteChatStore {
     }
 
     public func chat(_ id: ChatID) async throws -> Chat? {
-        try await self.read { db in try self.chat(id, in: db) }
+        if let cached = self.chatCache.value(id) { return cached }
+        let generation = self.chatCache.generation
+        let chat = try await self.read { db in try self.chat(id, in: db) }
+        self.chatCache.fill([id: chat], readAt: generation)
+        return chat
     }
 
     public func chats(of user: UserID) async throws -> [Chat] {
@@ -144,6 +156,7 @@ extension SQLiteChatStore {
                 try db.run("INSERT INTO chat_members (user_id, chat_id) VALUES (?, ?)", [.text(participant.rawValue), .text(chat.id.rawValue)])
             }
         }
+        self.chatCache.update(chat.id) { $0 = .some(chat) }
     }
 
     public func users(_ ids: [UserID]) async throws -> [UserID: User] {
@@ -169,24 +182,12 @@ extension SQLiteChatStore {
 
     public func usersBlocking(_ sender: UserID, among users: [UserID]) async throws -> Set<UserID> {
         guard !users.isEmpty else { return [] }
-        return try await self.read { db in
-            var blocking = Set<UserID>()
-            for chunk in Self.chunks(Array(Set(users))) {
-                try db.run(
-                    "SELECT user_id FROM blocks WHERE blocked = ? AND user_id IN (\(Self.placeholders(chunk.count)))",
-                    [.text(sender.rawValue)] + chunk.map { .text($0.rawValue) }
-                ) { row in blocking.insert(UserID(row.text(0) ?? "")) }
-            }
-            return blocking
-        }
+        let lists = try await self.blockLists(of: users)
+        return Set(users.filter { lists[$0]?.contains(sender) == true })
     }
 
     public func blockedUsers(of user: UserID) async throws -> Set<UserID> {
-        try await self.read { db in
-            var blocked = Set<UserID>()
-            try db.run("SELECT blocked FROM blocks WHERE user_id = ?", [.text(user.rawValue)]) { row in blocked.insert(UserID(row.text(0) ?? "")) }
-            return blocked
-        }
+        try await self.blockLists(of: [user])[user] ?? []
     }
 
     public func setBlocked(_ other: UserID, by user: UserID, blocked: Bool) async throws {
@@ -197,6 +198,33 @@ extension SQLiteChatStore {
                 try db.run("DELETE FROM blocks WHERE user_id = ? AND blocked = ?", [.text(user.rawValue), .text(other.rawValue)])
             }
         }
+        self.blockCache.update(user) { list in
+            guard list != nil else { return }
+            if blocked { list?.insert(other) } else { list?.remove(other) }
+        }
+    }
+
+    /// The block lists of `users`, from memory where cached, the rest in one read.
+    private func blockLists(of users: [UserID]) async throws -> [UserID: Set<UserID>] {
+        var lists: [UserID: Set<UserID>] = [:]
+        var missing: [UserID] = []
+        for user in Set(users) {
+            if let list = self.blockCache.value(user) { lists[user] = list } else { missing.append(user) }
+        }
+        guard !missing.isEmpty else { return lists }
+        let generation = self.blockCache.generation
+        let read = try await self.read { [missing] db in
+            var found = Dictionary(uniqueKeysWithValues: missing.map { ($0, Set<UserID>()) })
+            for chunk in Self.chunks(missing) {
+                try db.run(
+                    "SELECT user_id, blocked FROM blocks WHERE user_id IN (\(Self.placeholders(chunk.count)))",
+                    chunk.map { .text($0.rawValue) }
+                ) { row in found[UserID(row.text(0) ?? ""), default: []].insert(UserID(row.text(1) ?? "")) }
+            }
+            return found
+        }
+        self.blockCache.fill(read, readAt: generation)
+        return lists.merging(read) { $1 }
     }
 
     // MARK: Helpers

@@ -38,6 +38,11 @@ public final class SQLiteChatStore: MessageStore, MessageQueue, Service {
     private let commits = Atomic<Int>(0)
     /// Chats decoded from their stored JSON, by that JSON.
     let decodedChats = Mutex<[Data: Chat]>([:])
+    /// Every send reads its chat and its recipients' block lists: they are answered from memory after the first
+    /// read (nil: no such chat).
+    let chatCache = WriteThroughCache<ChatID, Chat?>(limit: 100_000)
+    /// Whom each user blocked.
+    let blockCache = WriteThroughCache<UserID, Set<UserID>>(limit: 100_000)
 
     struct ConsumerState {
         /// Entries handed to a consumer and not settled yet, per user: sequence → consumer.

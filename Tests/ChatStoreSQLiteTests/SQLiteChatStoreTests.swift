@@ -118,6 +118,36 @@ struct SQLiteChatStoreTests {
         }
     }
 
+    @Test("Chats and block lists answered from memory follow every write: participants, lastMessage, blocks and unblocks")
+    func cachesFollowWrites() async throws {
+        try await self.withDirectory { directory in
+            let store = try self.open(directory)
+            #expect(try await store.chat("chat-9") == nil)
+            try await store.saveChat(Chat(id: "chat-9", participants: ["alice", "bob"]))
+            #expect(try await store.chat("chat-9")?.participants == ["alice", "bob"], "a chat created after a miss")
+            try await store.saveChat(Chat(id: "chat-9", participants: ["alice", "bob", "carol"]))
+            #expect(try await store.chat("chat-9")?.participants == ["alice", "bob", "carol"])
+            let generator = MessageIDGenerator()
+            for index in 0..<3 {
+                let message = Self.message(generator, chat: "chat-9", content: "m\(index)")
+                _ = try await store.insert(message, pendingFor: ["bob"])
+                #expect(try await store.chat("chat-9")?.lastMessage == message.id)
+            }
+            #expect(try await store.usersBlocking("mallory", among: ["bob", "carol"]) == [])
+            try await store.setBlocked("mallory", by: "bob", blocked: true)
+            #expect(try await store.usersBlocking("mallory", among: ["bob", "carol"]) == ["bob"])
+            #expect(try await store.blockedUsers(of: "bob") == ["mallory"])
+            try await store.setBlocked("mallory", by: "bob", blocked: false)
+            #expect(try await store.usersBlocking("mallory", among: ["bob", "carol"]) == [])
+            await store.close()
+            // And what was cached is what the file holds.
+            let reopened = try self.open(directory)
+            #expect(try await reopened.chat("chat-9")?.participants == ["alice", "bob", "carol"])
+            #expect(try await reopened.blockedUsers(of: "bob") == [])
+            await reopened.close()
+        }
+    }
+
     @Test("Concurrent writes share commits: 400 sends, every one stored, far fewer commits")
     func groupCommit() async throws {
         try await self.withDirectory { directory in
