@@ -5,23 +5,34 @@ public import Foundation
 /// (the same as on the wire); what is looked up by is in columns of its own.
 extension SQLiteChatStore {
     public func insert(_ message: Message, pendingFor recipients: [UserID]) async throws -> InsertOutcome {
-        let json = try Self.encode(message)
+        // In columns, not JSON: only attachments (free-form JSON) are encoded, and only when there are any.
+        let attachments: SQLValue = message.attachments.isEmpty ? .null : .blob(try Self.encode(message.attachments))
         let created = Self.milliseconds(message.createdAt)
         let outcome = try await self.write { db in
             if let clientID = message.clientMessageID {
-                var first: [(id: String, json: Data)] = []
-                try db.run(
-                    "SELECT id, json FROM messages WHERE chat_id = ? AND sender = ? AND client_id = ?",
-                    [.text(message.chatID.rawValue), .text(message.senderID.rawValue), .text(clientID)]
-                ) { row in first.append((row.text(0) ?? "", row.blob(1))) }
-                if let duplicate = try Self.messages(first, in: db).first { return InsertOutcome.duplicate(duplicate) }
+                let first = try Self.messages(
+                    where: "chat_id = ? AND sender = ? AND client_id = ?",
+                    [.text(message.chatID.rawValue), .text(message.senderID.rawValue), .text(clientID)],
+                    in: db
+                )
+                if let duplicate = first.first { return InsertOutcome.duplicate(duplicate) }
             }
             let id = message.id.hexString
             try db.run(
-                "INSERT INTO messages (id, chat_id, sender, client_id, created_ms, json) VALUES (?, ?, ?, ?, ?, ?)",
+                """
+                INSERT INTO messages (id, chat_id, sender, client_id, created_ms, content, type, attachments, reply_to)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """,
                 [.text(id), .text(message.chatID.rawValue), .text(message.senderID.rawValue), message.clientMessageID.map(SQLValue.text) ?? .null,
-                 .integer(created), .blob(json)]
+                 .integer(created), .text(message.content), .text(message.messageType.rawValue), attachments,
+                 message.replyTo.map { .text($0.hexString) } ?? .null]
             )
+            for receipt in message.readBy {
+                try db.run(
+                    "INSERT OR IGNORE INTO reads (message_id, user_id, at_ms) VALUES (?, ?, ?)",
+                    [.text(id), .text(receipt.userID.rawValue), .integer(Self.milliseconds(receipt.readAt))]
+                )
+            }
             for recipient in Set(recipients) {
                 try db.run("INSERT OR IGNORE INTO pending (user_id, message_id, created_ms) VALUES (?, ?, ?)", [.text(recipient.rawValue), .text(id), .integer(created)])
             }
@@ -72,28 +83,26 @@ extension SQLiteChatStore {
     public func pendingMessages(for user: UserID, createdSince: Date, afterID: MessageID?, limit: Int) async throws -> [Message] {
         guard limit > 0 else { return [] }
         return try await self.read { db in
-            var rows: [(id: String, json: Data)] = []
-            try db.run(
-                """
-                SELECT m.id, m.json FROM pending p JOIN messages m ON m.id = p.message_id
-                WHERE p.user_id = ? AND p.message_id > ? AND p.created_ms >= ? ORDER BY p.message_id LIMIT ?
-                """,
-                [.text(user.rawValue), .text(afterID?.hexString ?? ""), .integer(Self.milliseconds(createdSince)), .integer(Int64(limit))]
-            ) { row in rows.append((row.text(0) ?? "", row.blob(1))) }
-            return try Self.messages(rows, in: db)
+            try Self.messages(
+                where: """
+                    id IN (SELECT message_id FROM pending WHERE user_id = ? AND message_id > ? AND created_ms >= ?
+                    ORDER BY message_id LIMIT ?) ORDER BY id
+                    """,
+                [.text(user.rawValue), .text(afterID?.hexString ?? ""), .integer(Self.milliseconds(createdSince)), .integer(Int64(limit))],
+                in: db
+            )
         }
     }
 
     public func history(of chat: ChatID, before: MessageID?, limit: Int) async throws -> [Message] {
         guard limit > 0 else { return [] }
         return try await self.read { db in
-            var rows: [(id: String, json: Data)] = []
             let upper = before?.hexString ?? String(repeating: "g", count: 24)  // above every hex id
-            try db.run(
-                "SELECT id, json FROM messages WHERE chat_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
-                [.text(chat.rawValue), .text(upper), .integer(Int64(limit))]
-            ) { row in rows.append((row.text(0) ?? "", row.blob(1))) }
-            return try Self.messages(rows, in: db)
+            return try Self.messages(
+                where: "chat_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+                [.text(chat.rawValue), .text(upper), .integer(Int64(limit))],
+                in: db
+            )
         }
     }
 
@@ -230,17 +239,35 @@ extension SQLiteChatStore {
     // MARK: Helpers
 
     private static func message(_ id: MessageID, in db: SQLiteConnection) throws -> Message? {
-        var rows: [(id: String, json: Data)] = []
-        try db.run("SELECT id, json FROM messages WHERE id = ?", [.text(id.hexString)]) { row in rows.append((row.text(0) ?? "", row.blob(1))) }
-        return try Self.messages(rows, in: db).first
+        try Self.messages(where: "id = ?", [.text(id.hexString)], in: db).first
     }
 
-    /// Decodes stored messages and adds the recipients' receipts from `reads` to each one's `readBy`, in the
-    /// order they were read.
-    private static func messages(_ rows: [(id: String, json: Data)], in db: SQLiteConnection) throws -> [Message] {
-        guard !rows.isEmpty else { return [] }
+    /// The messages a `WHERE` clause (with its ordering and limit) selects, each with its `readBy` from `reads`
+    /// (in the order they were read).
+    private static func messages(where clause: String, _ arguments: [SQLValue], in db: SQLiteConnection) throws -> [Message] {
+        var messages: [Message] = []
+        try db.run(
+            "SELECT id, chat_id, sender, client_id, created_ms, content, type, attachments, reply_to FROM messages WHERE \(clause)",
+            arguments
+        ) { row in
+            guard let id = row.text(0).flatMap({ MessageID(hex: $0) }) else {
+                throw SQLiteStoreError(code: .statementFailed, message: "a stored message has no valid id")
+            }
+            messages.append(Message(
+                id: id,
+                chatID: ChatID(row.text(1) ?? ""),
+                senderID: UserID(row.text(2) ?? ""),
+                content: row.text(5) ?? "",
+                messageType: MessageType(rawValue: row.text(6) ?? "text"),
+                attachments: row.isNull(7) ? [] : try Self.decode([JSONValue].self, row.blob(7)),
+                replyTo: row.text(8).flatMap { MessageID(hex: $0) },
+                createdAt: Self.date(row.integer(4)),
+                clientMessageID: row.text(3)
+            ))
+        }
+        guard !messages.isEmpty else { return [] }
         var reads: [String: [ReadReceipt]] = [:]
-        for chunk in Self.chunks(rows.map(\.id)) {
+        for chunk in Self.chunks(messages.map(\.id.hexString)) {
             try db.run(
                 "SELECT message_id, user_id, at_ms FROM reads WHERE message_id IN (\(Self.placeholders(chunk.count))) ORDER BY at_ms, user_id",
                 chunk.map { .text($0) }
@@ -248,9 +275,9 @@ extension SQLiteChatStore {
                 reads[row.text(0) ?? "", default: []].append(ReadReceipt(userID: UserID(row.text(1) ?? ""), readAt: Self.date(row.integer(2))))
             }
         }
-        return try rows.map { row in
-            var message = try Self.decode(Message.self, row.json)
-            for receipt in reads[row.id] ?? [] { message.markRead(by: receipt.userID, at: receipt.readAt) }
+        return messages.map { message in
+            var message = message
+            message.readBy = reads[message.id.hexString] ?? []
             return message
         }
     }

@@ -72,11 +72,15 @@ public final class SQLiteChatStore: MessageStore, MessageQueue, Service {
 
     // MARK: Lifecycle
 
-    /// Expires queue entries and trims delivery events until graceful shutdown (or cancellation), then closes.
+    /// Expires queue entries, trims delivery events and checkpoints the log until graceful shutdown (or
+    /// cancellation), then closes.
     public func run() async throws {
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 await self.expireAndTrim()
+                // Copies the log into the database off the writer's thread, so a commit rarely has to (SQLite's own
+                // checkpoint after 1,000 pages stays as the fallback when this does not run).
+                _ = try? await self.read { db in try db.run("PRAGMA wal_checkpoint(PASSIVE)") }
                 try? await Task.sleep(for: self.configuration.expiryInterval)
             }
         }

@@ -16,7 +16,7 @@ enum Schema {
         CREATE INDEX chat_members_chat ON chat_members (chat_id);
         CREATE TABLE messages (
             id TEXT PRIMARY KEY, chat_id TEXT NOT NULL, sender TEXT NOT NULL, client_id TEXT, created_ms INTEGER NOT NULL,
-            json BLOB NOT NULL
+            content TEXT NOT NULL, type TEXT NOT NULL, attachments BLOB, reply_to TEXT
         ) WITHOUT ROWID;
         CREATE INDEX messages_chat ON messages (chat_id, id);
         CREATE UNIQUE INDEX messages_client ON messages (chat_id, sender, client_id) WHERE client_id IS NOT NULL;
