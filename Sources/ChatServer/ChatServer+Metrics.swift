@@ -30,6 +30,8 @@ struct StatisticsExporter: Service {
     let service: ChatService
     let socketIO: SocketIOServer
     let factory: any MetricsFactory
+    /// With several nodes: the ready entries in this node's inbox (nil when unknown).
+    var inboxDepth: (@Sendable () async -> Int?)?
 
     func run() async throws {
         let sent = Counter(label: "chatd_messages_sent_total", factory: self.factory)
@@ -44,6 +46,8 @@ struct StatisticsExporter: Service {
         let rejected = Counter(label: "chatd_sends_rejected_total", factory: self.factory)
         let forwarded = Counter(label: "chatd_messages_forwarded_total", dimensions: [("direction", "out")], factory: self.factory)
         let relayedIn = Counter(label: "chatd_messages_forwarded_total", dimensions: [("direction", "in")], factory: self.factory)
+        let relayRefused = Counter(label: "chatd_messages_forwarded_total", dimensions: [("direction", "refused")], factory: self.factory)
+        let inbox = Gauge(label: "chatd_node_inbox_ready", factory: self.factory)
         let janitorMoved = Counter(label: "chatd_janitor_moved_total", factory: self.factory)
         let nodesCleanedUp = Counter(label: "chatd_janitor_nodes_cleaned_up_total", factory: self.factory)
         let sockets = Gauge(label: "chatd_connected_sockets", factory: self.factory)
@@ -68,6 +72,7 @@ struct StatisticsExporter: Service {
                 rejected.increment(by: now.rejectedSends - last.rejectedSends)
                 forwarded.increment(by: now.forwarded - last.forwarded)
                 relayedIn.increment(by: now.relayedIn - last.relayedIn)
+                relayRefused.increment(by: now.relayRefused - last.relayRefused)
                 janitorMoved.increment(by: now.janitorMoved - last.janitorMoved)
                 nodesCleanedUp.increment(by: now.nodesCleanedUp - last.nodesCleanedUp)
                 last = now
@@ -79,6 +84,7 @@ struct StatisticsExporter: Service {
                 health.record(report.store == .ok ? 1 : 0)
                 queueHealth.record(report.queue == .ok ? 1 : 0)
                 presenceHealth.record(report.presence == .ok ? 1 : 0)
+                if let inboxDepth = self.inboxDepth, let ready = await inboxDepth() { inbox.record(ready) }
                 try? await Task.sleep(for: .seconds(1))
             }
         }

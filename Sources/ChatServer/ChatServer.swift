@@ -101,7 +101,11 @@ public struct ChatServer: Sendable {
             },
             logger: Logger(label: "chatd.http")
         )
-        let exporter = StatisticsExporter(service: engine, socketIO: socketIO, factory: metrics)
+        var exporter = StatisticsExporter(service: engine, socketIO: socketIO, factory: metrics)
+        if let broker = adapters.relay as? RabbitMQMessageQueue {
+            let node = settings.nodeID
+            exporter.inboxDepth = { try? await broker.inboxDepth(of: node)?.ready }
+        }
         return ChatServer(
             application: application,
             engine: engine,

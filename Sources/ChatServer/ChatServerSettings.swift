@@ -30,7 +30,9 @@ public struct ChatServerSettings: Sendable {
     var jwtAudience: String?
     /// The longest token lifetime accepted; nil for no cap.
     var jwtMaxTTL: Duration? = .seconds(24 * 60 * 60)
-    var nodeID = NodeID(ProcessInfo.processInfo.hostName)
+    /// This node's id (`NODE_ID`); by default the host name and a random suffix, so two processes on one host
+    /// never share an id (a restarted one is a new node; the janitor cleans up after the old one).
+    var nodeID = NodeID("\(ProcessInfo.processInfo.hostName)-\(String(UInt32.random(in: 0...UInt32.max), radix: 36))")
     /// How long a node's connections count as online after its last heartbeat (heartbeats every third of it).
     var presenceTTL: Duration = .seconds(15)
     /// The offline queue on RabbitMQ, when `RABBITMQ_HOST` is set.
@@ -309,7 +311,7 @@ public struct ChatServerSettings: Sendable {
             self.rabbitMQ.map { "queue: RabbitMQ at \($0.host):\($0.port) as \($0.user)" }
                 ?? self.sqlite.map { "queue: SQLite at \($0.path)" }
                 ?? "queue: in memory (set RABBITMQ_HOST for RabbitMQ)",
-            self.redis.map { "presence: Redis at \($0.host):\($0.port) db \($0.database)" } ?? "presence: in memory (set REDIS_HOST for Redis)",
+            self.redis.map { "presence: Redis at \($0.host):\($0.port) db \($0.database), as node \(self.nodeID)" } ?? "presence: in memory (set REDIS_HOST for Redis)",
         ]
     }
 

@@ -7,7 +7,7 @@ struct ConfigurationFlags: ParsableArguments {
     @Option(help: "Write the port to this file once listening (PORT_FILE).") var portFile: String?
     @Option(help: "trace, debug, info, notice, warning, error or critical (LOG_LEVEL; default info).") var logLevel: String?
     @Option(help: "HS256 secret for access tokens, at least 32 bytes (JWT_SECRET).") var jwtSecret: String?
-    @Option(help: "This node's id in the presence store (NODE_ID; default the host name).") var nodeId: String?
+    @Option(help: "This node's id in the presence store (NODE_ID; default the host name and a random suffix).") var nodeId: String?
     @Option(help: "A node's connections count as online this many ms after its last heartbeat, sent every third of it (PRESENCE_TTL_MS; default 15000).") var presenceTtlMs: String?
     @Option(help: "RabbitMQ host; set to use RabbitMQ (RABBITMQ_HOST).") var rabbitmqHost: String?
     @Option(help: "RabbitMQ port (RABBITMQ_PORT; default 5672).") var rabbitmqPort: String?

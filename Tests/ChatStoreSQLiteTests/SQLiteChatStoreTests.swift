@@ -84,6 +84,7 @@ struct SQLiteChatStoreTests {
             #expect(try await store.history(of: "chat-1", before: nil, limit: 10).map(\.id) == ids.reversed())
             #expect(try await store.pendingMessages(for: "bob", createdSince: .distantPast, afterID: nil, limit: 10).map(\.id) == Array(ids[1...]))
             #expect(try await store.pendingMessages(for: "carol", createdSince: .distantPast, afterID: ids[0], limit: 1).map(\.id) == [ids[1]])
+            #expect(try await store.pendingMessages(for: "carol", createdSince: Self.start.addingTimeInterval(1), afterID: nil, limit: 10).isEmpty, "outside the catch-up window")
             #expect(try await store.message(ids[0])?.readBy.map(\.userID) == ["alice", "bob"])
             #expect(try await store.usersBlocking("mallory", among: ["bob", "carol"]) == ["bob"])
             let consumer = try await store.consumer(for: "bob", prefetch: 10)

@@ -89,7 +89,10 @@ struct SeveralNodesEndToEndTests {
 
     @Test("kill -9 of a node, messages forwarded to it meanwhile, restart with the same NODE_ID: its inbox is read once, the user gets everything, then live again")
     func crashAndRestart() async throws {
-        try await self.withTwoNodes { one, two, _, clients in
+        // A presence TTL longer than the test: node 2's heartbeat never expires, so only the restarted node itself
+        // can clean up after its previous life (node 1's janitor never sees node 2 dead).
+        try await self.withNodes(2, environment: ["PRESENCE_TTL_MS": "120000"]) { nodes, _, clients in
+            let (one, two) = (nodes[0], nodes[1])
             let token = try await one.token("alice")
             let chat = try #require(try await one.http("POST", "/api/chats", token: token, body: ["participants": ["bob"]]).json?["_id"]?.string)
             try await clients.connect("alice", to: one)

@@ -25,6 +25,7 @@ extension ChatService {
                     )
                 }
                 if !refused.isEmpty {
+                    self.statistics.relayRefused += refused.count
                     self.logger.info(
                         "The recipient's node did not take the messages (no inbox, or a full one)",
                         metadata: ["chat.user.id": "\(recipient)", "chat.node.id": "\(node)", "chat.message.count": "\(refused.count)"]

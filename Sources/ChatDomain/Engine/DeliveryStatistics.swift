@@ -28,6 +28,8 @@ public struct DeliveryStatistics: Sendable, Hashable {
     public var forwarded = 0
     /// Entries other nodes forwarded here.
     public var relayedIn = 0
+    /// Entries a node's inbox refused (no such inbox, or a full one); they took the offline path instead.
+    public var relayRefused = 0
     /// Entries this node moved out of dead nodes' inboxes to their recipients' current node or offline queue.
     public var janitorMoved = 0
     /// Dead nodes this node cleaned up after.
