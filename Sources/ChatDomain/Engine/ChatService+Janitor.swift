@@ -85,22 +85,9 @@ extension ChatService {
         }
         guard !entries.isEmpty else { return }
         let recipients = Array(Set(entries.map(\.recipient)))
-        let presence = await self.lookupPresence(recipients)
-        var flushers: [UserID] = []
-        var prepared: [MessageID: PreparedEvent] = [:]
-        for entry in entries {
-            switch self.lanes[entry.recipient, default: RecipientLane()].route(entry) {
-            case .push(let connections):
-                let event = prepared[entry.message.id]
-                    ?? self.transport.prepare(.messageReceived(ReceivedMessage(message: entry.message, sender: entry.sender, isNew: true)))
-                prepared[entry.message.id] = event
-                self.push(event, message: entry.message.id, to: entry.recipient, connections: connections)
-            case .enqueue(let startFlusher):
-                self.lanes[entry.recipient]?.sawRemoteNodes(self.otherNodes(of: entry.recipient, in: presence))
-                if startFlusher { flushers.append(entry.recipient) }
-            }
-        }
-        await self.startEnqueueFlushers(for: flushers)
+        // Unknown presence (Redis down): treated as offline everywhere, the product's rule.
+        let presence = await self.lookupPresence(recipients) ?? [:]
+        await self.startEnqueueFlushers(for: self.routeHere(entries, presence: presence))
         for recipient in recipients {
             await self.waitUntilEnqueueIdle(recipient)
         }

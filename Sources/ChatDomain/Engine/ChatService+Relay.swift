@@ -75,10 +75,21 @@ extension ChatService {
             }
         }
         self.statistics.relayedIn += entries.count
+        await self.startEnqueueFlushers(for: self.routeHere(entries.map { entry in
+            var entry = entry
+            entry.relayed = true
+            return entry
+        }))
+    }
+
+    /// Routes entries that came from another node's inbox (forwarded, or moved out of a dead node's) through
+    /// their recipients' lanes here: pushed to a live recipient's connections, else onto the offline path. With
+    /// `presence`, an entry on the offline path may be forwarded to the node its recipient is on (the flusher
+    /// decides); without, it stays here. Returns the recipients whose enqueue flusher must run.
+    func routeHere(_ entries: [QueueEntry], presence: [UserID: [PresenceRecord]]? = nil) -> [UserID] {
         var flushers: [UserID] = []
         var prepared: [MessageID: PreparedEvent] = [:]
-        for var entry in entries {
-            entry.relayed = true
+        for entry in entries {
             switch self.lanes[entry.recipient, default: RecipientLane()].route(entry) {
             case .push(let connections):
                 let event = prepared[entry.message.id]
@@ -86,10 +97,11 @@ extension ChatService {
                 prepared[entry.message.id] = event
                 self.push(event, message: entry.message.id, to: entry.recipient, connections: connections)
             case .enqueue(let startFlusher):
+                if let presence { self.lanes[entry.recipient]?.sawRemoteNodes(self.otherNodes(of: entry.recipient, in: presence)) }
                 if startFlusher { flushers.append(entry.recipient) }
             }
         }
-        await self.startEnqueueFlushers(for: flushers)
+        return flushers
     }
 
     /// Tells the other nodes where `peers` are connected that `change` happened (one notice per node, naming the
