@@ -148,7 +148,7 @@ extension SQLiteChatStore {
             try db.run(
                 "SELECT c.json, c.last_message FROM chat_members m JOIN chats c ON c.id = m.chat_id WHERE m.user_id = ? ORDER BY c.id",
                 [.text(user.rawValue)]
-            ) { row in chats.append(try self.chat(json: row.blob(0), lastMessage: row.text(1))) }
+            ) { row in chats.append(try Self.chat(json: row.blob(0), lastMessage: row.text(1))) }
             return chats
         }
     }
@@ -285,24 +285,13 @@ extension SQLiteChatStore {
     private func chat(_ id: ChatID, in db: SQLiteConnection) throws -> Chat? {
         var chat: Chat?
         try db.run("SELECT json, last_message FROM chats WHERE id = ?", [.text(id.rawValue)]) { row in
-            chat = try self.chat(json: row.blob(0), lastMessage: row.text(1))
+            chat = try Self.chat(json: row.blob(0), lastMessage: row.text(1))
         }
         return chat
     }
 
-    /// Every send reads its chat: the decoded chat is kept while its stored JSON is unchanged (this process is
-    /// the file's only writer, and the JSON is compared anyway). At most 10,000 chats are kept.
-    private func chat(json: Data, lastMessage: String?) throws -> Chat {
-        var chat: Chat
-        if let cached = self.decodedChats.withLock({ $0[json] }) {
-            chat = cached
-        } else {
-            chat = try Self.decode(Chat.self, json)
-            self.decodedChats.withLock { cache in
-                if cache.count >= 10_000 { cache.removeAll(keepingCapacity: true) }
-                cache[json] = chat
-            }
-        }
+    private static func chat(json: Data, lastMessage: String?) throws -> Chat {
+        var chat = try Self.decode(Chat.self, json)
         chat.lastMessage = lastMessage.flatMap { MessageID(hex: $0) }
         return chat
     }

@@ -36,8 +36,6 @@ public final class SQLiteChatStore: MessageStore, MessageQueue, Service {
     let deadLetterStream: AsyncStream<DeadLetter>
     let deadLetterContinuation: AsyncStream<DeadLetter>.Continuation
     private let commits = Atomic<Int>(0)
-    /// Chats decoded from their stored JSON, by that JSON.
-    let decodedChats = Mutex<[Data: Chat]>([:])
     /// Every send reads its chat and its recipients' block lists: they are answered from memory after the first
     /// read (nil: no such chat).
     let chatCache = WriteThroughCache<ChatID, Chat?>(limit: 100_000)

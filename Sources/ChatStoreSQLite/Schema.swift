@@ -69,7 +69,7 @@ enum Schema {
         }
         // WAL: a commit is one append to the log (readers never wait for it); the first open of a new file sets it.
         try connection.execute("PRAGMA journal_mode = WAL")
-        for next in (version + 1)...max(version + 1, Self.currentVersion) where next <= Self.currentVersion {
+        for next in stride(from: version + 1, through: Self.currentVersion, by: 1) {
             try connection.execute("BEGIN IMMEDIATE")
             do {
                 // Under the write lock: another opener may have migrated meanwhile.

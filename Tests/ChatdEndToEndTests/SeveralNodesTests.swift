@@ -116,10 +116,12 @@ struct SeveralNodesEndToEndTests {
             }
             #expect(one.log.contains("Message forwarded to the recipient's node"))
 
+            // Nobody has announced bob offline yet: his entry of node 2's dead process still counts (long TTL).
+            #expect(try await clients.events("alice", "user:offline").isEmpty)
             try await two.restart()
             await eventually("node 2 to read its inbox again", timeout: .seconds(20)) { two.child.stderr.contains("Reading this node's inbox") }
-            // No ghost: bob's connection of node 2's previous life is removed, and alice is told he is offline.
-            #expect(try await clients.events("alice", "user:offline").isEmpty)
+            // No ghost: the restarted node removes bob's connection of its previous life and alice is told he is
+            // offline.
             try await eventually("alice to see bob go offline", timeout: .seconds(20)) {
                 try await clients.events("alice", "user:offline").contains { $0["userId"] == "bob" }
             }
@@ -144,7 +146,7 @@ struct SeveralNodesEndToEndTests {
         }
     }
 
-    @Test("Three nodes, one group chat: every message reaches every other participant live, in acceptance order; a user's second device on a third node gets each one too, with one receipt")
+    @Test("Three nodes, one group chat: every message reaches every other participant live, each sender's in acceptance order; a user's second device on a third node gets each one too, with one receipt")
     func threeNodes() async throws {
         try await self.withNodes(3) { nodes, _, clients in
             let (one, two, three) = (nodes[0], nodes[1], nodes[2])
@@ -168,7 +170,13 @@ struct SeveralNodesEndToEndTests {
                 try await eventually("\(user) to receive the 10 messages of the others", timeout: .seconds(15)) {
                     try await clients.received(user).count >= expected.count
                 }
-                #expect(try await clients.received(user) == expected, "\(user): every other participant's message, once, in acceptance order")
+                let received = try await clients.received(user)
+                #expect(received.sorted() == expected.sorted(), "\(user): every other participant's message, once")
+                // Each sender's messages in the order they were accepted. Between senders on different nodes the
+                // order is not kept (each node forwards on its own; `_id` and `createdAt` give the acceptance order).
+                for sender in ["alice", "bob", "carol"] where sender != user {
+                    #expect(received.filter { $0.hasPrefix(sender) } == expected.filter { $0.hasPrefix(sender) }, "\(user) from \(sender)")
+                }
                 #expect(try await clients.events(user, "message:received").allSatisfy { $0["isNew"] == .bool(true) }, "\(user): live")
             }
 
