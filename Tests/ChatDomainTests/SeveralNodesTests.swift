@@ -239,7 +239,8 @@ struct SeveralNodesTests {
                         for await _ in stop.stream {}
                     }
                 }
-                await eventually("node 2 to hold bob") { bobOnTwo.value.count == 2 }
+                // node 2's task runs several waits of its own first (each bounded): this one only waits for them.
+                await eventually("node 2 to hold bob", timeout: .seconds(60)) { bobOnTwo.value.count == 2 }
                 stop.continuation.finish()
                 try await two.value
                 #expect(!shared.relay.hasInbox("node-2") && shared.relay.inboxExists("node-2"), "the inbox outlives its reader")
