@@ -229,16 +229,17 @@ final class RedisConnection: @unchecked Sendable {
 
     // MARK: Commands and keys
 
+    /// Every key starts with this (the Lua scripts get it as an argument and add the same suffixes).
     private var keyPrefix: String { "\(self.configuration.keyPrefix):" }
 
-    private var nodeKeyPrefix: String { "\(self.configuration.keyPrefix):node:" }
+    private var nodeKeyPrefix: String { self.keyPrefix + "node:" }
 
     private func nodeUsersKey(_ node: NodeID) -> String {
-        "\(self.configuration.keyPrefix):node-users:\(node.rawValue)"
+        self.keyPrefix + "node-users:" + node.rawValue
     }
 
     private func userKey(_ user: UserID) -> String {
-        "\(self.configuration.keyPrefix):user:\(user.rawValue)"
+        self.keyPrefix + "user:" + user.rawValue
     }
 
     /// The connection's entry, and its node and user in the sets a janitor reads.
@@ -247,7 +248,7 @@ final class RedisConnection: @unchecked Sendable {
         let value = "\(self.incarnation)|\(since)|\(record.nodeID.rawValue)"
         return [
             ["HSET", self.userKey(record.userID), record.connectionID.rawValue, value],
-            ["SADD", "\(self.keyPrefix)nodes", record.nodeID.rawValue],
+            ["SADD", self.keyPrefix + "nodes", record.nodeID.rawValue],
             ["SADD", self.nodeUsersKey(record.nodeID), record.userID.rawValue],
         ]
     }
