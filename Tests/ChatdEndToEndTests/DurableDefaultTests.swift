@@ -55,6 +55,34 @@ struct DurableDefaultTests {
         }
     }
 
+    @Test("MongoDB for the store and the embedded file for the queue: a kill -9 loses nothing queued for an offline user")
+    func mongoStoreWithEmbeddedQueue() async throws {
+        try await withDriver { clients in
+            try await withMongoServer { mongo in
+                try await withChatd(environment: FullStackTests.environment(mongo: mongo)) { chatd in
+                    #expect(chatd.log.contains("store: MongoDB at"))
+                    #expect(chatd.log.contains("queue: SQLite at \(chatd.dataDirectory.path)/chatd.sqlite"))
+                    let token = try await chatd.token("alice")
+                    let chat = try #require(try await chatd.http("POST", "/api/chats", token: token, body: ["participants": ["bob"]]).json?["_id"]?.string)
+                    try await clients.connect("alice", to: chatd)
+                    var ids: [String] = []
+                    for index in 0..<50 {
+                        ids.append(try #require(try await clients.send("alice", chat: chat, "q\(index)")["messageId"]?.string))
+                    }
+                    #expect(chatd.log.contains("Message queued for offline user"))
+                    await chatd.crash()
+                    try await chatd.restart()
+                    try await clients.connect("bob", to: chatd)
+                    let answer = try await clients("reconnected", ["user": "bob"])
+                    #expect(answer["delivered"] == .number(50), "\(answer)")
+                    #expect(try await clients.events("bob", "message:received").compactMap { $0["_id"]?.string } == ids, "each once, in order")
+                    // From the queue, which survived: the store's catch-up (the net under a lost queue) found nothing.
+                    #expect(!chatd.child.stderr.contains("Caught up messages from the store that the queue did not hold"))
+                }
+            }
+        }
+    }
+
     @Test("SIGTERM during a drain: what the client had not confirmed is delivered after the restart")
     func stopDuringDrain() async throws {
         try await withDriver { clients in
