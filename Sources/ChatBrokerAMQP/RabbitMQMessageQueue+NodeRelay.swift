@@ -4,11 +4,17 @@ import Foundation
 /// Several nodes on one broker: each node's inbox is the durable queue `chatd.node.<nodeId>`, bound to the direct
 /// exchange `chatd.route` by the node id. A forward is a persistent, `mandatory`, confirmed publish per entry, so a
 /// node whose inbox does not exist answers with a return (reported as refused) and a full inbox with a nack.
-/// Entries travel as queue entries' JSON; a presence notice as `{"presence": {...}}`.
+/// Entries travel as queue entries' JSON; a presence notice as `{"presence": {...}}`, a read mark or typing
+/// notice as `{"notice": {...}}`.
 extension RabbitMQMessageQueue: NodeRelay {
     /// A presence notice as it travels in an inbox, told apart from a queue entry by its one key.
     private struct PresenceEnvelope: Codable {
         var presence: PresenceNotice
+    }
+
+    /// A read mark or typing notice as it travels in an inbox.
+    private struct NoticeEnvelope: Codable {
+        var notice: ChatNotice
     }
 
     /// Publishes `entries` to `node`'s inbox and returns once the broker confirmed each: the indexes it refused
@@ -32,6 +38,13 @@ extension RabbitMQMessageQueue: NodeRelay {
     public func announce(_ notice: PresenceNotice, to node: NodeID) async throws {
         let body = Array(try JSONEncoder().encode(PresenceEnvelope(presence: notice)))
         let id = "presence:\(notice.change.userID):\(notice.online ? "online" : "offline")"
+        _ = try await self.publish([(id: id, body: body)], exchange: Topology.routeExchange, routingKey: node.rawValue, returnsAreRefusals: true)
+    }
+
+    /// Publishes `notice` to `node`'s inbox (confirmed); a node without an inbox is skipped.
+    public func notify(_ notice: ChatNotice, to node: NodeID) async throws {
+        let body = Array(try JSONEncoder().encode(NoticeEnvelope(notice: notice)))
+        let id = notice.read.map { "read:\($0.chatID):\($0.userID)" } ?? notice.typing.map { "typing:\($0.chatID):\($0.userID)" } ?? "notice"
         _ = try await self.publish([(id: id, body: body)], exchange: Topology.routeExchange, routingKey: node.rawValue, returnsAreRefusals: true)
     }
 
@@ -109,8 +122,10 @@ extension RabbitMQMessageQueue: NodeRelay {
                 messages.append(.entry(entry))
             } else if let envelope = try? decoder.decode(PresenceEnvelope.self, from: data) {
                 messages.append(.presence(envelope.presence))
+            } else if let envelope = try? decoder.decode(NoticeEnvelope.self, from: data) {
+                messages.append(.notice(envelope.notice))
             } else {
-                self.logger.warning("Node inbox message is neither a queue entry nor a presence notice; dropped", metadata: ["amqp.queue": "\(queue)"])
+                self.logger.warning("Node inbox message is neither a queue entry nor a presence or chat notice; dropped", metadata: ["amqp.queue": "\(queue)"])
             }
         }
         return messages

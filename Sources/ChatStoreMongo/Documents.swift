@@ -57,6 +57,35 @@ enum MessageDocument {
         )
     }
 
+    /// The field of a message that holds when `user`'s read mark first covered it, in milliseconds since 1970:
+    /// `reads.<the user id's UTF-8 in hex>` (a user id may hold dots or a `$`; nx-27017 turns a date set through a
+    /// path into a string, an integer survives).
+    static func readField(_ user: UserID) -> String {
+        "reads." + user.rawValue.utf8.map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// When each reader's mark first covered the message.
+    static func reads(_ document: BSONDocument) -> [UserID: Date] {
+        var result: [UserID: Date] = [:]
+        for (key, value) in document["reads"]?.document?.fields ?? [] {
+            guard let milliseconds = value.int, let user = Self.user(hex: key) else { continue }
+            result[user] = Date(timeIntervalSince1970: Double(milliseconds) / 1000)
+        }
+        return result
+    }
+
+    private static func user(hex: String) -> UserID? {
+        var bytes: [UInt8] = []
+        var index = hex.startIndex
+        while index < hex.endIndex {
+            let next = hex.index(index, offsetBy: 2, limitedBy: hex.endIndex) ?? hex.endIndex
+            guard let byte = UInt8(hex[index..<next], radix: 16) else { return nil }
+            bytes.append(byte)
+            index = next
+        }
+        return String(validating: bytes, as: UTF8.self).map { UserID($0) }
+    }
+
     static func pendingFor(_ document: BSONDocument) -> [UserID] {
         (document["pendingFor"]?.array ?? []).compactMap(\.string).map { UserID($0) }
     }

@@ -21,6 +21,8 @@ public final class MongoMessageStore: MessageStore, Service {
     private let threads: BlockingThreads
     private let logger: Logger
     private let maxPageSize: Int
+    /// The receipts webhook outbox's bound.
+    public let capacity: Int
     private let indexesReady = Mutex(false)
     /// Calls that concurrent sends make, each kind taken in batches by a store thread (see ``BatchRequest``).
     private let inserts = PumpQueue<InsertRequest>()
@@ -43,6 +45,7 @@ public final class MongoMessageStore: MessageStore, Service {
         }
         self.logger = logger
         self.maxPageSize = configuration.maxPageSize
+        self.capacity = max(1, configuration.receiptOutboxCapacity)
         self.threads = BlockingThreads(count: configuration.threads, role: "message store")
     }
 
@@ -227,7 +230,7 @@ public final class MongoMessageStore: MessageStore, Service {
         // Without the chat (deleted, or written elsewhere), everyone the message names is a recipient.
         let recipients = try await self.chat(message.chatID)?.participants
             ?? MessageDocument.pendingFor(document) + message.readBy.map(\.userID) + outcomes.map(\.userID)
-        return DeliveryReceipt.receipts(of: message, recipients: recipients, outcomes: outcomes)
+        return DeliveryReceipt.receipts(of: message, recipients: recipients, outcomes: outcomes, readAt: MessageDocument.reads(document))
     }
 
     public func message(_ id: MessageID) async throws -> Message? {
@@ -376,7 +379,7 @@ public final class MongoMessageStore: MessageStore, Service {
         try await self.find("messages", filter, sort: sort, limit: limit).map(MessageDocument.decode)
     }
 
-    private func find(_ collection: String, _ filter: BSONDocument, sort: BSONDocument?, limit: Int) async throws -> [BSONDocument] {
+    func find(_ collection: String, _ filter: BSONDocument, sort: BSONDocument?, limit: Int) async throws -> [BSONDocument] {
         try await self.run { _ in try self.findNow(collection, filter, sort: sort, limit: limit) }
     }
 
@@ -480,7 +483,7 @@ public final class MongoMessageStore: MessageStore, Service {
         }
     }
 
-    private static func chatError(_ writeError: BSONDocument) -> ChatError {
+    static func chatError(_ writeError: BSONDocument) -> ChatError {
         let code = writeError["code"]?.int.map(Int.init)
         let message = writeError["errmsg"]?.string ?? "write failed"
         let error = MongoStoreError(code: .serverError, message: "MongoDB refused the write: \(message)", serverCode: code)

@@ -11,6 +11,8 @@ public struct MongoStoreConfiguration: Sendable {
     public var threads: Int = 4
     /// The most messages one history or catch-up page returns. Default 500.
     public var maxPageSize: Int = 500
+    /// The most receipt events the webhook's outbox collection keeps; past it the oldest are dropped.
+    public var receiptOutboxCapacity: Int = 100_000
 
     /// Settings for `uri`, others at their defaults.
     public init(uri: String) {

@@ -126,7 +126,55 @@ extension SQLiteChatStore {
                 try db.run("SELECT user_id FROM pending WHERE message_id = ?", [.text(messageID.hexString)]) { row in recipients.append(UserID(row.text(0) ?? "")) }
                 recipients += message.readBy.map(\.userID) + outcomes.map(\.userID)
             }
-            return DeliveryReceipt.receipts(of: message, recipients: recipients, outcomes: outcomes)
+            var readAt: [UserID: Date] = [:]
+            try db.run("SELECT user_id, at_ms FROM message_reads WHERE message_id = ?", [.text(messageID.hexString)]) { row in
+                readAt[UserID(row.text(0) ?? "")] = Self.date(row.integer(1))
+            }
+            return DeliveryReceipt.receipts(of: message, recipients: recipients, outcomes: outcomes, readAt: readAt)
+        }
+    }
+
+    public func markRead(_ mark: ReadMark) async throws -> ReadMarkOutcome {
+        try await self.write { db in
+            let chat = SQLValue.text(mark.chatID.rawValue)
+            let user = SQLValue.text(mark.userID.rawValue)
+            var current: ReadMark?
+            try db.run("SELECT message_id, at_ms FROM read_marks WHERE chat_id = ? AND user_id = ?", [chat, user]) { row in
+                guard let id = row.text(0).flatMap(MessageID.init(hex:)) else { return }
+                current = ReadMark(chatID: mark.chatID, userID: mark.userID, messageID: id, readAt: Self.date(row.integer(1)))
+            }
+            if let current, current.messageID >= mark.messageID { return .unchanged(current) }
+            let at = SQLValue.integer(Self.milliseconds(mark.readAt))
+            try db.run(
+                """
+                INSERT OR IGNORE INTO message_reads (message_id, user_id, at_ms)
+                SELECT id, ?, ? FROM messages WHERE chat_id = ? AND id > ? AND id <= ?
+                """,
+                [user, at, chat, .text(current?.messageID.hexString ?? ""), .text(mark.messageID.hexString)]
+            )
+            try db.run(
+                "INSERT OR REPLACE INTO read_marks (chat_id, user_id, message_id, at_ms) VALUES (?, ?, ?, ?)",
+                [chat, user, .text(mark.messageID.hexString), at]
+            )
+            return .advanced(mark)
+        }
+    }
+
+    public func readState(of chats: [ChatID], for user: UserID) async throws -> [ChatID: ChatReadState] {
+        try await self.read { db in
+            var result: [ChatID: ChatReadState] = [:]
+            for chat in chats {
+                var marks: [UserID: MessageID] = [:]
+                try db.run("SELECT user_id, message_id FROM read_marks WHERE chat_id = ?", [.text(chat.rawValue)]) { row in
+                    if let id = row.text(1).flatMap(MessageID.init(hex:)) { marks[UserID(row.text(0) ?? "")] = id }
+                }
+                let unread = try db.integer(
+                    "SELECT count(*) FROM messages WHERE chat_id = ? AND id > ? AND sender != ?",
+                    [.text(chat.rawValue), .text(marks[user]?.hexString ?? ""), .text(user.rawValue)]
+                ) ?? 0
+                result[chat] = ChatReadState(unreadCount: Int(unread), readUpTo: marks)
+            }
+            return result
         }
     }
 

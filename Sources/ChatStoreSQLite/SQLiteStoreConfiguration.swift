@@ -27,6 +27,8 @@ public struct SQLiteStoreConfiguration: Sendable {
     public var maxWritesPerCommit: Int = 1_000
     /// How often expired queue entries are looked for. Default 1 second.
     public var expiryInterval: Duration = .seconds(1)
+    /// The most receipt events the webhook's outbox keeps; past it the oldest are dropped.
+    public var receiptOutboxCapacity: Int = 100_000
 
     /// The settings for the database at `path`.
     public init(path: String) {

@@ -34,7 +34,16 @@ enum Schema {
         CREATE INDEX queue_enqueued ON queue (enqueued_ms);
         CREATE TABLE delivery_events (seq INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL, message_id TEXT NOT NULL,
             user_id TEXT NOT NULL, status TEXT NOT NULL);
+        """,
+        // v2: read marks (per chat and reader, and per message the time a mark first covered it) and the receipts
+        // webhook's outbox.
         """
+        CREATE TABLE read_marks (chat_id TEXT NOT NULL, user_id TEXT NOT NULL, message_id TEXT NOT NULL, at_ms INTEGER NOT NULL,
+            PRIMARY KEY (chat_id, user_id)) WITHOUT ROWID;
+        CREATE TABLE message_reads (message_id TEXT NOT NULL, user_id TEXT NOT NULL, at_ms INTEGER NOT NULL,
+            PRIMARY KEY (message_id, user_id)) WITHOUT ROWID;
+        CREATE TABLE receipt_outbox (id TEXT PRIMARY KEY, json BLOB NOT NULL) WITHOUT ROWID;
+        """,
     ]
 
     /// The version this chatd writes.

@@ -160,12 +160,14 @@ struct RabbitMQSharedNodeTests {
 
             let received = Locked<[QueueEntry]>([])
             let notices = Locked<[PresenceNotice]>([])
+            let chatNotices = Locked<[ChatNotice]>([])
             let reader = Task {
                 try await node.receive(for: "node-b") { messages in
                     for message in messages {
                         switch message {
                         case .entry(let entry): received.withLock { $0.append(entry) }
                         case .presence(let notice): notices.withLock { $0.append(notice) }
+                        case .notice(let notice): chatNotices.withLock { $0.append(notice) }
                         }
                     }
                 }
@@ -188,6 +190,16 @@ struct RabbitMQSharedNodeTests {
             let notice = PresenceNotice(change: PresenceChange(userID: "carol", timestamp: Date(timeIntervalSince1970: 1_767_693_600)), online: true, recipients: ["bob"])
             try await sender.announce(notice, to: "node-b")
             await eventually("the notice to arrive", timeout: .seconds(10), every: .milliseconds(20)) { notices.withLock { $0 } == [notice] }
+            // So do read marks and typing changes, each as what it is.
+            let read = ChatNotice(
+                read: ReadMark(chatID: "chat-1", userID: "carol", messageID: entries[3].message.id, readAt: Date(timeIntervalSince1970: 1_767_693_601)),
+                recipients: ["bob"]
+            )
+            let typing = ChatNotice(typing: TypingChange(chatID: "chat-1", userID: "carol", typing: true), recipients: ["bob"])
+            try await sender.notify(read, to: "node-b")
+            try await sender.notify(typing, to: "node-b")
+            await eventually("the chat notices to arrive", timeout: .seconds(10), every: .milliseconds(20)) { chatNotices.withLock { $0 } == [read, typing] }
+            #expect(chatNotices.withLock { $0.map { $0.event?.name } } == ["message:read", "typing"])
             reader.cancel()
             _ = try? await reader.value
 

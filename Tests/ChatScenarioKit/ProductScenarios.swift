@@ -53,7 +53,69 @@ public struct ProductScenario: Sendable, CustomTestStringConvertible {
         ProductScenario(name: "The guide's manual scenario, steps 1 to 10", needsControllableQueue: true, body: manualScenario),
         ProductScenario(name: "A clientMessageId is per sender and chat; reused for other content it is refused", body: idempotencyKeyPerChat),
         ProductScenario(name: "A blocked sender is refused in a direct chat and skipped in a group", body: blockedSender),
+        ProductScenario(name: "Read up to the 3rd of 5: one message:read to the sender, readAt on 1 to 3 only, unread counts; an older mark changes nothing", body: readMarks),
     ]
+
+    @Sendable
+    private static func readMarks(_ h: Harness) async throws {
+        let alice = await h.connect(Harness.alice)
+        let aliceTablet = await h.connect(Harness.alice)
+        let bob = await h.connect(Harness.bob)
+        await h.service.reconnected(bob)
+        var sent: [MessageSent] = []
+        for index in 1...5 { sent.append(try await h.send("message \(index)", from: alice)) }
+        let bobsOwn = try await h.send("bob's own", from: bob)
+        h.clock.advance(by: 2)
+
+        let mark = try await h.service.markRead(Harness.directChat, upTo: sent[2].messageID, from: bob)
+        #expect(mark.messageID == sent[2].messageID && mark.userID == Harness.bob.id)
+        for connection in [alice, aliceTablet] {
+            let reads = h.transport.events(of: connection).compactMap { event -> ReadMark? in
+                if case .messageRead(let read) = event { read } else { nil }
+            }
+            #expect(reads == [mark], "each of alice's connections gets the newest mark, once")
+        }
+        #expect(!h.transport.events(of: bob).contains { $0.name == "message:read" }, "the reader is not told of their own mark")
+        for (index, message) in sent.enumerated() {
+            let receipt = try #require(try await h.store.receipts(for: message.messageID).first { $0.userID == Harness.bob.id })
+            #expect((receipt.readAt != nil) == (index < 3), "message \(index + 1): readAt \(String(describing: receipt.readAt))")
+            if index < 3 { #expect(receipt.readAt == mark.readAt) }
+        }
+
+        // Reading an older message again changes nothing and answers with the mark in force.
+        h.clock.advance(by: 2)
+        let again = try await h.service.markRead(Harness.directChat, upTo: sent[1].messageID, from: bob)
+        #expect(again == mark)
+        #expect(h.transport.events(of: alice).count { $0.name == "message:read" } == 1)
+
+        let states = try await h.service.readState(of: [Harness.directChat], for: Harness.bob.id)
+        #expect(states[Harness.directChat] == ChatReadState(unreadCount: 2, readUpTo: [Harness.bob.id: sent[2].messageID]))
+        let alicesView = try await h.service.readState(of: [Harness.directChat], for: Harness.alice.id)
+        #expect(alicesView[Harness.directChat]?.unreadCount == 1, "bob's own message is the one alice has not read")
+
+        // A later mark covers the rest, at its own time; the earlier ones keep theirs.
+        let last = try await h.service.markRead(Harness.directChat, upTo: sent[4].messageID, from: bob)
+        let fourth = try await h.store.receipts(for: sent[3].messageID).first { $0.userID == Harness.bob.id }
+        #expect(fourth?.readAt == last.readAt && last.readAt > mark.readAt)
+        let first = try await h.store.receipts(for: sent[0].messageID).first { $0.userID == Harness.bob.id }
+        #expect(first?.readAt == mark.readAt)
+        #expect(try await h.service.readState(of: [Harness.directChat], for: Harness.bob.id)[Harness.directChat]?.unreadCount == 0)
+
+        // A message of another chat, and a chat the reader is not in, are refused.
+        do {
+            _ = try await h.service.markRead(Harness.groupChat, upTo: bobsOwn.messageID, from: bob)
+            Issue.record("a message of the direct chat is not in the group")
+        } catch {
+            #expect(error.code == .messageNotFound)
+        }
+        let carol = await h.connect(Harness.carol)
+        do {
+            _ = try await h.service.markRead(Harness.directChat, upTo: sent[0].messageID, from: carol)
+            Issue.record("carol is not in the direct chat")
+        } catch {
+            #expect(error.code == .notAParticipant)
+        }
+    }
 
     @Sendable
     private static func blockedSender(_ h: Harness) async throws {

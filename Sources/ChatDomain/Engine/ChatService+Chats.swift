@@ -125,7 +125,7 @@ extension ChatService {
         )
     }
 
-    private func participantChat(_ id: ChatID, caller: UserID) async throws(ChatError) -> Chat {
+    func participantChat(_ id: ChatID, caller: UserID) async throws(ChatError) -> Chat {
         guard let chat = try await self.storeCall({ try await self.store.chat(id) }) else {
             throw ChatError(.chatNotFound, "no chat \(LogSafe.quoted(id.rawValue))")
         }

@@ -42,6 +42,7 @@ extension ChatService {
     /// `connection` closed. On the user's last connection they are announced with `user:offline`.
     public func disconnect(_ connection: ConnectionID) async {
         guard let user = self.connectionUsers.removeValue(forKey: connection) else { return }
+        self.typingFloods.remove(connection)
         let isLast = self.lanes[user.id]?.closed(connection) ?? false
         self.logger.info(
             "User disconnected",
@@ -53,6 +54,8 @@ extension ChatService {
         } catch {
             self.presenceFailed(error)
         }
+        // Typing indicators started here end with the user's last connection here.
+        if isLast { await self.stopTyping(of: user.id) }
         // The last connection anywhere: a user still connected on another node is not offline.
         if isLast, !(await self.isConnectedElsewhere(user.id)) {
             await self.broadcast(.userOffline(PresenceChange(userID: user.id, timestamp: self.wallClock.now())), about: user.id)

@@ -239,7 +239,7 @@ extension ChatService {
             while let following = inFlight.first, following.attempt.isConfirmedNow == true {
                 batch.append(inFlight.removeFirst().item)
             }
-            self.recordDelivered(batch.map(\.message.id), to: user)
+            self.recordDelivered(batch.map(\.message), to: user)
             delivered.append(contentsOf: batch.map(\.message.id))
             if sourceError == nil {
                 do {
@@ -279,6 +279,16 @@ extension ChatService {
         }
         self.logger.info("Queued message dead-lettered", metadata: metadata)
         self.eventWriter.record([DeliveryEvent(messageID: entry.message.id, userID: entry.recipient, status: status, timestamp: deadLetter.at)])
+        self.receiptEvents?.record([
+            ReceiptEvent(
+                id: self.idGenerator.next(),
+                kind: status == .expired ? .expired : .failed,
+                messageID: entry.message.id,
+                chatID: entry.message.chatID,
+                userID: entry.recipient,
+                at: deadLetter.at
+            )
+        ])
         do {
             try await self.store.recordOutcome(status, messageID: entry.message.id, userID: entry.recipient, at: deadLetter.at)
             self.storeSucceeded()

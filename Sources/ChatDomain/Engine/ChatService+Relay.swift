@@ -72,6 +72,11 @@ extension ChatService {
                 for recipient in notice.recipients {
                     for connection in self.lanes[recipient]?.connections ?? [] { try? self.transport.emit(event, to: connection) }
                 }
+            case .notice(let notice):
+                guard let event = notice.event else { continue }
+                for recipient in notice.recipients {
+                    for connection in self.lanes[recipient]?.connections ?? [] { try? self.transport.emit(event, to: connection) }
+                }
             }
         }
         self.statistics.relayedIn += entries.count

@@ -299,7 +299,7 @@ extension ChatService {
                     observer.delivered(latency: .nanoseconds(Int64(now.timeIntervalSince(message.createdAt) * 1e9)))
                 }
             }
-            self.recordDelivered(resolution.delivered.map(\.id), to: recipient)
+            self.recordDelivered(resolution.delivered, to: recipient)
         }
         if !resolution.requeued.isEmpty {
             self.statistics.unconfirmedLive += resolution.requeued.count

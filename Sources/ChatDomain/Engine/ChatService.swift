@@ -29,6 +29,9 @@ public actor ChatService: Service {
         public var observer: (any DeliveryObserver)?
         /// Carries live messages to the other nodes that share the presence store; none (a single node) by default.
         public var relay: (any NodeRelay)?
+        /// Where receipt events (delivered, read, expired, failed) wait for the receipts webhook; none (no webhook)
+        /// by default.
+        public var receiptOutbox: (any ReceiptOutbox)?
 
         /// Bundles the ports; time and ids default to the system's.
         public init(
@@ -40,7 +43,8 @@ public actor ChatService: Service {
             clock: any MonotonicClock = SystemMonotonicClock(),
             idGenerator: MessageIDGenerator? = nil,
             observer: (any DeliveryObserver)? = nil,
-            relay: (any NodeRelay)? = nil
+            relay: (any NodeRelay)? = nil,
+            receiptOutbox: (any ReceiptOutbox)? = nil
         ) {
             self.store = store
             self.queue = queue
@@ -51,6 +55,7 @@ public actor ChatService: Service {
             self.idGenerator = idGenerator ?? MessageIDGenerator(clock: wallClock)
             self.observer = observer
             self.relay = relay
+            self.receiptOutbox = receiptOutbox
         }
     }
 
@@ -72,6 +77,8 @@ public actor ChatService: Service {
     /// The one timer behind every client acknowledgement's timeout.
     let acknowledgementDeadlines: AcknowledgementDeadlines?
     let eventWriter: BatchWriter<DeliveryEvent>
+    /// Receipt events on their way to the webhook's outbox; nil without a webhook.
+    let receiptEvents: BatchWriter<ReceiptEvent>?
     /// Live pushes confirmed or not, waiting for the engine's next turn (see `pushSettled`).
     let settlements = Mutex(SettlementBuffer())
     /// Wakes the settlement loop: one signal stands for every settlement buffered until the loop takes them.
@@ -94,6 +101,14 @@ public actor ChatService: Service {
     var storeOutage = OutageTracker()
     var statistics = DeliveryStatistics()
     var sendLimiter: KeyedRateLimiter<UserID>?
+    var typingLimiter: KeyedRateLimiter<ConnectionID>
+    /// Connections told once that they send typing events too fast (the rest of the flood is dropped silently).
+    var typingFloods = Set<ConnectionID>()
+    /// Who types where, until when (on ``clock``).
+    var typingDeadlines: [TypingKey: Duration] = [:]
+    /// Wakes the typing expiry loop when a first indicator starts.
+    let typingSweepSignals: AsyncStream<Void>
+    let typingSweepSignal: AsyncStream<Void>.Continuation
     var fanOutLimiter: KeyedRateLimiter<UserID>?
 
     /// Creates the engine.
@@ -142,6 +157,29 @@ public actor ChatService: Service {
             failureLevel: .debug,
             write: { try await queue.publishDeliveryEvents($0) }
         )
+        if let outbox = dependencies.receiptOutbox {
+            let engineLogger = logger
+            self.receiptEvents = BatchWriter(
+                maxBatch: configuration.maxDeliveryMarkBatch,
+                logger: logger,
+                failureMessage: "Receipt events for the webhook could not be written to its outbox; they are not posted",
+                failureLevel: .warning,
+                write: { events in
+                    let dropped = try await outbox.append(events)
+                    if dropped > 0 {
+                        engineLogger.warning(
+                            "Receipts webhook outbox full; oldest events dropped",
+                            metadata: ["webhook.dropped": "\(dropped)", "webhook.outbox_capacity": "\(outbox.capacity)"]
+                        )
+                        dependencies.observer?.receiptEventsDropped(dropped)
+                    }
+                }
+            )
+        } else {
+            self.receiptEvents = nil
+        }
+        self.typingLimiter = KeyedRateLimiter(limit: configuration.typingRateLimit)
+        (self.typingSweepSignals, self.typingSweepSignal) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
         (self.jobs, self.jobsContinuation) = AsyncStream.makeStream()
         (self.settlementSignal, self.settlementSignalContinuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
         self.sendLimiter = configuration.sendRateLimit.map { KeyedRateLimiter(limit: $0) }
@@ -157,6 +195,10 @@ public actor ChatService: Service {
                 group.addTask { await deadlines.run() }
             }
             group.addTask { await self.eventWriter.run() }
+            if let receiptEvents = self.receiptEvents {
+                group.addTask { await receiptEvents.run() }
+            }
+            group.addTask { await self.typingExpiryLoop() }
             group.addTask { await self.consumeDeadLetters() }
             group.addTask { await self.heartbeatLoop() }
             group.addTask { await self.settlementLoop() }
@@ -170,10 +212,12 @@ public actor ChatService: Service {
                 } onCancel: {
                     self.jobsContinuation.finish()
                     self.settlementSignalContinuation.finish()
+                    self.typingSweepSignal.finish()
                 }
             } onGracefulShutdown: {
                 self.jobsContinuation.finish()
                 self.settlementSignalContinuation.finish()
+                self.typingSweepSignal.finish()
             }
             // Outstanding confirmations fail on cancellation and hand their messages to the offline path.
             group.cancelAll()
@@ -183,6 +227,7 @@ public actor ChatService: Service {
         await self.applySettlements()
         self.markWriter.finish()
         self.eventWriter.finish()
+        self.receiptEvents?.finish()
     }
 
     /// Applies buffered settlements whenever signalled, on the engine's actor: one wake-up for every settlement
@@ -193,11 +238,15 @@ public actor ChatService: Service {
         }
     }
 
-    /// Records confirmed deliveries: `readBy` writes (batched) and `delivered` events.
-    func recordDelivered(_ messages: [MessageID], to user: UserID) {
+    /// Records confirmed deliveries: `readBy` writes (batched), `delivered` events, and receipt events for the
+    /// webhook.
+    func recordDelivered(_ messages: [Message], to user: UserID) {
         let now = self.wallClock.now()
-        self.markWriter.record(messages.map { DeliveryMark(messageID: $0, userID: user, at: now) })
-        self.eventWriter.record(messages.map { DeliveryEvent(messageID: $0, userID: user, status: .delivered, timestamp: now) })
+        self.markWriter.record(messages.map { DeliveryMark(messageID: $0.id, userID: user, at: now) })
+        self.eventWriter.record(messages.map { DeliveryEvent(messageID: $0.id, userID: user, status: .delivered, timestamp: now) })
+        self.receiptEvents?.record(messages.map {
+            ReceiptEvent(id: self.idGenerator.next(), kind: .delivered, messageID: $0.id, chatID: $0.chatID, userID: user, at: now)
+        })
     }
 
     /// Counters of what the engine did since it started.

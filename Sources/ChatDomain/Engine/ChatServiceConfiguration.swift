@@ -52,6 +52,11 @@ public struct ChatServiceConfiguration: Sendable {
     public var requireChatAcceptance = false
 
     /// The defaults.
+    /// How long a `typing:start` holds without a refresh before the others get `typing: false`.
+    public var typingTTL: Duration = .seconds(6)
+    /// Typing events each connection may send (`typing:start` and `typing:stop` together).
+    public var typingRateLimit = RateLimit(rate: 2, burst: 6)
+
     public init() {}
 
     /// Checks the settings; the error names the setting that is wrong.
@@ -82,6 +87,10 @@ public struct ChatServiceConfiguration: Sendable {
         if self.janitorInterval <= .zero || self.janitorLease <= .zero {
             throw ChatError(.badRequest, "janitorInterval and janitorLease must be positive (got \(self.janitorInterval), \(self.janitorLease))")
         }
+        if self.typingTTL <= .zero {
+            throw ChatError(.badRequest, "typingTTL must be positive (got \(self.typingTTL))")
+        }
+        try self.typingRateLimit.validate("typingRateLimit")
         if self.allowedMessageTypes.isEmpty {
             throw ChatError(.badRequest, "allowedMessageTypes must not be empty")
         }

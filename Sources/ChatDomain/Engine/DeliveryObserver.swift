@@ -6,4 +6,12 @@ public protocol DeliveryObserver: Sendable {
     func delivered(latency: Duration)
     /// A `user:reconnected` drain delivered `messages` in `duration`.
     func drained(messages: Int, duration: Duration)
+
+    /// The receipts webhook's outbox was full and dropped its `count` oldest events.
+    func receiptEventsDropped(_ count: Int)
+}
+
+extension DeliveryObserver {
+    /// Ignores drops: for observers that do not count them.
+    public func receiptEventsDropped(_ count: Int) {}
 }

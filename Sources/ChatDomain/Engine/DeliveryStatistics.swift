@@ -34,6 +34,8 @@ public struct DeliveryStatistics: Sendable, Hashable {
     public var janitorMoved = 0
     /// Dead nodes this node cleaned up after.
     public var nodesCleanedUp = 0
+    /// Read marks that moved forward (`message:read`).
+    public var readMarks = 0
 
     /// All counters at zero.
     public init() {}

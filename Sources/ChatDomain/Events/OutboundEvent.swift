@@ -12,6 +12,10 @@ public enum OutboundEvent: Sendable, Hashable {
     case userOffline(PresenceChange)
     /// `message:error`: something the client sent was rejected.
     case messageError(MessageErrorPayload)
+    /// `message:read`: another participant's read mark in a chat moved forward.
+    case messageRead(ReadMark)
+    /// `typing`: another participant started or stopped typing in a chat.
+    case typing(TypingChange)
 
     /// The Socket.IO event name.
     public var name: String {
@@ -21,6 +25,8 @@ public enum OutboundEvent: Sendable, Hashable {
         case .userOnline: "user:online"
         case .userOffline: "user:offline"
         case .messageError: "message:error"
+        case .messageRead: "message:read"
+        case .typing: "typing"
         }
     }
 
@@ -31,6 +37,8 @@ public enum OutboundEvent: Sendable, Hashable {
         case .messageSent(let value): value
         case .userOnline(let value), .userOffline(let value): value
         case .messageError(let value): value
+        case .messageRead(let value): value
+        case .typing(let value): value
         }
     }
 }

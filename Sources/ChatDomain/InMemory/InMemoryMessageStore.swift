@@ -10,6 +10,8 @@ public final class InMemoryMessageStore: MessageStore {
         var message: Message
         var pendingFor: Set<UserID>
         var outcomes: [UserID: DeliveryReceipt]
+        /// When each reader's mark first covered the message.
+        var readAt: [UserID: Date] = [:]
     }
 
     private struct State {
@@ -18,6 +20,10 @@ public final class InMemoryMessageStore: MessageStore {
         /// Per user, the ids of messages pending for them, sorted.
         var pending: [UserID: [MessageID]] = [:]
         var clientIDs: [String: MessageID] = [:]
+        /// Per chat, its messages' ids, sorted.
+        var chatMessages: [ChatID: [MessageID]] = [:]
+        /// Per chat, each reader's mark.
+        var readMarks: [ChatID: [UserID: ReadMark]] = [:]
         var chats: [ChatID: Chat] = [:]
         var users: [UserID: User] = [:]
         /// Per user, the users they blocked.
@@ -62,6 +68,7 @@ public final class InMemoryMessageStore: MessageStore {
                 state.pending[recipient, default: []].insertSorted(message.id)
             }
             if let clientKey { state.clientIDs[clientKey] = message.id }
+            state.chatMessages[message.chatID, default: []].insertSorted(message.id)
             state.chats[message.chatID]?.lastMessage = message.id
             return .inserted
         }
@@ -120,7 +127,41 @@ public final class InMemoryMessageStore: MessageStore {
             // Without the chat, everyone the message names is a recipient.
             let recipients = state.chats[stored.message.chatID]?.participants
                 ?? Array(stored.pendingFor) + stored.message.readBy.map(\.userID) + Array(stored.outcomes.keys)
-            return DeliveryReceipt.receipts(of: stored.message, recipients: recipients, outcomes: Array(stored.outcomes.values))
+            return DeliveryReceipt.receipts(
+                of: stored.message,
+                recipients: recipients,
+                outcomes: Array(stored.outcomes.values),
+                readAt: stored.readAt
+            )
+        }
+    }
+
+    public func markRead(_ mark: ReadMark) async throws -> ReadMarkOutcome {
+        try self.withAvailableState { state in
+            let current = state.readMarks[mark.chatID]?[mark.userID]
+            if let current, current.messageID >= mark.messageID { return .unchanged(current) }
+            let ids = state.chatMessages[mark.chatID] ?? []
+            let start = current.map { ids.firstIndex(after: $0.messageID) } ?? 0
+            let end = ids.firstIndex(after: mark.messageID)
+            for id in ids[start..<max(start, end)] where state.messages[id]?.readAt[mark.userID] == nil {
+                state.messages[id]?.readAt[mark.userID] = mark.readAt
+            }
+            state.readMarks[mark.chatID, default: [:]][mark.userID] = mark
+            return .advanced(mark)
+        }
+    }
+
+    public func readState(of chats: [ChatID], for user: UserID) async throws -> [ChatID: ChatReadState] {
+        try self.withAvailableState { state in
+            var result: [ChatID: ChatReadState] = [:]
+            for chat in chats {
+                let marks = state.readMarks[chat] ?? [:]
+                let ids = state.chatMessages[chat] ?? []
+                let start = marks[user].map { ids.firstIndex(after: $0.messageID) } ?? 0
+                let unread = ids[start...].count { state.messages[$0]?.message.senderID != user }
+                result[chat] = ChatReadState(unreadCount: unread, readUpTo: marks.mapValues(\.messageID))
+            }
+            return result
         }
     }
 

@@ -62,6 +62,14 @@ public final class InMemoryNodeRelay: NodeRelay {
         }
     }
 
+    public func notify(_ notice: ChatNotice, to node: NodeID) async throws {
+        self.state.withLock { state in
+            guard state.inboxes[node] != nil else { return }
+            state.inboxes[node]?.pending.append(.notice(notice))
+            state.inboxes[node]?.reader?.signal.yield()
+        }
+    }
+
     public func receive(for node: NodeID, deliver: @escaping @Sendable ([RelayMessage]) async -> Void) async throws {
         let (signals, signal) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         let id = self.state.withLock { state in

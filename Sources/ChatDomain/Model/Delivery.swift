@@ -26,30 +26,59 @@ public struct DeliveryReceipt: Hashable, Sendable, Codable {
     public var status: DeliveryStatus
     /// When the status was reached.
     @WireTimestamp public var at: Date
+    /// When the recipient's read mark first covered the message; nil until then (`readAt: null` on the wire).
+    public var readAt: Date?
 
     /// Creates a receipt.
-    public init(userID: UserID, status: DeliveryStatus, at: Date) {
+    public init(userID: UserID, status: DeliveryStatus, at: Date, readAt: Date? = nil) {
         self.userID = userID
         self.status = status
         self.at = at
+        self.readAt = readAt.map(Timestamp.truncatedToMilliseconds)
     }
 
     enum CodingKeys: String, CodingKey {
         case userID = "userId"
-        case status, at
+        case status, at, readAt
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        self.userID = try container.decode(UserID.self, forKey: .userID)
+        self.status = try container.decode(DeliveryStatus.self, forKey: .status)
+        self._at = try container.decode(WireTimestamp.self, forKey: .at)
+        self.readAt = try container.decodeIfPresent(WireTimestamp.self, forKey: .readAt)?.wrappedValue
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(self.userID, forKey: .userID)
+        try container.encode(self.status, forKey: .status)
+        try container.encode(self._at, forKey: .at)
+        try container.encode(self.readAt.map { WireTimestamp(wrappedValue: $0) }, forKey: .readAt)
     }
 }
 
 extension DeliveryReceipt {
     /// The receipts of `message` for each of `recipients`: `delivered` when in `readBy`, else the recorded final
-    /// outcome (`expired`, `failed`), else `sent`. Stores share this rule.
-    public static func receipts(of message: Message, recipients: [UserID], outcomes: [DeliveryReceipt]) -> [DeliveryReceipt] {
+    /// outcome (`expired`, `failed`), else `sent`; each with the time the recipient's read mark covered the message,
+    /// from `readAt`. Stores share this rule.
+    public static func receipts(
+        of message: Message,
+        recipients: [UserID],
+        outcomes: [DeliveryReceipt],
+        readAt: [UserID: Date] = [:]
+    ) -> [DeliveryReceipt] {
         var seen = Set<UserID>()
         return recipients.filter { $0 != message.senderID && seen.insert($0).inserted }.map { user in
+            var receipt: DeliveryReceipt
             if let read = message.readBy.first(where: { $0.userID == user }) {
-                return DeliveryReceipt(userID: user, status: .delivered, at: read.readAt)
+                receipt = DeliveryReceipt(userID: user, status: .delivered, at: read.readAt)
+            } else {
+                receipt = outcomes.last { $0.userID == user } ?? DeliveryReceipt(userID: user, status: .sent, at: message.createdAt)
             }
-            return outcomes.last { $0.userID == user } ?? DeliveryReceipt(userID: user, status: .sent, at: message.createdAt)
+            receipt.readAt = readAt[user].map(Timestamp.truncatedToMilliseconds)
+            return receipt
         }
     }
 }

@@ -34,6 +34,15 @@ public protocol MessageStore: Sendable {
     /// Per-recipient delivery status of a message (the delivery receipts API).
     func receipts(for messageID: MessageID) async throws -> [DeliveryReceipt]
 
+    /// Moves `mark.userID`'s read mark in `mark.chatID` forward to `mark.messageID`: each message of the chat up to
+    /// it that no earlier mark covered is read at `mark.readAt` (``receipts(for:)`` shows it). A mark already at or
+    /// past `mark.messageID` stays as it is. Concurrent calls for one reader keep the newest mark.
+    func markRead(_ mark: ReadMark) async throws -> ReadMarkOutcome
+
+    /// For each of `chats`: how many messages from others `user`'s read mark does not cover, and
+    /// every participant's mark.
+    func readState(of chats: [ChatID], for user: UserID) async throws -> [ChatID: ChatReadState]
+
     /// The message with `id`, if stored.
     func message(_ id: MessageID) async throws -> Message?
 
@@ -60,6 +69,21 @@ public protocol MessageStore: Sendable {
 
     /// Adds `other` to `user`'s block list (`blocked` true) or removes it; idempotent.
     func setBlocked(_ other: UserID, by user: UserID, blocked: Bool) async throws
+}
+
+/// What ``MessageStore/markRead(_:)`` did.
+public enum ReadMarkOutcome: Sendable, Hashable {
+    /// The reader's mark moved forward to this one.
+    case advanced(ReadMark)
+    /// The reader's mark was already at or past the given message; this is the mark in force.
+    case unchanged(ReadMark)
+
+    /// The mark in force after the call.
+    public var mark: ReadMark {
+        switch self {
+        case .advanced(let mark), .unchanged(let mark): mark
+        }
+    }
 }
 
 /// What ``MessageStore/insert(_:pendingFor:)`` did.

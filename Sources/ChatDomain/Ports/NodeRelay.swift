@@ -17,6 +17,10 @@ public protocol NodeRelay: Sendable {
     /// node without an inbox is skipped.
     func announce(_ notice: PresenceNotice, to node: NodeID) async throws
 
+    /// Tells `node` about a chat event (a read mark, typing), for the connections there of `notice.recipients`.
+    /// Best effort, like ``announce(_:to:)``.
+    func notify(_ notice: ChatNotice, to node: NodeID) async throws
+
     /// Reads `node`'s inbox until the task is cancelled, handing each batch to `deliver` in order; a batch is
     /// removed from the inbox once `deliver` returned, so one taken before a crash comes back to the next reader.
     func receive(for node: NodeID, deliver: @escaping @Sendable ([RelayMessage]) async -> Void) async throws
@@ -48,6 +52,37 @@ public enum RelayMessage: Sendable, Hashable {
     case entry(QueueEntry)
     /// A user came online or went offline: tell their contacts' connections on the receiving node.
     case presence(PresenceNotice)
+    /// A read mark or a typing change: tell the recipients' connections on the receiving node.
+    case notice(ChatNotice)
+}
+
+/// A read mark or a typing change for some users' connections on one node.
+public struct ChatNotice: Sendable, Hashable, Codable {
+    /// The other participants' read mark moved forward (`message:read`), if this notice carries one.
+    public var read: ReadMark?
+    /// A participant started or stopped typing (`typing`), if this notice carries that.
+    public var typing: TypingChange?
+    /// The users to tell.
+    public var recipients: [UserID]
+
+    /// A notice of a read mark.
+    public init(read: ReadMark, recipients: [UserID]) {
+        self.read = read
+        self.recipients = recipients
+    }
+
+    /// A notice of a typing change.
+    public init(typing: TypingChange, recipients: [UserID]) {
+        self.typing = typing
+        self.recipients = recipients
+    }
+
+    /// The event the recipients' connections get; nil for a notice from a newer chatd that carries neither.
+    public var event: OutboundEvent? {
+        if let read { return .messageRead(read) }
+        if let typing { return .typing(typing) }
+        return nil
+    }
 }
 
 /// A presence change for some users' connections on one node.

@@ -17,7 +17,7 @@ enum WireEncoder {
             try out.received(received)
         case .messageSent(let sent):
             out.sent(sent)
-        case .userOnline, .userOffline, .messageError:
+        case .userOnline, .userOffline, .messageError, .messageRead, .typing:
             out.raw(try Self.foundation(event.payload, name: event.name))
         }
         out.literal("]")

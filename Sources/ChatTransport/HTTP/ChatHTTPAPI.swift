@@ -86,7 +86,27 @@ public struct ChatHTTPAPI: Sendable {
     private func listChats(_ request: Request) async throws(APIError) -> Response {
         let caller = try await self.authenticate(request)
         let chats = try await self.call { () async throws(ChatError) in try await self.service.chats(of: caller.id) }
-        return Self.json(.ok, ["chats": chats])
+        let states = try await self.call { () async throws(ChatError) in try await self.service.readState(of: chats.map(\.id), for: caller.id) }
+        return Self.json(.ok, ["chats": chats.map { ChatListing(chat: $0, state: states[$0.id] ?? ChatReadState(unreadCount: 0, readUpTo: [:])) }])
+    }
+
+    /// A chat as `GET /api/chats` lists it: its fields, the caller's `unreadCount`, and each participant's read mark
+    /// (`readUpTo: {userId: messageId}`).
+    private struct ChatListing: Encodable {
+        var chat: Chat
+        var state: ChatReadState
+
+        enum CodingKeys: String, CodingKey {
+            case unreadCount, readUpTo
+        }
+
+        func encode(to encoder: any Encoder) throws {
+            try self.chat.encode(to: encoder)
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(self.state.unreadCount, forKey: .unreadCount)
+            let marks = Dictionary(uniqueKeysWithValues: self.state.readUpTo.map { ($0.key.rawValue, $0.value.hexString) })
+            try container.encode(marks, forKey: .readUpTo)
+        }
     }
 
     private struct HistoryPage: Encodable {

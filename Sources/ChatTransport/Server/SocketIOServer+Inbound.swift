@@ -194,13 +194,73 @@ extension SocketIOServer {
             if !started, let ackID = packet.ackID {
                 self.acknowledge(ackID, on: session, payload: ["delivered": 0])
             }
+        case "message:read":
+            let chatID = Self.chatIDHint(arguments)
+            switch Self.readRequest(from: arguments) {
+            case .failure(let error):
+                self.answer(packet, on: session, socket: socket, with: error, chatID: chatID)
+            case .success(let (chat, messageID)):
+                do {
+                    let mark = try await service.markRead(chat, upTo: messageID, from: socket.connection)
+                    if let ackID = packet.ackID { self.acknowledge(ackID, on: session, payload: ReadAcknowledgement(mark)) }
+                } catch {
+                    self.answer(packet, on: session, socket: socket, with: error, chatID: chat)
+                }
+            }
+        case "typing:start", "typing:stop":
+            switch Self.chatArgument(of: name, from: arguments) {
+            case .failure(let error):
+                self.answer(packet, on: session, socket: socket, with: error, chatID: Self.chatIDHint(arguments))
+            case .success(let chat):
+                if let error = await service.typing(chat, typing: name == "typing:start", from: socket.connection) {
+                    self.answer(packet, on: session, socket: socket, with: error, chatID: chat)
+                } else if let ackID = packet.ackID {
+                    self.acknowledge(ackID, on: session, payload: ["chatId": chat.rawValue])
+                }
+            }
         default:
             let error = ChatError(
                 .badRequest,
-                "unknown event \(LogSafe.quoted(name, limit: 64)); this server accepts message:send and user:reconnected"
+                "unknown event \(LogSafe.quoted(name, limit: 64)); this server accepts message:send, message:read, typing:start, typing:stop and user:reconnected"
             )
             self.answer(packet, on: session, socket: socket, with: error, chatID: nil)
         }
+    }
+
+    /// `message:read`'s argument `{chatId, messageId}`; the error names what is wrong.
+    static func readRequest(from arguments: [JSONValue]) -> Result<(ChatID, MessageID), ChatError> {
+        let chat: ChatID
+        switch Self.chatArgument(of: "message:read", from: arguments, shape: "{chatId, messageId}") {
+        case .failure(let error): return .failure(error)
+        case .success(let value): chat = value
+        }
+        guard case .object(let object)? = arguments.first, let value = object["messageId"] else {
+            return .failure(ChatError(.badRequest, "message:read needs 'messageId'"))
+        }
+        guard case .string(let string) = value else {
+            return .failure(ChatError(.badRequest, "'messageId' must be a string, not \(value.kindName)"))
+        }
+        guard let id = MessageID(hex: string) else {
+            return .failure(ChatError(.messageNotFound, "no message \(LogSafe.quoted(string, limit: 64)): a message id is 24 hexadecimal digits"))
+        }
+        return .success((chat, id))
+    }
+
+    /// The `chatId` of an event whose argument is an object naming a chat.
+    static func chatArgument(of event: String, from arguments: [JSONValue], shape: String = "{chatId}") -> Result<ChatID, ChatError> {
+        guard let first = arguments.first else {
+            return .failure(ChatError(.badRequest, "\(event) needs an object \(shape)"))
+        }
+        guard case .object(let object) = first else {
+            return .failure(ChatError(.badRequest, "\(event) takes an object \(shape), not \(first.kindName)"))
+        }
+        guard let value = object["chatId"] else {
+            return .failure(ChatError(.badRequest, "\(event) needs 'chatId'"))
+        }
+        guard case .string(let chat) = value, !chat.isEmpty else {
+            return .failure(ChatError(.badRequest, "'chatId' must be a non-empty string, not \(value.kindName)"))
+        }
+        return .success(ChatID(chat))
     }
 
     private func send(_ request: SendMessageRequest, ackID: UInt64?, socket: EngineSession.Socket, session: EngineSession, service: ChatService) async {
@@ -390,6 +450,19 @@ extension SocketIOServer {
     private static func chatIDHint(_ arguments: [JSONValue]) -> ChatID? {
         if case .object(let object)? = arguments.first, case .string(let id)? = object["chatId"] { return ChatID(id) }
         return nil
+    }
+}
+
+/// The acknowledgement of `message:read`: the reader's mark in force.
+struct ReadAcknowledgement: Encodable {
+    var chatId: ChatID
+    var messageId: MessageID
+    @WireTimestamp var readAt: Date
+
+    init(_ mark: ReadMark) {
+        self.chatId = mark.chatID
+        self.messageId = mark.messageID
+        self.readAt = mark.readAt
     }
 }
 
