@@ -73,6 +73,23 @@ struct SeveralNodesTests {
         }
     }
 
+    @Test("Read marks and typing reach a participant connected to another node")
+    func readAndTypingAcrossNodes() async throws {
+        try await self.withTwoNodes { one, two in
+            let alice = await self.connectLive(Harness.alice, to: one)
+            let bob = await self.connectLive(Harness.bob, to: two)
+            let sent = try await one.send("read me", from: alice)
+            await eventually("bob to receive it on node 2") { two.contents(of: bob) == ["read me"] }
+            let mark = try await two.service.markRead(Harness.directChat, upTo: sent.messageID, from: bob)
+            await eventually("alice on node 1 to get bob's read mark") {
+                one.transport.events(of: alice).contains(.messageRead(mark))
+            }
+            #expect(await two.service.typing(Harness.directChat, typing: true, from: bob) == nil)
+            let typing = TypingChange(chatID: Harness.directChat, userID: Harness.bob.id, typing: true)
+            await eventually("alice on node 1 to see bob typing") { one.transport.events(of: alice).contains(.typing(typing)) }
+        }
+    }
+
     @Test("A group chat across nodes: a local recipient, a remote one and an offline one each get the message their way")
     func groupAcrossNodes() async throws {
         try await self.withTwoNodes { one, two in
