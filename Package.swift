@@ -32,6 +32,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.5.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.0.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        // The receipts webhook's HTTP client and its HMAC signature (swift-crypto also comes with jwt-kit).
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.24.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.8.0"..<"5.0.0"),
         // `swift package generate-documentation` (scripts/docs.sh): the DocC catalogs of ChatDomain and ChatTransport.
         .package(url: "https://github.com/swiftlang/swift-docc-plugin.git", from: "1.4.0"),
     ],
@@ -141,6 +144,21 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // The receipts webhook: posts what waits in a ReceiptOutbox, signed, at least once.
+        .target(
+            name: "ChatWebhook",
+            dependencies: [
+                "ChatDomain",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSettings
+        ),
         // The server: configuration, wiring and lifecycle only.
         // chatd as a library: settings, the adapter table, the wiring and the Hummingbird application.
         .target(
@@ -152,6 +170,7 @@ let package = Package(
                 "ChatStoreMongo",
                 "ChatStoreSQLite",
                 "ChatBrokerAMQP",
+                "ChatWebhook",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
                 .product(name: "Logging", package: "swift-log"),
@@ -215,6 +234,7 @@ let package = Package(
                 "ChatPresenceRedis",
                 "ChatStoreMongo",
                 "ChatBrokerAMQP",
+                .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -258,6 +278,17 @@ let package = Package(
         .testTarget(
             name: "ChatStoreSQLiteTests",
             dependencies: ["ChatStoreSQLite", "ChatDomain", "ChatScenarioKit", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "ChatWebhookTests",
+            dependencies: [
+                "ChatWebhook",
+                "ChatDomain",
+                "ChatScenarioKit",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
             swiftSettings: strictSettings
         ),
         // End to end: a real chatd process, real RabbitMQ, Redis and MongoDB-wire servers, real python-socketio

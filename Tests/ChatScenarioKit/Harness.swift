@@ -97,7 +97,8 @@ public struct Harness: Sendable {
         presence: (any PresenceStore)? = nil,
         store: (any MessageStore)? = nil,
         queue: (any MessageQueue)? = nil,
-        relay: (any NodeRelay)? = nil
+        relay: (any NodeRelay)? = nil,
+        receiptOutbox: (any ReceiptOutbox)? = nil
     ) throws {
         self.clock = clock
         let memoryStore = store == nil ? InMemoryMessageStore() : nil
@@ -118,7 +119,8 @@ public struct Harness: Sendable {
                 transport: self.transport,
                 wallClock: self.clock,
                 clock: deadlines,
-                relay: relay
+                relay: relay,
+                receiptOutbox: receiptOutbox
             ),
             logger: self.logs.logger()
         )

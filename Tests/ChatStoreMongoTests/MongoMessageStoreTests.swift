@@ -326,6 +326,27 @@ struct MongoMessageStoreTests {
         }
     }
 
+    @Test("The receipts outbox: events kept in order across store instances, bounded by dropping the oldest, removed by id")
+    func receiptOutbox() async throws {
+        try await withMongoServer { server in
+            let generator = MessageIDGenerator()
+            let at = Date(timeIntervalSince1970: 1_767_693_600.5)
+            let events = (0..<14).map { index in
+                ReceiptEvent(id: generator.next(), kind: index == 0 ? .expired : .read, messageID: generator.next(), chatID: "chat-1", userID: "bob.o$", at: at)
+            }
+            let first = try server.makeStore { $0.receiptOutboxCapacity = 10 }
+            #expect(try await first.append(Array(events.prefix(8))) == 0)
+            #expect(try await first.append(Array(events.prefix(8))) == 0, "a retried append writes nothing twice")
+            #expect(try await first.append(Array(events.suffix(6))) == 4)
+            await first.close()
+            let store = try server.makeStore { $0.receiptOutboxCapacity = 10 }
+            #expect(try await store.oldest(100) == Array(events.suffix(10)))
+            try await store.remove(events.suffix(10).prefix(3).map(\.id))
+            #expect(try await store.count() == 7)
+            #expect(try await store.oldest(2) == Array(events[7..<9]))
+        }
+    }
+
     @Test("The product scenarios pass with the MongoDB store", arguments: ProductScenario.all)
     func productScenarios(_ scenario: ProductScenario) async throws {
         try await withMongoServer { server in

@@ -57,6 +57,35 @@ struct SQLiteChatStoreTests {
         }
     }
 
+    @Test("The receipts outbox and read marks survive a reopen; the outbox keeps to its capacity, dropping the oldest")
+    func outboxAndReadMarks() async throws {
+        try await self.withDirectory { directory in
+            let generator = MessageIDGenerator()
+            let events = (0..<14).map { index in
+                ReceiptEvent(id: generator.next(), kind: .delivered, messageID: generator.next(), chatID: "chat-1", userID: "bob", at: Self.start.addingTimeInterval(Double(index)))
+            }
+            let message = Self.message(generator)
+            do {
+                let store = try self.open(directory) { $0.receiptOutboxCapacity = 10 }
+                #expect(try await store.append(Array(events.prefix(8))) == 0)
+                #expect(try await store.append(Array(events.suffix(6))) == 4)
+                try await store.saveChat(Chat(id: "chat-1", participants: ["alice", "bob"]))
+                _ = try await store.insert(message, pendingFor: ["bob"])
+                let mark = ReadMark(chatID: "chat-1", userID: "bob", messageID: message.id, readAt: Self.start)
+                #expect(try await store.markRead(mark) == .advanced(mark))
+                await store.close()
+            }
+            let store = try self.open(directory) { $0.receiptOutboxCapacity = 10 }
+            #expect(try await store.oldest(100) == Array(events.suffix(10)), "the newest ten, oldest first")
+            try await store.remove(events.suffix(10).prefix(3).map(\.id))
+            #expect(try await store.count() == 7)
+            #expect(try await store.oldest(1).map(\.id) == [events[7].id])
+            #expect(try await store.receipts(for: message.id).first?.readAt == Self.start)
+            #expect(try await store.readState(of: ["chat-1"], for: "bob")["chat-1"] == ChatReadState(unreadCount: 0, readUpTo: ["bob": message.id]))
+            await store.close()
+        }
+    }
+
     @Test("Everything survives closing and opening the file again: chats, messages, what is pending, queue order, block lists")
     func reopen() async throws {
         try await self.withDirectory { directory in
