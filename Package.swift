@@ -234,6 +234,7 @@ let package = Package(
                 "ChatPresenceRedis",
                 "ChatStoreMongo",
                 "ChatBrokerAMQP",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -7,14 +7,17 @@ import ServiceLifecycle
 struct MetricsObserver: DeliveryObserver {
     let latency: Metrics.Timer
     let drain: Metrics.Timer
+    let outboxFull: Counter
 
     init(factory: any MetricsFactory) {
         self.latency = Metrics.Timer(label: "chatd_delivery_latency_seconds", factory: factory)
         self.drain = Metrics.Timer(label: "chatd_drain_duration_seconds", factory: factory)
+        self.outboxFull = Counter(label: "chatd_webhook_events_dropped_total", dimensions: [("reason", "outbox_full")], factory: factory)
     }
 
     func delivered(latency: Duration) { self.latency.recordNanoseconds(latency.nanoseconds) }
     func drained(messages: Int, duration: Duration) { self.drain.recordNanoseconds(duration.nanoseconds) }
+    func receiptEventsDropped(_ count: Int) { self.outboxFull.increment(by: count) }
 }
 
 extension Duration {
@@ -50,6 +53,7 @@ struct StatisticsExporter: Service {
         let inbox = Gauge(label: "chatd_node_inbox_ready", factory: self.factory)
         let janitorMoved = Counter(label: "chatd_janitor_moved_total", factory: self.factory)
         let nodesCleanedUp = Counter(label: "chatd_janitor_nodes_cleaned_up_total", factory: self.factory)
+        let readMarks = Counter(label: "chatd_read_marks_total", factory: self.factory)
         let sockets = Gauge(label: "chatd_connected_sockets", factory: self.factory)
         let sessions = Gauge(label: "chatd_engineio_sessions", factory: self.factory)
         let backlog = Gauge(label: "chatd_queue_backlog_estimate", factory: self.factory)
@@ -75,6 +79,7 @@ struct StatisticsExporter: Service {
                 relayRefused.increment(by: now.relayRefused - last.relayRefused)
                 janitorMoved.increment(by: now.janitorMoved - last.janitorMoved)
                 nodesCleanedUp.increment(by: now.nodesCleanedUp - last.nodesCleanedUp)
+                readMarks.increment(by: now.readMarks - last.readMarks)
                 last = now
                 sockets.record(self.socketIO.connectionCount)
                 sessions.record(self.socketIO.sessionCount)

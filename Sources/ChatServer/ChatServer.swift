@@ -4,6 +4,7 @@ import ChatPresenceRedis
 import ChatStoreMongo
 import ChatStoreSQLite
 public import ChatTransport
+import ChatWebhook
 import Foundation
 public import Hummingbird
 import HummingbirdWebSocket
@@ -63,7 +64,8 @@ public struct ChatServer: Sendable {
                     presence: adapters.presence,
                     transport: transport,
                     observer: MetricsObserver(factory: metrics),
-                    relay: adapters.relay
+                    relay: adapters.relay,
+                    receiptOutbox: adapters.receiptOutbox
                 ),
                 logger: Logger(label: "chatd.engine")
             )
@@ -106,11 +108,16 @@ public struct ChatServer: Sendable {
             let node = settings.nodeID
             exporter.inboxDepth = { try? await broker.inboxDepth(of: node)?.ready }
         }
+        var webhook: [any Service] = []
+        if let configuration = settings.receiptsWebhook, let outbox = adapters.receiptOutbox {
+            webhook.append(ReceiptsWebhook(configuration: configuration, outbox: outbox, logger: Logger(label: "chatd.webhook"), metrics: metrics))
+        }
         return ChatServer(
             application: application,
             engine: engine,
             socketIO: socketIO,
-            services: adapters.services + [engine, exporter, application, socketIO],
+            // The webhook stops before the engine's last receipt events are flushed; they wait in the outbox.
+            services: adapters.services + [engine] + webhook + [exporter, application, socketIO],
             settings: settings,
             logger: logger
         )
@@ -137,6 +144,9 @@ struct Adapters {
     /// Carries live messages to the other nodes: the RabbitMQ adapter when both RabbitMQ and Redis are configured
     /// (presence in Redis is what says where a user is connected); none otherwise.
     var relay: (any NodeRelay)?
+    /// Where receipt events wait for the webhook: the store when it is durable (MongoDB, SQLite), else memory; none
+    /// without a webhook.
+    var receiptOutbox: (any ReceiptOutbox)?
     /// The adapters that run as services (their threads and connections close on shutdown).
     var services: [any Service] = []
 
@@ -188,6 +198,9 @@ struct Adapters {
             as: { $0 as any PresenceStore }, otherwise: InMemoryPresenceStore()
         )
         self.relay = settings.redis == nil ? nil : self.queue as? any NodeRelay
+        if settings.receiptsWebhook != nil {
+            self.receiptOutbox = self.store as? any ReceiptOutbox ?? InMemoryReceiptOutbox(capacity: settings.receiptOutboxCapacity)
+        }
         self.services = services
     }
 }

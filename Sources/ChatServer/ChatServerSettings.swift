@@ -4,6 +4,7 @@ public import ChatPresenceRedis
 public import ChatStoreMongo
 public import ChatStoreSQLite
 public import ChatTransport
+public import ChatWebhook
 import Foundation
 public import Logging
 
@@ -64,6 +65,12 @@ public struct ChatServerSettings: Sendable {
     var maxChatParticipants = 1_000
     var maxChatsPerUser = 1_000
     var requireChatAcceptance = false
+    /// How long a `typing:start` holds without a refresh (`TYPING_TTL_MS`).
+    var typingTTL: Duration = .seconds(6)
+    /// The receipts webhook, when `RECEIPTS_WEBHOOK_URL` is set.
+    public var receiptsWebhook: ReceiptsWebhookConfiguration?
+    /// The most receipt events waiting for the webhook (`RECEIPTS_OUTBOX_MAX`); past it the oldest are dropped.
+    var receiptOutboxCapacity = 100_000
     var httpIdleTimeout: Duration = .seconds(60)
     var httpHeaderTimeout: Duration = .seconds(10)
     var maxHTTPConnections = ChatServerSettings.defaultMaxHTTPConnections
@@ -160,6 +167,19 @@ public struct ChatServerSettings: Sendable {
         if let ms = try reader.int("PING_INTERVAL_MS", flag: "ping-interval-ms", in: 50...3_600_000) { settings.pingInterval = .milliseconds(ms) }
         if let ms = try reader.int("PING_TIMEOUT_MS", flag: "ping-timeout-ms", in: 50...3_600_000) { settings.pingTimeout = .milliseconds(ms) }
         if let ms = try reader.int("ACK_TIMEOUT_MS", flag: "ack-timeout-ms", in: 10...3_600_000) { settings.ackTimeout = .milliseconds(ms) }
+        if let ms = try reader.int("TYPING_TTL_MS", flag: "typing-ttl-ms", in: 100...3_600_000) { settings.typingTTL = .milliseconds(ms) }
+        settings.receiptOutboxCapacity =
+            try reader.int("RECEIPTS_OUTBOX_MAX", flag: "receipts-outbox-max", in: 1...100_000_000) ?? settings.receiptOutboxCapacity
+        if let url = reader.string("RECEIPTS_WEBHOOK_URL", flag: "receipts-webhook-url") {
+            do {
+                settings.receiptsWebhook = try ReceiptsWebhookConfiguration(
+                    url: url,
+                    secret: reader.string("RECEIPTS_WEBHOOK_SECRET", flag: "receipts-webhook-secret")
+                )
+            } catch {
+                throw Invalid(description: error.message.replacingOccurrences(of: "RECEIPTS_WEBHOOK_URL", with: "RECEIPTS_WEBHOOK_URL (or --receipts-webhook-url)"))
+            }
+        }
 
         if let host = reader.string("RABBITMQ_HOST", flag: "rabbitmq-host") {
             var amqp = AMQPQueueConfiguration()
@@ -205,7 +225,9 @@ public struct ChatServerSettings: Sendable {
             guard uri.hasPrefix("mongodb://") || uri.hasPrefix("mongodb+srv://") else {
                 throw Invalid(description: "MONGODB_URI (or --mongodb-uri) must start with mongodb:// or mongodb+srv://")
             }
-            settings.mongo = MongoStoreConfiguration(uri: uri)
+            var mongo = MongoStoreConfiguration(uri: uri)
+            mongo.receiptOutboxCapacity = settings.receiptOutboxCapacity
+            settings.mongo = mongo
         }
         // The development secret is public: it is only for a development node that runs embedded.
         if settings.jwtSecretIsDefault, settings.requiresSecret {
@@ -225,6 +247,7 @@ public struct ChatServerSettings: Sendable {
         configuration.synchronous = self.sqliteSynchronous
         configuration.queueTTL = self.queueTTL
         configuration.queueMaxLength = self.queueMaxLength
+        configuration.receiptOutboxCapacity = self.receiptOutboxCapacity
         return configuration
     }
 
@@ -242,6 +265,9 @@ public struct ChatServerSettings: Sendable {
             logger.warning("The message store is this node's own SQLite file; several nodes need a shared store: set MONGODB_URI")
         }
         for line in self.summary { logger.info("Using \(line)") }
+        if let webhook = self.receiptsWebhook, webhook.secret == nil {
+            logger.warning("RECEIPTS_WEBHOOK_SECRET is not set: receipt batches are posted unsigned and the receiver cannot tell them from forgeries; set RECEIPTS_WEBHOOK_SECRET")
+        }
         if self.jwtSecretIsDefault {
             logger.warning("JWT_SECRET is not set: tokens are signed with the public development secret (development mode only); set JWT_SECRET")
         }
@@ -283,6 +309,7 @@ public struct ChatServerSettings: Sendable {
         configuration.maxChatParticipants = self.maxChatParticipants
         configuration.maxChatsPerUser = self.maxChatsPerUser
         configuration.requireChatAcceptance = self.requireChatAcceptance
+        configuration.typingTTL = self.typingTTL
         return configuration
     }
 
@@ -312,6 +339,10 @@ public struct ChatServerSettings: Sendable {
                 ?? self.sqlite.map { "queue: SQLite at \($0.path)" }
                 ?? "queue: in memory (set RABBITMQ_HOST for RabbitMQ)",
             self.redis.map { "presence: Redis at \($0.host):\($0.port) db \($0.database), as node \(self.nodeID)" } ?? "presence: in memory (set REDIS_HOST for Redis)",
+            self.receiptsWebhook.map { webhook in
+                let outbox = self.mongo != nil ? "MongoDB" : self.sqlite != nil ? "the SQLite file" : "memory (lost on restart)"
+                return "receipts webhook: \(ReceiptsWebhook.redacted(webhook.url)), outbox in \(outbox), at most \(self.receiptOutboxCapacity) events"
+            } ?? "receipts webhook: off (set RECEIPTS_WEBHOOK_URL)",
         ]
     }
 

@@ -201,7 +201,7 @@ public final class ReceiptsWebhook: Service {
     }
 
     /// The URL without user info, query or fragment, for the log (they may hold a token).
-    static func redacted(_ url: URL) -> String {
+    public static func redacted(_ url: URL) -> String {
         var components = URLComponents(url: url, resolvingAgainstBaseURL: false)
         components?.user = nil
         components?.password = nil

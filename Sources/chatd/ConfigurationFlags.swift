@@ -49,6 +49,10 @@ struct ConfigurationFlags: ParsableArguments {
     @Option(help: "Idle keep-alive HTTP connections close after this many ms (HTTP_IDLE_TIMEOUT_MS; default 60000).") var httpIdleTimeoutMs: String?
     @Option(help: "A connection must send its first request head within this many ms (HTTP_HEADER_TIMEOUT_MS; default 10000).") var httpHeaderTimeoutMs: String?
     @Option(help: "The most open HTTP connections (MAX_HTTP_CONNECTIONS; default 10000 or the file limit less 128).") var maxHttpConnections: String?
+    @Option(help: "A typing:start without a refresh ends after this many ms (TYPING_TTL_MS; default 6000).") var typingTtlMs: String?
+    @Option(help: "POST receipt events (delivered, read, expired, failed) to this http(s) URL (RECEIPTS_WEBHOOK_URL).") var receiptsWebhookUrl: String?
+    @Option(help: "Key of the batches' X-Chatd-Signature, HMAC-SHA256 (RECEIPTS_WEBHOOK_SECRET).") var receiptsWebhookSecret: String?
+    @Option(help: "The most receipt events waiting for the webhook; past it the oldest are dropped (RECEIPTS_OUTBOX_MAX; default 100000).") var receiptsOutboxMax: String?
 
     var values: [String: String] {
         let pairs: [(String, String?)] = [
@@ -70,6 +74,8 @@ struct ConfigurationFlags: ParsableArguments {
             ("max-chat-participants", self.maxChatParticipants), ("max-chats-per-user", self.maxChatsPerUser),
             ("http-idle-timeout-ms", self.httpIdleTimeoutMs), ("http-header-timeout-ms", self.httpHeaderTimeoutMs),
             ("max-http-connections", self.maxHttpConnections), ("chat-acceptance", self.chatAcceptance),
+            ("typing-ttl-ms", self.typingTtlMs), ("receipts-webhook-url", self.receiptsWebhookUrl),
+            ("receipts-webhook-secret", self.receiptsWebhookSecret), ("receipts-outbox-max", self.receiptsOutboxMax),
         ]
         return Dictionary(uniqueKeysWithValues: pairs.compactMap { key, value in value.map { (key, $0) } })
     }

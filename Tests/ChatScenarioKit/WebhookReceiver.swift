@@ -1,3 +1,4 @@
+import Crypto
 public import Foundation
 import Hummingbird
 import Logging
@@ -87,5 +88,14 @@ public func withWebhookReceiver<Result: Sendable>(
         let started = WebhookReceiver(port: listening, answers: answers)
         receiver.withLock { $0 = started }
         return try await body(started)
+    }
+}
+
+/// The signature a receiver expects, computed here as a receiver would (not by chatd's code).
+public enum ReceiptSignature {
+    /// `sha256=<hex HMAC-SHA256 of body keyed with secret>`.
+    public static func expected(_ body: Data, secret: String) -> String {
+        let code = HMAC<SHA256>.authenticationCode(for: body, using: SymmetricKey(data: Data(secret.utf8)))
+        return "sha256=" + code.map { String(format: "%02x", $0) }.joined()
     }
 }

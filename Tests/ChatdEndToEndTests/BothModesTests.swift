@@ -22,16 +22,80 @@ struct BothModesTests {
     }
 
     @Test(
-        "The scenarios: a conversation with offline catch-up, the HTTP API, presence between contacts",
+        "The scenarios: a conversation with offline catch-up, the HTTP API, presence between contacts, read marks, typing and the receipts webhook",
         arguments: Mode.allCases
     )
     func scenarios(mode: Mode) async throws {
         try await withDriver { clients in
-            try await withStack(mode) { stack in
-                try await self.conversation(stack, clients, Cast("talk"))
-                try await self.httpAPI(stack, clients, Cast("api"))
-                try await self.presence(stack, clients, Cast("seen"))
+            try await withWebhookReceiver { receiver in
+                let webhook = ["RECEIPTS_WEBHOOK_URL": receiver.url, "RECEIPTS_WEBHOOK_SECRET": Self.webhookSecret]
+                try await withStack(mode, environment: webhook) { stack in
+                    try await self.conversation(stack, clients, Cast("talk"))
+                    try await self.httpAPI(stack, clients, Cast("api"))
+                    try await self.presence(stack, clients, Cast("seen"))
+                    try await self.readAndTyping(stack, clients, receiver, Cast("read"))
+                }
             }
+        }
+    }
+
+    static let webhookSecret = "webhook-secret-for-the-end-to-end-tests"
+
+    /// Two stock clients: b reads up to the 3rd of 5 messages; a's connection gets one `message:read`, the receipts
+    /// show `readAt` on 1 to 3 only, a second `message:read` of the 2nd changes nothing, `GET /api/chats` has the
+    /// unread counts and marks; typing reaches a and ends when b disconnects; the webhook receives the delivered and
+    /// read events, signed.
+    private func readAndTyping(_ stack: Stack, _ clients: ClientDriver, _ receiver: WebhookReceiver, _ cast: Cast) async throws {
+        let chatd = stack.chatd
+        let (a, b) = (cast.a, cast.b)
+        let tokenA = try await chatd.token(a)
+        let tokenB = try await chatd.token(b)
+        let chat = try #require(try await chatd.http("POST", "/api/chats", token: tokenA, body: ["participants": [.string(b)]]).json?["_id"]?.string)
+        try await clients.connect(a, to: chatd)
+        try await clients.connect(b, to: chatd)
+        var ids: [String] = []
+        for index in 1...5 { ids.append(try #require(try await clients.send(a, chat: chat, "read me \(index)")["messageId"]?.string)) }
+        try await eventually("\(b) to receive all 5") { try await clients.received(b).count == 5 }
+
+        let ack = try await clients.emit(b, "message:read", ["chatId": .string(chat), "messageId": .string(ids[2])])
+        #expect(ack["chatId"] == .string(chat) && ack["messageId"] == .string(ids[2]) && ack["readAt"]?.string != nil, "\(stack.mode): \(ack)")
+        try await eventually("\(a) to get b's read mark") { try await clients.events(a, "message:read").count == 1 }
+        let told = try #require(try await clients.events(a, "message:read").first)
+        #expect(told["userId"] == .string(b) && told["messageId"] == .string(ids[2]) && told["readAt"] == ack["readAt"] && told["chatId"] == .string(chat))
+        for (index, id) in ids.enumerated() {
+            let receipts = try await chatd.http("GET", "/api/messages/\(id)/receipts", token: tokenA)
+            let entry = try #require(receipts.json?["receipts"]?.array?.first { $0["userId"] == .string(b) })
+            if index < 3 {
+                #expect(entry["readAt"] == ack["readAt"], "\(stack.mode): message \(index + 1): \(entry)")
+            } else {
+                #expect(entry["readAt"] == .null, "\(stack.mode): message \(index + 1) is not read: \(entry)")
+            }
+        }
+        let again = try await clients.emit(b, "message:read", ["chatId": .string(chat), "messageId": .string(ids[1])])
+        #expect(again == ack, "an older mark changes nothing and answers with the mark in force")
+        let notInChat = try await clients.emit(b, "message:read", ["chatId": .string(chat), "messageId": "0123456789abcdef01234567"])
+        #expect(notInChat["code"] == "message_not_found")
+        let badRequest = try await clients.emit(b, "message:read", ["chatId": .string(chat)])
+        #expect(badRequest["code"] == "bad_request")
+        let listedB = try await chatd.http("GET", "/api/chats", token: tokenB).json?["chats"]?.array?.first { $0["_id"] == .string(chat) }
+        #expect(listedB?["unreadCount"] == 2 && listedB?["readUpTo"]?[b] == .string(ids[2]), "\(stack.mode): \(String(describing: listedB))")
+        let listedA = try await chatd.http("GET", "/api/chats", token: tokenA).json?["chats"]?.array?.first { $0["_id"] == .string(chat) }
+        #expect(listedA?["unreadCount"] == 0, "a's own messages are not unread to a")
+
+        _ = try await clients.emit(b, "typing:start", ["chatId": .string(chat)])
+        try await eventually("\(a) to see \(b) typing") { try await clients.events(a, "typing").contains { $0["typing"] == true && $0["userId"] == .string(b) } }
+        try await clients("disconnect", ["user": .string(b)])
+        try await eventually("\(a) to see \(b) stop typing as they leave") { try await clients.events(a, "typing").contains { $0["typing"] == false } }
+
+        // The webhook: five deliveries to b and one read mark, each once by id, signed with the secret.
+        let sent = ids
+        await eventually("the webhook to receive the deliveries and the read mark", timeout: .seconds(20)) {
+            let events = receiver.acceptedEvents.filter { $0["chatId"] == chat }
+            return Set(events.filter { $0["type"] == "delivered" }.compactMap { $0["messageId"] }) == Set(sent)
+                && events.contains { $0["type"] == "read" && $0["messageId"] == sent[2] && $0["userId"] == b }
+        }
+        for request in receiver.requests {
+            #expect(request.headers["x-chatd-signature"] == ReceiptSignature.expected(request.body, secret: Self.webhookSecret))
         }
     }
 

@@ -198,6 +198,12 @@ final class ClientDriver: OwnedTestServer, @unchecked Sendable {
         return object
     }
 
+    /// Emits `event` with `payload` as `user` and returns its acknowledgement (`{}` when `ack` is false).
+    @discardableResult
+    func emit(_ user: String, _ event: String, _ payload: JSONValue, ack: Bool = true) async throws -> JSONValue {
+        try await self("emit", ["user": .string(user), "event": .string(event), "payload": payload, "ack": .bool(ack)])
+    }
+
     /// The payloads of events called `name` that `user` received.
     func events(_ user: String, _ name: String) async throws -> [JSONValue] {
         guard case .array(let events) = try await self("events", ["user": .string(user), "name": .string(name)]) else { return [] }

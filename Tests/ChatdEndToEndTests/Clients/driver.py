@@ -92,6 +92,12 @@ def command(name, body):
             return client.client.call("user:reconnected", timeout=body.get("timeout", 60))
         client.client.emit("user:reconnected")
         return {}
+    if name == "emit":
+        # Any event, with its acknowledgement awaited (and returned) when asked for.
+        if body.get("ack", True):
+            return client.client.call(body["event"], body.get("payload"), timeout=body.get("timeout", 15))
+        client.client.emit(body["event"], body.get("payload"))
+        return {}
     if name == "events":
         with client.lock:
             events = list(client.events)
