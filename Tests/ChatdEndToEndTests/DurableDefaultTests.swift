@@ -55,6 +55,45 @@ struct DurableDefaultTests {
         }
     }
 
+    @Test("Receipts webhook down while chatd is killed and restarted: once both are back, every delivered and read event arrives, by its id")
+    func webhookOutboxSurvivesRestart() async throws {
+        // A port that was free a moment ago: nothing listens there until the receiver starts on it again.
+        let port = try await withWebhookReceiver { $0.port }
+        let secret = "webhook-secret-for-the-restart-test"
+        let environment = ["RECEIPTS_WEBHOOK_URL": "http://127.0.0.1:\(port)/hooks/chatd", "RECEIPTS_WEBHOOK_SECRET": secret]
+        try await withDriver { clients in
+            try await withChatd(environment: environment) { chatd in
+                let token = try await chatd.token("alice")
+                let chat = try #require(try await chatd.http("POST", "/api/chats", token: token, body: ["participants": ["bob"]]).json?["_id"]?.string)
+                try await clients.connect("alice", to: chatd)
+                try await clients.connect("bob", to: chatd)
+                var ids: [String] = []
+                for index in 0..<20 { ids.append(try #require(try await clients.send("alice", chat: chat, "m\(index)")["messageId"]?.string)) }
+                try await eventually("bob to receive all 20") { try await clients.received("bob").count == 20 }
+                _ = try await clients.emit("bob", "message:read", ["chatId": .string(chat), "messageId": .string(ids[19])])
+                // All 21 events wait in the outbox (the webhook keeps failing to reach the receiver).
+                try await eventually("the outbox to hold 21 events", timeout: .seconds(20), every: .milliseconds(100)) {
+                    let metrics = try await EmbeddedTests.text(chatd.url + "/metrics")
+                    return metrics.split(separator: "\n").contains { $0.hasPrefix("chatd_webhook_outbox_depth ") && Double($0.split(separator: " ").last ?? "") == 21 }
+                }
+                #expect(chatd.log.contains("Receipts webhook unreachable or failing; events wait in the outbox and are retried"))
+
+                await chatd.crash()
+                try await chatd.restart()
+                let sent = ids
+                try await withWebhookReceiver(port: port) { receiver in
+                    await eventually("every event to arrive after the restart", timeout: .seconds(30), every: .milliseconds(50)) {
+                        let events = receiver.acceptedEvents
+                        return Set(events.filter { $0["type"] == "delivered" }.compactMap { $0["messageId"] }) == Set(sent)
+                            && events.contains { $0["type"] == "read" && $0["messageId"] == sent[19] }
+                    }
+                    #expect(Set(receiver.acceptedEvents.compactMap { $0["id"] }).count == 21, "21 events, each with its own id")
+                    #expect(receiver.requests.allSatisfy { $0.headers["x-chatd-signature"] == ReceiptSignature.expected($0.body, secret: secret) })
+                }
+            }
+        }
+    }
+
     @Test("MongoDB for the store and the embedded file for the queue: a kill -9 loses nothing queued for an offline user")
     func mongoStoreWithEmbeddedQueue() async throws {
         try await withDriver { clients in

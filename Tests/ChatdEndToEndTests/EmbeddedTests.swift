@@ -95,6 +95,9 @@ struct EmbeddedTests {
             (["JWT_MAX_TTL": "forever"], "JWT_MAX_TTL"),
             (["SEND_RATE_PER_USER": "-3"], "SEND_RATE_PER_USER"),
             (["MAX_CONNECTIONS_PER_USER": "0"], "MAX_CONNECTIONS_PER_USER"),
+            (["RECEIPTS_WEBHOOK_URL": "ftp://hooks.example.com/chatd"], "RECEIPTS_WEBHOOK_URL"),
+            (["RECEIPTS_WEBHOOK_URL": "hooks.example.com/chatd"], "RECEIPTS_WEBHOOK_URL"),
+            (["TYPING_TTL_MS": "soon"], "TYPING_TTL_MS"),
         ]
         for (extra, variable) in cases {
             var environment = ["PORT": "0", "PATH": "/usr/bin:/bin"]
