@@ -5,7 +5,7 @@ import Logging
 import Synchronization
 
 /// A local HTTP server standing in for a receipts webhook receiver: it records every POST and answers with the
-/// statuses it was told to, in order, then 200.
+/// statuses it was told to, in order, then 200. A 429 comes with `Retry-After: 1`.
 public final class WebhookReceiver: Sendable {
     /// One request as received.
     public struct Request: Sendable {
@@ -14,6 +14,8 @@ public final class WebhookReceiver: Sendable {
         public var body: Data
         /// What the receiver answered.
         public var status: Int
+        /// When it arrived.
+        public var at: ContinuousClock.Instant
     }
 
     /// The port it listens on (127.0.0.1).
@@ -49,7 +51,7 @@ public final class WebhookReceiver: Sendable {
     fileprivate func record(headers: [String: String], body: Data) -> Int {
         self.state.withLock { state in
             let status = state.answers.isEmpty ? 200 : state.answers.removeFirst()
-            state.requests.append(Request(headers: headers, body: body, status: status))
+            state.requests.append(Request(headers: headers, body: body, status: status, at: .now))
             return status
         }
     }
@@ -69,7 +71,7 @@ public func withWebhookReceiver<Result: Sendable>(
         for field in request.headers { headers[field.name.canonicalName] = field.value }
         let buffer = try await request.body.collect(upTo: 16 * 1024 * 1024)
         let status = receiver.withLock { $0 }?.record(headers: headers, body: Data(buffer: buffer)) ?? 503
-        return Response(status: HTTPResponse.Status(code: status))
+        return Response(status: HTTPResponse.Status(code: status), headers: status == 429 ? [.retryAfter: "1"] : [:])
     }
     var logger = Logger(label: "webhook-receiver")
     logger.logLevel = .warning

@@ -77,6 +77,24 @@ struct ReceiptsWebhookTests {
         #expect(logs.contains("Receipts webhook accepts events again"))
     }
 
+    @Test("429 with Retry-After: 1 waits a second before the retry, although the backoff alone would wait 20 ms")
+    func honoursRetryAfter() async throws {
+        let outbox = InMemoryReceiptOutbox()
+        _ = try await outbox.append(Self.events(3))
+        try await withWebhookReceiver(answers: [429]) { receiver in
+            var configuration = try Self.configuration(receiver.url)
+            configuration.maxBackoff = .seconds(5)  // Retry-After is honoured up to the longest backoff
+            try await Self.withWebhook(configuration, outbox: outbox) {
+                await eventually("the outbox to empty", timeout: .seconds(20)) { (try? await outbox.count()) == 0 }
+            }
+            let requests = receiver.requests
+            #expect(requests.map(\.status) == [429, 200])
+            if requests.count == 2 {
+                #expect(requests[1].at - requests[0].at >= .milliseconds(950), "\(requests[1].at - requests[0].at)")
+            }
+        }
+    }
+
     @Test("A 4xx other than 429 drops the batch with an error line; the events after it still go out")
     func refusedBatchIsDropped() async throws {
         let outbox = InMemoryReceiptOutbox()
