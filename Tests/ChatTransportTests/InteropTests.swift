@@ -140,7 +140,7 @@ struct InteropTests {
             #expect(outcome.summary["codes"] == .array(codes), "\(outcome.stdout)")
             guard case .array(let messages)? = outcome.summary["messages"] else { return }
             // The messages say what was wrong.
-            #expect(messages[0] == .string("unknown event 'no:such:event'; this server accepts message:send and user:reconnected"))
+            #expect(messages[0] == .string("unknown event 'no:such:event'; this server accepts message:send, message:read, typing:start, typing:stop and user:reconnected"))
             #expect(messages[2] == .string("'chatId' must be a string"))
             #expect(messages[3] == .string("message:send needs 'content'"))
         }
