@@ -144,6 +144,15 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // Encryption at rest: AES-256-GCM sealing of message content (the domain's MessageSealer port).
+        .target(
+            name: "ChatEncryption",
+            dependencies: [
+                "ChatDomain",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strictSettings
+        ),
         // The receipts webhook: posts what waits in a ReceiptOutbox, signed, at least once.
         .target(
             name: "ChatWebhook",
@@ -170,6 +179,7 @@ let package = Package(
                 "ChatStoreMongo",
                 "ChatStoreSQLite",
                 "ChatBrokerAMQP",
+                "ChatEncryption",
                 "ChatWebhook",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
@@ -279,6 +289,11 @@ let package = Package(
         .testTarget(
             name: "ChatStoreSQLiteTests",
             dependencies: ["ChatStoreSQLite", "ChatDomain", "ChatScenarioKit", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "ChatEncryptionTests",
+            dependencies: ["ChatEncryption", "ChatDomain", "ChatScenarioKit", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -134,6 +134,7 @@ enum ChatDocument {
             "name": chat.name.map(BSON.string) ?? .null,
             "lastMessage": chat.lastMessage.map(BSON.objectID) ?? .null,
             "invited": .array(chat.invited.map { .string($0.rawValue) }),
+            "encrypted": .bool(chat.encrypted),
         ]
     }
 
@@ -149,7 +150,8 @@ enum ChatDocument {
             name: document["name"]?.string,
             lastMessage: document["lastMessage"]?.objectID,
             // Chats stored before invitations existed have none.
-            invited: (document["invited"]?.array ?? []).compactMap { value in value.string.map { UserID($0) } }
+            invited: (document["invited"]?.array ?? []).compactMap { value in value.string.map { UserID($0) } },
+            encrypted: document["encrypted"] == .bool(true)
         )
     }
 

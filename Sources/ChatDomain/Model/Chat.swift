@@ -11,17 +11,28 @@ public struct Chat: Hashable, Sendable, Codable {
     /// Participants who have not accepted the chat yet (when the server asks for acceptance): they get none of its
     /// messages and its other participants do not see their presence, until they accept.
     public var invited: [UserID]
+    /// Whether the chat's messages are sealed at rest (`"encrypted": true` at creation, or every chat when the
+    /// server encrypts all of them).
+    public var encrypted: Bool
 
     /// The longest chat id, in UTF-8 bytes, the engine looks up; a longer one cannot name a chat.
     public static let maxIDBytes = 256
 
     /// Creates a chat.
-    public init(id: ChatID, participants: [UserID], name: String? = nil, lastMessage: MessageID? = nil, invited: [UserID] = []) {
+    public init(
+        id: ChatID,
+        participants: [UserID],
+        name: String? = nil,
+        lastMessage: MessageID? = nil,
+        invited: [UserID] = [],
+        encrypted: Bool = false
+    ) {
         self.id = id
         self.participants = participants
         self.name = name
         self.lastMessage = lastMessage
         self.invited = invited
+        self.encrypted = encrypted
     }
 
     /// Whether `user` takes part in the chat and has accepted it.
@@ -36,7 +47,7 @@ public struct Chat: Hashable, Sendable, Codable {
 
     enum CodingKeys: String, CodingKey {
         case id = "_id"
-        case participants, name, lastMessage, invited
+        case participants, name, lastMessage, invited, encrypted
     }
 
     public init(from decoder: any Decoder) throws {
@@ -46,6 +57,7 @@ public struct Chat: Hashable, Sendable, Codable {
         self.name = try container.decodeIfPresent(String.self, forKey: .name)
         self.lastMessage = try container.decodeIfPresent(MessageID.self, forKey: .lastMessage)
         self.invited = try container.decodeIfPresent([UserID].self, forKey: .invited) ?? []
+        self.encrypted = try container.decodeIfPresent(Bool.self, forKey: .encrypted) ?? false
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -55,6 +67,7 @@ public struct Chat: Hashable, Sendable, Codable {
         try container.encode(self.name, forKey: .name)
         try container.encode(self.lastMessage, forKey: .lastMessage)
         try container.encode(self.invited, forKey: .invited)
+        try container.encode(self.encrypted, forKey: .encrypted)
     }
 }
 

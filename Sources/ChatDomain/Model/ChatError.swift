@@ -42,6 +42,8 @@ public struct ChatError: Error, Sendable, CustomStringConvertible {
         public static let tooManyChats = Code(rawValue: "too_many_chats")
         /// No message has the id given.
         public static let messageNotFound = Code(rawValue: "message_not_found")
+        /// A stored message cannot be opened: sealed with a key this server does not have, or tampered with.
+        public static let messageUnreadable = Code(rawValue: "message_unreadable")
     }
 
     /// What went wrong, for machines.
