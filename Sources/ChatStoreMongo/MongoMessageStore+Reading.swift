@@ -142,3 +142,26 @@ extension MongoMessageStore: ReceiptOutbox {
         if let writeError = reply["writeErrors"]?.array?.first?.document { throw Self.chatError(writeError) }
     }
 }
+
+/// `chatd reencrypt`'s access: messages in id order, content and attachments replaced in place.
+extension MongoMessageStore: MessageContentRewriting {
+    public func storedMessages(after: MessageID?, limit: Int) async throws -> [Message] {
+        let filter: BSONDocument = after.map { ["_id": .document(["$gt": .objectID($0)])] } ?? [:]
+        return try await self.find("messages", filter, sort: ["_id": .int(1)], limit: limit).map(MessageDocument.decode)
+    }
+
+    public func replaceContent(of message: Message) async throws {
+        let reply = try await self.command([
+            "update": .string("messages"),
+            "updates": .array([
+                .document([
+                    "q": .document(["_id": .objectID(message.id)]),
+                    "u": .document(["$set": .document([
+                        "content": .string(message.content), "attachments": .array(message.attachments.map(MessageDocument.bson)),
+                    ])]),
+                ])
+            ]),
+        ])
+        if let writeError = reply["writeErrors"]?.array?.first?.document { throw Self.chatError(writeError) }
+    }
+}

@@ -369,3 +369,19 @@ extension SQLiteChatStore {
         Array(repeating: "?", count: count).joined(separator: ", ")
     }
 }
+
+extension SQLiteChatStore: MessageContentRewriting {
+    public func storedMessages(after: MessageID?, limit: Int) async throws -> [Message] {
+        guard limit > 0 else { return [] }
+        return try await self.read { db in
+            try Self.messages(where: "id > ? ORDER BY id LIMIT ?", [.text(after?.hexString ?? ""), .integer(Int64(limit))], in: db)
+        }
+    }
+
+    public func replaceContent(of message: Message) async throws {
+        let attachments: SQLValue = message.attachments.isEmpty ? .null : .blob(try Self.encode(message.attachments))
+        try await self.write { db in
+            _ = try db.run("UPDATE messages SET content = ?, attachments = ? WHERE id = ?", [.text(message.content), attachments, .text(message.id.hexString)])
+        }
+    }
+}

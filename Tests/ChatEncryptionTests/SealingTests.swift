@@ -147,6 +147,29 @@ struct SealingTests {
         #expect(!logs.all.contains { entry in entry.message.contains("m1") || entry.metadata.values.contains { $0.contains("m1") && $0.count < 4 } })
     }
 
+    @Test("Rotation: reencrypt re-seals old-key and clear messages under the current key, resumably; then the old key can go")
+    func reencrypt() async throws {
+        let base = InMemoryMessageStore()
+        try await base.saveChat(Chat(id: "chat-ab", participants: ["alice", "bob"]))
+        let generator = MessageIDGenerator()
+        let messages = (0..<7).map { Message(id: generator.next(), chatID: "chat-ab", senderID: "alice", content: "m\($0) 7f3a", createdAt: Date()) }
+        let old = SealingMessageStore(base: base, sealer: try Self.sealer(), scope: .all, logger: Logger(label: "test"))
+        for message in messages.prefix(5) { _ = try await old.insert(message, pendingFor: ["bob"]) }
+        for message in messages.suffix(2) { _ = try await base.insert(message, pendingFor: ["bob"]) }  // stored before encryption
+        let rotated = SealingMessageStore(base: base, sealer: try Self.sealer(("k2", Self.key2), older: [("k1", Self.key1)]), scope: .all, logger: Logger(label: "test"))
+        var batches: [Int] = []
+        let report = try await Reencryption(store: rotated, rewriting: base).run(batch: 3) { batches.append($0.examined) }
+        #expect(report == Reencryption.Report(examined: 7, resealed: 7, unreadable: 0))
+        #expect(batches == [3, 6, 7], "progress after each batch")
+        for message in try await base.storedMessages(after: nil, limit: 100) {
+            #expect(MessageSealing.keyID(of: message) == "k2")
+        }
+        #expect(try await Reencryption(store: rotated, rewriting: base).run(batch: 3).resealed == 0, "a second run has nothing to do")
+        let retired = SealingMessageStore(base: base, sealer: try Self.sealer(("k2", Self.key2)), scope: .all, logger: Logger(label: "test"))
+        #expect(try await retired.history(of: "chat-ab", before: nil, limit: 10).map(\.content) == messages.reversed().map(\.content))
+        #expect(try await retired.message(messages[0].id)?.readBy == messages[0].readBy)
+    }
+
     @Test("The product scenarios pass with every message sealed in the store", arguments: ProductScenario.all)
     func productScenarios(_ scenario: ProductScenario) async throws {
         let store = SealingMessageStore(base: InMemoryMessageStore(), sealer: try Self.sealer(), scope: .all, logger: Logger(label: "test"))

@@ -12,12 +12,17 @@ public struct MessageReceipts: Sendable {
 extension ChatService {
     /// Creates a chat of `creator` and `participants` (the creator is added; duplicates and surrounding spaces are
     /// dropped). Users named for the first time exist from now on. With
-    /// ``ChatServiceConfiguration/requireChatAcceptance`` everyone but the creator starts out invited.
+    /// ``ChatServiceConfiguration/requireChatAcceptance`` everyone but the creator starts out invited. `encrypted`
+    /// asks for the chat's messages to be sealed at rest (needs ``ChatServiceConfiguration/encryption``; with
+    /// ``EncryptionScope/all`` every chat is).
     /// - Throws: ``ChatError`` `bad_request` (a participant id that is empty, over 256 bytes or holds control
     ///   characters; nobody besides the creator; more than ``ChatServiceConfiguration/maxChatParticipants``; a
-    ///   name over 256 bytes), `too_many_chats` (the creator is in ``ChatServiceConfiguration/maxChatsPerUser``
-    ///   chats already), `store_unavailable` or `internal_error`.
-    public func createChat(by creator: User, participants names: [String], name: String?) async throws(ChatError) -> Chat {
+    ///   name over 256 bytes; `encrypted` on a server without encryption), `too_many_chats` (the creator is in
+    ///   ``ChatServiceConfiguration/maxChatsPerUser`` chats already), `store_unavailable` or `internal_error`.
+    public func createChat(by creator: User, participants names: [String], name: String?, encrypted: Bool = false) async throws(ChatError) -> Chat {
+        if encrypted, self.configuration.encryption == nil {
+            throw ChatError(.badRequest, "this server does not encrypt messages at rest (no ENCRYPTION_KEY); create the chat without \"encrypted\"")
+        }
         var participants: [UserID] = [creator.id]
         for raw in names {
             let id = raw.trimmingCharacters(in: .whitespaces)
@@ -43,7 +48,8 @@ extension ChatService {
             id: ChatID(self.idGenerator.next().hexString),
             participants: participants,
             name: name,
-            invited: self.configuration.requireChatAcceptance ? participants.filter { $0 != creator.id } : []
+            invited: self.configuration.requireChatAcceptance ? participants.filter { $0 != creator.id } : [],
+            encrypted: encrypted || self.configuration.encryption == .all
         )
         let store = self.store
         try await self.storeCall {

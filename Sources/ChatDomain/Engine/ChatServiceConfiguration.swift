@@ -52,6 +52,9 @@ public struct ChatServiceConfiguration: Sendable {
     public var requireChatAcceptance = false
 
     /// The defaults.
+    /// Which chats' messages the store and queue seal at rest (the sealing adapters do it; the engine flags new
+    /// chats and refuses `encrypted` chats without it); nil when nothing is encrypted.
+    public var encryption: EncryptionScope?
     /// How long a `typing:start` holds without a refresh before the others get `typing: false`.
     public var typingTTL: Duration = .seconds(6)
     /// Typing events each connection may send (`typing:start` and `typing:stop` together).

@@ -214,6 +214,22 @@ public final class InMemoryMessageStore: MessageStore {
         }
     }
 
+    /// Stored messages after `after`, in id order (``MessageContentRewriting``).
+    public func storedMessages(after: MessageID?, limit: Int) async throws -> [Message] {
+        try self.withAvailableState { state in
+            let ids = state.messages.keys.filter { id in after.map { id > $0 } ?? true }.sorted()
+            return ids.prefix(max(0, limit)).compactMap { state.messages[$0]?.message }
+        }
+    }
+
+    /// Replaces a stored message's content and attachments (``MessageContentRewriting``).
+    public func replaceContent(of message: Message) async throws {
+        try self.withAvailableState { state in
+            state.messages[message.id]?.message.content = message.content
+            state.messages[message.id]?.message.attachments = message.attachments
+        }
+    }
+
     private func withAvailableState<Result>(_ body: (inout State) throws -> Result) throws -> Result {
         try self.state.withLock { state in
             guard state.available else {
@@ -253,3 +269,6 @@ extension Array where Element == MessageID {
         if index >= 0, self[index] == id { self.remove(at: index) }
     }
 }
+
+
+extension InMemoryMessageStore: MessageContentRewriting {}

@@ -72,13 +72,14 @@ public struct ChatHTTPAPI: Sendable {
     private struct CreateChatBody: Decodable {
         var participants: [String]
         var name: String?
+        var encrypted: Bool?
     }
 
     private func createChat(_ request: Request) async throws(APIError) -> Response {
         let caller = try await self.authenticate(request)
         let body: CreateChatBody = try await Self.decode(request)
         let chat = try await self.call { () async throws(ChatError) in
-            try await self.service.createChat(by: caller, participants: body.participants, name: body.name)
+            try await self.service.createChat(by: caller, participants: body.participants, name: body.name, encrypted: body.encrypted ?? false)
         }
         return Self.json(.created, chat)
     }
