@@ -57,7 +57,7 @@ log "Running the test suites"
 # Two phases on two cores: everything light in parallel, then the suites that start RabbitMQ nodes (each takes
 # a core for ~15 s to boot) or a whole chatd stack, and the heartbeat timing suite (tens of milliseconds), one test
 # at a time, so no broker boots while another test measures timeouts.
-heavy='RabbitMQMessageQueueTests|RabbitMQSharedNodeTests|FullStackTests|BothModesTests|SeveralNodesEndToEndTests|HeartbeatTimingTests|DurableDefaultTests'
+heavy='RabbitMQMessageQueueTests|RabbitMQSharedNodeTests|FullStackTests|BothModesTests|SeveralNodesEndToEndTests|HeartbeatTimingTests|DurableDefaultTests|EncryptionEndToEndTests'
 swift test --skip-build --skip "$heavy"
 log "Running the broker and end-to-end suites, one test at a time"
 swift test --skip-build --filter "$heavy" --no-parallel

@@ -104,7 +104,7 @@ public struct ChatServer: Sendable {
             logger: Logger(label: "chatd.http")
         )
         var exporter = StatisticsExporter(service: engine, socketIO: socketIO, factory: metrics)
-        if let broker = adapters.relay as? RabbitMQMessageQueue {
+        if let broker = adapters.broker {
             let node = settings.nodeID
             exporter.inboxDepth = { try? await broker.inboxDepth(of: node)?.ready }
         }
@@ -121,6 +121,46 @@ public struct ChatServer: Sendable {
             settings: settings,
             logger: logger
         )
+    }
+
+    /// Re-seals every stored message under the current key (`chatd reencrypt`), `batch` at a time, reporting after
+    /// each batch; resumable (messages already under the current key are only read).
+    /// - Throws: ``ChatServerSettings/Invalid`` without `ENCRYPTION_KEY` or with nothing stored to re-seal (in memory).
+    public static func reencrypt(
+        settings: ChatServerSettings,
+        batch: Int,
+        logger: Logger,
+        progress: (Reencryption.Report) -> Void
+    ) async throws -> Reencryption.Report {
+        guard let sealer = settings.sealer else {
+            throw ChatServerSettings.Invalid(description: "chatd reencrypt seals under the current key: set ENCRYPTION_KEY and ENCRYPTION_KEY_ID (and ENCRYPTION_OLD_KEYS for the keys being retired)")
+        }
+        let store: any MessageStore & MessageContentRewriting
+        var close: () async -> Void = {}
+        if let mongo = settings.mongo {
+            let adapter = try MongoMessageStore(configuration: mongo, logger: logger)
+            store = adapter
+            close = { await adapter.close() }
+        } else if let sqlite = settings.sqlite {
+            do {
+                let adapter = try SQLiteChatStore(configuration: sqlite, logger: logger)
+                store = adapter
+                close = { await adapter.close() }
+            } catch {
+                throw ChatServerSettings.Invalid(description: "\(error.message) (chatd reencrypt opens the embedded file, so stop the serving chatd first)")
+            }
+        } else {
+            throw ChatServerSettings.Invalid(description: "nothing to re-encrypt: with IN_MEMORY=true messages live only in the serving process")
+        }
+        let sealing = SealingMessageStore(base: store, sealer: sealer, scope: settings.encryptionScope, logger: logger)
+        do {
+            let report = try await Reencryption(store: sealing, rewriting: store).run(batch: batch, progress: progress)
+            await close()
+            return report
+        } catch {
+            await close()
+            throw error
+        }
     }
 
     /// Runs every service until SIGTERM or SIGINT (or until the task is cancelled), then stops them in order.
@@ -144,6 +184,8 @@ struct Adapters {
     /// Carries live messages to the other nodes: the RabbitMQ adapter when both RabbitMQ and Redis are configured
     /// (presence in Redis is what says where a user is connected); none otherwise.
     var relay: (any NodeRelay)?
+    /// The RabbitMQ adapter when it is the relay (for its inbox depth).
+    var broker: RabbitMQMessageQueue?
     /// Where receipt events wait for the webhook: the store when it is durable (MongoDB, SQLite), else memory; none
     /// without a webhook.
     var receiptOutbox: (any ReceiptOutbox)?
@@ -198,8 +240,16 @@ struct Adapters {
             as: { $0 as any PresenceStore }, otherwise: InMemoryPresenceStore()
         )
         self.relay = settings.redis == nil ? nil : self.queue as? any NodeRelay
+        self.broker = self.relay as? RabbitMQMessageQueue
         if settings.receiptsWebhook != nil {
             self.receiptOutbox = self.store as? any ReceiptOutbox ?? InMemoryReceiptOutbox(capacity: settings.receiptOutboxCapacity)
+        }
+        // Content is sealed on its way to the store, the queue and other nodes' inboxes, and opened on its way back.
+        if let sealer = settings.sealer {
+            let sealing = SealingMessageStore(base: self.store, sealer: sealer, scope: settings.encryptionScope, logger: Logger(label: "chatd.encryption"))
+            self.store = sealing
+            self.queue = SealingMessageQueue(base: self.queue, store: sealing)
+            self.relay = self.relay.map { SealingNodeRelay(base: $0, store: sealing) }
         }
         self.services = services
     }

@@ -1,9 +1,10 @@
 public import ChatBrokerAMQP
-import ChatDomain
+public import ChatDomain
 public import ChatPresenceRedis
 public import ChatStoreMongo
 public import ChatStoreSQLite
 public import ChatTransport
+public import ChatEncryption
 public import ChatWebhook
 import Foundation
 public import Logging
@@ -65,6 +66,10 @@ public struct ChatServerSettings: Sendable {
     var maxChatParticipants = 1_000
     var maxChatsPerUser = 1_000
     var requireChatAcceptance = false
+    /// Seals message content at rest, when `ENCRYPTION_KEY` is set (with `ENCRYPTION_KEY_ID`, `ENCRYPTION_OLD_KEYS`).
+    public var sealer: AESGCMSealer?
+    /// Which chats are sealed (`ENCRYPTION_SCOPE`: `all`, the default, or `flagged`).
+    public var encryptionScope = EncryptionScope.all
     /// How long a `typing:start` holds without a refresh (`TYPING_TTL_MS`).
     var typingTTL: Duration = .seconds(6)
     /// The receipts webhook, when `RECEIPTS_WEBHOOK_URL` is set.
@@ -170,6 +175,28 @@ public struct ChatServerSettings: Sendable {
         if let ms = try reader.int("TYPING_TTL_MS", flag: "typing-ttl-ms", in: 100...3_600_000) { settings.typingTTL = .milliseconds(ms) }
         settings.receiptOutboxCapacity =
             try reader.int("RECEIPTS_OUTBOX_MAX", flag: "receipts-outbox-max", in: 1...100_000_000) ?? settings.receiptOutboxCapacity
+        if let key = reader.string("ENCRYPTION_KEY", flag: "encryption-key") {
+            do {
+                settings.sealer = try AESGCMSealer(
+                    key: key,
+                    keyID: reader.string("ENCRYPTION_KEY_ID", flag: "encryption-key-id"),
+                    oldKeys: reader.string("ENCRYPTION_OLD_KEYS", flag: "encryption-old-keys")
+                )
+            } catch {
+                throw Invalid(description: error.message)
+            }
+        } else if reader.string("ENCRYPTION_OLD_KEYS", flag: "encryption-old-keys") != nil || reader.string("ENCRYPTION_KEY_ID", flag: "encryption-key-id") != nil {
+            throw Invalid(description: "ENCRYPTION_KEY_ID and ENCRYPTION_OLD_KEYS need ENCRYPTION_KEY (the current key, base64 of 32 bytes); set it, or unset them")
+        }
+        if let scope = reader.string("ENCRYPTION_SCOPE", flag: "encryption-scope") {
+            guard let parsed = EncryptionScope(rawValue: scope.lowercased()) else {
+                throw Invalid(description: "ENCRYPTION_SCOPE (or --encryption-scope) must be all or flagged (got '\(scope.prefix(64))')")
+            }
+            guard settings.sealer != nil else {
+                throw Invalid(description: "ENCRYPTION_SCOPE needs ENCRYPTION_KEY and ENCRYPTION_KEY_ID: without a key nothing is encrypted")
+            }
+            settings.encryptionScope = parsed
+        }
         if let url = reader.string("RECEIPTS_WEBHOOK_URL", flag: "receipts-webhook-url") {
             do {
                 settings.receiptsWebhook = try ReceiptsWebhookConfiguration(
@@ -265,6 +292,14 @@ public struct ChatServerSettings: Sendable {
             logger.warning("The message store is this node's own SQLite file; several nodes need a shared store: set MONGODB_URI")
         }
         for line in self.summary { logger.info("Using \(line)") }
+        if let sealer = self.sealer {
+            let older = sealer.keyIDs.dropFirst()
+            logger.notice(
+                "Encryption at rest on: AES-256-GCM with key \(sealer.currentKeyID) for \(self.encryptionScope == .all ? "every chat" : "chats created with \"encrypted\": true")\(older.isEmpty ? "" : "; older keys kept for reading: \(older.joined(separator: ", "))")"
+            )
+        } else {
+            logger.notice("Encryption at rest off: message content is stored and queued in the clear (set ENCRYPTION_KEY and ENCRYPTION_KEY_ID to seal it)")
+        }
         if let webhook = self.receiptsWebhook, webhook.secret == nil {
             logger.warning("RECEIPTS_WEBHOOK_SECRET is not set: receipt batches are posted unsigned and the receiver cannot tell them from forgeries; set RECEIPTS_WEBHOOK_SECRET")
         }
@@ -310,6 +345,7 @@ public struct ChatServerSettings: Sendable {
         configuration.maxChatsPerUser = self.maxChatsPerUser
         configuration.requireChatAcceptance = self.requireChatAcceptance
         configuration.typingTTL = self.typingTTL
+        configuration.encryption = self.sealer == nil ? nil : self.encryptionScope
         return configuration
     }
 

@@ -15,7 +15,7 @@ struct Chatd: AsyncParsableCommand {
             Every flag mirrors an environment variable (RABBITMQ_HOST, REDIS_HOST, MONGODB_URI, JWT_SECRET, ...). \
             With no RabbitMQ, Redis or MongoDB configured, chatd runs on in-memory adapters.
             """,
-        subcommands: [Serve.self, Token.self, QueueInfo.self],
+        subcommands: [Serve.self, Token.self, QueueInfo.self, Reencrypt.self],
         defaultSubcommand: Serve.self
     )
 }
@@ -89,5 +89,37 @@ struct QueueInfo: AsyncParsableCommand {
             print("message_delivery\tready=\(try await queue.deliveryEventDepth())")
         }
         await queue.close()
+    }
+}
+
+/// `chatd reencrypt`: re-seals stored messages under the current encryption key, so an old key can be retired.
+struct Reencrypt: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Re-seal every stored message under ENCRYPTION_KEY (resumable); afterwards the keys in ENCRYPTION_OLD_KEYS can be retired."
+    )
+
+    @Option(help: "Messages read and re-sealed per step (default 500).") var batch: Int = 500
+    @OptionGroup var flags: ConfigurationFlags
+
+    func validate() throws {
+        guard self.batch >= 1, self.batch <= 100_000 else { throw ValidationError("--batch must be from 1 to 100000") }
+    }
+
+    func run() async throws {
+        let settings = try loadSettings(self.flags)
+        var logger = Logger(label: "chatd.reencrypt")
+        logger.logLevel = .warning
+        let stderr = FileHandle.standardError
+        do {
+            let report = try await ChatServer.reencrypt(settings: settings, batch: self.batch, logger: logger) { report in
+                stderr.write(Data("reencrypt: \(report.examined) messages read, \(report.resealed) re-sealed, \(report.unreadable) unreadable\n".utf8))
+            }
+            print("re-sealed \(report.resealed) of \(report.examined) messages under key \(settings.sealer?.currentKeyID ?? "?"); \(report.unreadable) could not be opened")
+            if report.unreadable > 0 {
+                throw ExitCode(3)
+            }
+        } catch let error as ChatServerSettings.Invalid {
+            throw ValidationError("chatd: \(error.description)")
+        }
     }
 }

@@ -49,6 +49,10 @@ struct ConfigurationFlags: ParsableArguments {
     @Option(help: "Idle keep-alive HTTP connections close after this many ms (HTTP_IDLE_TIMEOUT_MS; default 60000).") var httpIdleTimeoutMs: String?
     @Option(help: "A connection must send its first request head within this many ms (HTTP_HEADER_TIMEOUT_MS; default 10000).") var httpHeaderTimeoutMs: String?
     @Option(help: "The most open HTTP connections (MAX_HTTP_CONNECTIONS; default 10000 or the file limit less 128).") var maxHttpConnections: String?
+    @Option(help: "Base64 of the 32-byte AES-256-GCM key that seals message content at rest (ENCRYPTION_KEY).") var encryptionKey: String?
+    @Option(help: "The id of ENCRYPTION_KEY, stored with each sealed value (ENCRYPTION_KEY_ID).") var encryptionKeyId: String?
+    @Option(help: "Older keys for reading, id:base64 pairs separated by commas (ENCRYPTION_OLD_KEYS).") var encryptionOldKeys: String?
+    @Option(help: "all (every chat) or flagged (chats created with encrypted: true) (ENCRYPTION_SCOPE; default all).") var encryptionScope: String?
     @Option(help: "A typing:start without a refresh ends after this many ms (TYPING_TTL_MS; default 6000).") var typingTtlMs: String?
     @Option(help: "POST receipt events (delivered, read, expired, failed) to this http(s) URL (RECEIPTS_WEBHOOK_URL).") var receiptsWebhookUrl: String?
     @Option(help: "Key of the batches' X-Chatd-Signature, HMAC-SHA256 (RECEIPTS_WEBHOOK_SECRET).") var receiptsWebhookSecret: String?
@@ -76,6 +80,8 @@ struct ConfigurationFlags: ParsableArguments {
             ("max-http-connections", self.maxHttpConnections), ("chat-acceptance", self.chatAcceptance),
             ("typing-ttl-ms", self.typingTtlMs), ("receipts-webhook-url", self.receiptsWebhookUrl),
             ("receipts-webhook-secret", self.receiptsWebhookSecret), ("receipts-outbox-max", self.receiptsOutboxMax),
+            ("encryption-key", self.encryptionKey), ("encryption-key-id", self.encryptionKeyId),
+            ("encryption-old-keys", self.encryptionOldKeys), ("encryption-scope", self.encryptionScope),
         ]
         return Dictionary(uniqueKeysWithValues: pairs.compactMap { key, value in value.map { (key, $0) } })
     }

@@ -98,6 +98,10 @@ struct EmbeddedTests {
             (["RECEIPTS_WEBHOOK_URL": "ftp://hooks.example.com/chatd"], "RECEIPTS_WEBHOOK_URL"),
             (["RECEIPTS_WEBHOOK_URL": "hooks.example.com/chatd"], "RECEIPTS_WEBHOOK_URL"),
             (["TYPING_TTL_MS": "soon"], "TYPING_TTL_MS"),
+            (["ENCRYPTION_KEY": Data(count: 16).base64EncodedString(), "ENCRYPTION_KEY_ID": "k1"], "ENCRYPTION_KEY"),
+            (["ENCRYPTION_KEY": "not base64!", "ENCRYPTION_KEY_ID": "k1"], "ENCRYPTION_KEY"),
+            (["ENCRYPTION_KEY": Data(count: 32).base64EncodedString()], "ENCRYPTION_KEY_ID"),
+            (["ENCRYPTION_SCOPE": "some"], "ENCRYPTION_SCOPE"),
         ]
         for (extra, variable) in cases {
             var environment = ["PORT": "0", "PATH": "/usr/bin:/bin"]

@@ -19,7 +19,7 @@ final class ChatdProcess: @unchecked Sendable {
         return repository.appendingPathComponent(".build/debug/chatd")
     }
 
-    let environment: [String: String]
+    private(set) var environment: [String: String]
     /// Where chatd writes its port once listening (a new file for every start).
     private let portFile: URL
     /// The process's own `DATA_DIR` (its embedded SQLite file), kept across restarts, removed at clean-up.
@@ -79,9 +79,10 @@ final class ChatdProcess: @unchecked Sendable {
         return await self.child.wait(timeout: timeout)
     }
 
-    /// Starts chatd again with the same environment (on a new port).
-    func restart() async throws {
+    /// Starts chatd again with the same environment, changed by `changes` (a nil value unsets), on a new port.
+    func restart(changing changes: [String: String?] = [:]) async throws {
         if self.child.exitStatus == nil { await self.crash() }
+        for (name, value) in changes { self.environment[name] = value }
         self.previousLogs += self.child.stderr
         await self.child.cleanUp()
         try? FileManager.default.removeItem(at: self.portFile)

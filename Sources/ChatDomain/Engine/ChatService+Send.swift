@@ -406,7 +406,8 @@ extension ChatService {
     }
 
     static func storeError(_ error: any Error) -> ChatError {
-        if let error = error as? ChatError, error.code == .storeUnavailable { return error }
+        // Said as it is: an outage, or a stored message that cannot be opened (which names the key to configure).
+        if let error = error as? ChatError, [.storeUnavailable, .messageUnreadable].contains(error.code) { return error }
         if let error = error as? ChatError, error.code == .internalError {
             return ChatError(
                 .internalError,
