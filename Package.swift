@@ -17,6 +17,8 @@ let package = Package(
         .library(name: "ChatStoreSQLite", targets: ["ChatStoreSQLite"]),
         .library(name: "ChatBrokerAMQP", targets: ["ChatBrokerAMQP"]),
         .library(name: "ChatTransport", targets: ["ChatTransport"]),
+        .library(name: "ChatEncryption", targets: ["ChatEncryption"]),
+        .library(name: "ChatWebhook", targets: ["ChatWebhook"]),
         .executable(name: "chatd", targets: ["chatd"]),
     ],
     dependencies: [

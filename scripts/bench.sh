@@ -20,6 +20,8 @@
 #                                 # throughput, drain-1000; RabbitMQ, Redis and nx-27017 started once for both)
 #   ./scripts/bench.sh durable    # the durable default (SQLite in DATA_DIR) next to in memory, in turns:
 #                                 # throughput (8 pairs), drain-10000; then restart time with 100,000 messages
+#   ./scripts/bench.sh encryption # encryption at rest off and on, in turns, on the durable default and on the
+#                                 # full stack: throughput and drain, with chatd's CPU per message
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -60,7 +62,7 @@ if [ "$mode" = instructions ]; then
     }
     n=2000
     printf '| operation | instructions per operation (median of 3) | runs |\n| --- | ---: | --- |\n'
-    for operation in send-decode received-encode engine-send; do
+    for operation in send-decode received-encode engine-send seal open; do
         # N and 2N operations in one process each: start-up and set-up cancel out in the difference.
         runs=()
         for _ in 1 2 3; do
@@ -74,7 +76,7 @@ if [ "$mode" = instructions ]; then
     exit 0
 fi
 
-if [ "$mode" = full ] || [ "$mode" = compare-full ] || [ "$mode" = nodes ]; then
+if [ "$mode" = full ] || [ "$mode" = compare-full ] || [ "$mode" = nodes ] || [ "$mode" = encryption ]; then
     for package in redis-server rabbitmq-server python3-venv; do
         dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing="${missing:-} $package"
     done
@@ -156,6 +158,11 @@ run() {
                MAX_HTTP_CONNECTIONS=20000)
     local services=$stack
     [ "$mode" = compare ] && services=$compare_stack
+    # encryption: <services>-plain or <services>-sealed.
+    if [ "$mode" = encryption ]; then
+        services=${stack%%-*}
+        [ "${stack##*-}" = sealed ] && env+=(ENCRYPTION_KEY="$(head -c 32 /dev/urandom | base64)" ENCRYPTION_KEY_ID=bench)
+    fi
     # Embedded means in memory here (the suite's history); "durable" is the default SQLite file.
     if [ "$services" = durable ]; then
         env+=(DATA_DIR="$work/data-$rep-$RANDOM")
@@ -180,7 +187,13 @@ run() {
             log "scenario $name failed: $(tail -3 "$work/load.err")"
         fi
     }
-    if [ "$mode" = durable ]; then
+    if [ "$mode" = encryption ] && [ "$services" = full ]; then
+        scenario throughput --scenario throughput --messages 4000 --pairs 4 --window 16
+        scenario drain-1000 --scenario drain --messages 1000
+    elif [ "$mode" = encryption ]; then
+        scenario throughput --scenario throughput --messages 20000 --pairs 8 --window 64
+        scenario drain-10000 --scenario drain --messages 10000 --timeout 300
+    elif [ "$mode" = durable ]; then
         scenario throughput --scenario throughput --messages 20000 --pairs 8 --window 64
         scenario drain-10000 --scenario drain --messages 10000 --timeout 300
     elif [ "$mode" = compare ] && [ "$services" = full ]; then
@@ -281,6 +294,15 @@ elif [ "$mode" = durable ]; then
         until [ -s "$work/port" ]; do sleep 0.005; done
         echo "{\"mode\": \"durable\", \"rep\": $attempt, \"name\": \"restart-100000\", \"restart_ms\": $(( ($(date +%s%N) - started) / 1000000 ))}" >> "$results"
         kill -KILL "$pid"; wait "$pid" 2>/dev/null || true
+    done
+elif [ "$mode" = encryption ]; then
+    log "Starting RabbitMQ, Redis and nx-27017 on loopback"
+    start_services
+    for rep in $(seq 1 "$reps"); do
+        if [ $((rep % 2)) -eq 1 ]; then order=(plain sealed); else order=(sealed plain); fi
+        for services in durable full; do
+            for which in "${order[@]}"; do run "$services-$which" "$rep"; done
+        done
     done
 elif [ "$mode" = compare ]; then
     if [ "$compare_stack" = full ]; then

@@ -34,6 +34,7 @@ let package = Package(
             name: "chatd-instructions",
             dependencies: [
                 .product(name: "ChatDomain", package: "chatd"),
+                .product(name: "ChatEncryption", package: "chatd"),
                 .product(name: "ChatTransport", package: "chatd"),
                 .product(name: "Logging", package: "swift-log"),
             ]

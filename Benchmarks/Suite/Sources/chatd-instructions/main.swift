@@ -1,4 +1,5 @@
 import ChatDomain
+import ChatEncryption
 import ChatTransport
 import Dispatch
 import Foundation
@@ -11,11 +12,12 @@ import Logging
 // `dispatch_main` an async main ends in on Linux.
 //
 //   chatd-instructions <operation> <count>
-//   operations: send-decode, received-encode, engine-send
+//   operations: send-decode, received-encode, engine-send, seal, open
+//   (`seal` and `open`: one 200-byte message's content sealed / opened with AES-256-GCM, encryption at rest)
 
 let arguments = CommandLine.arguments
 guard arguments.count == 3, let count = Int(arguments[2]), count > 0 else {
-    FileHandle.standardError.write(Data("usage: chatd-instructions send-decode|received-encode|engine-send <count>\n".utf8))
+    FileHandle.standardError.write(Data("usage: chatd-instructions send-decode|received-encode|engine-send|seal|open <count>\n".utf8))
     exit(64)
 }
 
@@ -28,6 +30,16 @@ func run(_ operation: String, count: Int) async throws {
     logger.logLevel = .warning
     let content = String(repeating: "x", count: 200)
     switch operation {
+    case "seal", "open":
+        // What encryption at rest adds per message: one seal on its way to the store (and one to the queue for
+        // offline recipients, shared by all of them), one open per message read back.
+        let sealing = MessageSealing(sealer: try AESGCMSealer(current: (id: "k1", key: Data(repeating: 7, count: 32))))
+        let message = Message(id: MessageIDGenerator().next(), chatID: "6b0c4431c895fa32b1000000", senderID: "alice", content: content, createdAt: Date())
+        let sealed = try sealing.seal(message)
+        for _ in 0..<count {
+            keep(operation == "seal" ? try sealing.seal(message) : try sealing.open(sealed))
+        }
+
     case "send-decode":
         // The Socket.IO packet of a client's message:send as the server sees it after the Engine.IO type.
         let packet = #"217["message:send",{"chatId":"6b0c4431c895fa32b1000000","content":"\#(content)","clientMessageId":"c-1"}]"#
