@@ -122,4 +122,16 @@ struct SendValidationTests {
             #expect(error.message.contains("drainWindow"))
         }
     }
+
+    @Test("With encryption at rest, content that looks like a sealed value is refused (it would be taken for one); without, it is ordinary text")
+    func sealedPrefixIsReserved() async throws {
+        var encrypting = ChatServiceConfiguration()
+        encrypting.encryption = .all
+        let request = SendMessageRequest(chatID: Harness.directChat, content: "chatd-sealed:v1:k1:AAAA")
+        let (error, events, stored) = try await self.rejection(request, configuration: encrypting)
+        #expect(error?.code == .badRequest && error?.message.contains("chatd-sealed:v1:") == true)
+        #expect(events.count == 1 && stored == 0)
+        let (plainError, _, plainStored) = try await self.rejection(request)
+        #expect(plainError == nil && plainStored == 2, "delivered to bob and stored")
+    }
 }

@@ -33,9 +33,8 @@ public struct MessageSealing: Sendable {
         return String(Substring(rest[..<colon]))
     }
 
-    /// `message` with its content and attachments sealed under the current key (a sealed message as it is).
+    /// `message` with its content and attachments sealed under the current key.
     public func seal(_ message: Message) throws(SealingError) -> Message {
-        guard !Self.isSealed(message) else { return message }
         var plaintext: [UInt8]
         if message.attachments.isEmpty {
             plaintext = [Self.plainContent]

@@ -132,7 +132,8 @@ public actor ChatService: Service {
         self.logger = logger
         self.validator = MessageValidator(
             maxContentBytes: configuration.maxContentBytes,
-            allowedMessageTypes: configuration.allowedMessageTypes
+            allowedMessageTypes: configuration.allowedMessageTypes,
+            reservesSealedPrefix: configuration.encryption != nil
         )
         if case .clientAcknowledgement(let timeout) = configuration.deliveryConfirmation {
             self.acknowledgementDeadlines = AcknowledgementDeadlines(timeout: timeout, clock: dependencies.clock)

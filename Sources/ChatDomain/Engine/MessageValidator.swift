@@ -2,6 +2,9 @@
 struct MessageValidator {
     var maxContentBytes: Int
     var allowedMessageTypes: Set<MessageType>
+    /// Whether content is sealed at rest: then content may not look like a sealed value (it would be taken for one
+    /// when read back, and hidden).
+    var reservesSealedPrefix = false
 
     /// Returns the message type to store, or throws the error the client gets.
     func validate(_ request: SendMessageRequest, chat: Chat?, sender: UserID) throws(ChatError) -> MessageType {
@@ -16,6 +19,9 @@ struct MessageValidator {
         }
         if request.content.allSatisfy(\.isWhitespace) {
             throw ChatError(.emptyContent, "content must contain at least one non-space character")
+        }
+        if self.reservesSealedPrefix, request.content.hasPrefix(MessageSealing.prefix) {
+            throw ChatError(.badRequest, "content may not start with \"\(MessageSealing.prefix)\" on this server (it marks encrypted content)")
         }
         let bytes = request.content.utf8.count
         if bytes > self.maxContentBytes {
