@@ -152,14 +152,10 @@ extension ChatService {
                 try? self.transport.emit(prepared, to: connection, acknowledgement: nil)
             }
         }
-        guard let relay = self.relay, let records = await self.lookupPresence(Array(peers)) else { return }
-        var byNode: [NodeID: Set<UserID>] = [:]
-        for (peer, connections) in records {
-            for record in connections where record.nodeID != self.configuration.nodeID { byNode[record.nodeID, default: []].insert(peer) }
-        }
-        for (node, recipients) in byNode.sorted(by: { $0.key < $1.key }) {
+        guard let relay = self.relay else { return }
+        for (node, recipients) in await self.otherNodes(of: peers) {
             var notice = notice
-            notice.recipients = recipients.sorted()
+            notice.recipients = recipients
             do {
                 try await relay.notify(notice, to: node)
                 self.relaySucceeded()

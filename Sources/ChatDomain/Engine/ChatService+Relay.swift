@@ -113,19 +113,26 @@ extension ChatService {
     /// peers connected there). Best effort, like the local broadcast: a contact who misses it sees the user's
     /// state on their next connect.
     func announce(_ change: PresenceChange, online: Bool, to peers: Set<UserID>) async {
-        guard let relay = self.relay, !peers.isEmpty, let records = await self.lookupPresence(Array(peers)) else { return }
-        var byNode: [NodeID: Set<UserID>] = [:]
-        for (peer, connections) in records {
-            for record in connections where record.nodeID != self.configuration.nodeID { byNode[record.nodeID, default: []].insert(peer) }
-        }
-        for (node, recipients) in byNode.sorted(by: { $0.key < $1.key }) {
+        guard let relay = self.relay else { return }
+        for (node, recipients) in await self.otherNodes(of: peers) {
             do {
-                try await relay.announce(PresenceNotice(change: change, online: online, recipients: recipients.sorted()), to: node)
+                try await relay.announce(PresenceNotice(change: change, online: online, recipients: recipients), to: node)
                 self.relaySucceeded()
             } catch {
                 self.relayFailed(error)
             }
         }
+    }
+
+    /// The other nodes where `peers` are connected, each with those of them connected there (sorted); none without
+    /// a relay or while presence is unreachable.
+    func otherNodes(of peers: Set<UserID>) async -> [(node: NodeID, users: [UserID])] {
+        guard self.relay != nil, !peers.isEmpty, let records = await self.lookupPresence(Array(peers)) else { return [] }
+        var byNode: [NodeID: Set<UserID>] = [:]
+        for (peer, connections) in records {
+            for record in connections where record.nodeID != self.configuration.nodeID { byNode[record.nodeID, default: []].insert(peer) }
+        }
+        return byNode.sorted { $0.key < $1.key }.map { ($0.key, $0.value.sorted()) }
     }
 
     /// Whether `user` has a live connection on another node (several nodes; false without a relay or presence).
