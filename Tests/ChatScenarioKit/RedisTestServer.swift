@@ -64,7 +64,9 @@ public final class RedisTestServer: OwnedTestServer, @unchecked Sendable {
         process.standardError = FileHandle.nullDevice
         try process.run()
         self.process = process
-        let deadline = ContinuousClock.now + .seconds(5)
+        // 15 s: redis-server itself answers within milliseconds, but each PING here is a redis-cli process, and in a
+        // full parallel run on two cores starting processes can take seconds (5 s was not always enough).
+        let deadline = ContinuousClock.now + .seconds(15)
         while ContinuousClock.now < deadline {
             if TestServers.hasExited(process.processIdentifier) {
                 self.process = nil
@@ -80,7 +82,7 @@ public final class RedisTestServer: OwnedTestServer, @unchecked Sendable {
             try await Task.sleep(for: .milliseconds(20))
         }
         await self.kill()
-        throw TestServerError("redis-server on port \(self.port) did not answer PING within 5 s")
+        throw TestServerError("redis-server on port \(self.port) did not answer PING within 15 s")
     }
 
     /// Kills the process and reaps it. SIGKILL, since a child can inherit a signal mask that blocks SIGTERM (it
