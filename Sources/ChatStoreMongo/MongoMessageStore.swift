@@ -472,6 +472,11 @@ public final class MongoMessageStore: MessageStore, Service {
             "createIndexes": .string("chats"),
             "indexes": .array([index("participants_by_name", ["participants": .int(1), "name": .int(1)])]),
         ])
+        // Listing chats reads the marks of those chats (`chatId $in`): without an index, every mark of every chat.
+        _ = try pool.command([
+            "createIndexes": .string("readMarks"),
+            "indexes": .array([index("marks_by_chat", ["chatId": .int(1), "userId": .int(1)])]),
+        ])
     }
 
     /// An error thrown on a store thread, as the engine sees it (what ``BlockingThreads`` does for ``run(_:)``).
