@@ -76,7 +76,11 @@ struct DurableDefaultTests {
                     let metrics = try await EmbeddedTests.text(chatd.url + "/metrics")
                     return metrics.split(separator: "\n").contains { $0.hasPrefix("chatd_webhook_outbox_depth ") && Double($0.split(separator: " ").last ?? "") == 21 }
                 }
-                #expect(chatd.log.contains("Receipts webhook unreachable or failing; events wait in the outbox and are retried"))
+                // The depth is recorded before each attempt; the attempt fails at its 10 s timeout (async-http-client
+                // keeps retrying a refused connection until the request's deadline), then the warning is logged.
+                await eventually("the webhook's failure to be logged", timeout: .seconds(30), every: .milliseconds(100)) {
+                    chatd.log.contains("Receipts webhook unreachable or failing; events wait in the outbox and are retried")
+                }
 
                 await chatd.crash()
                 try await chatd.restart()
