@@ -15,18 +15,11 @@ struct MetricsObserver: DeliveryObserver {
         self.outboxFull = Counter(label: "chatd_webhook_events_dropped_total", dimensions: [("reason", "outbox_full")], factory: factory)
     }
 
-    func delivered(latency: Duration) { self.latency.recordNanoseconds(latency.nanoseconds) }
-    func drained(messages: Int, duration: Duration) { self.drain.recordNanoseconds(duration.nanoseconds) }
+    func delivered(latency: Duration) { self.latency.recordNanoseconds(latency.wholeNanoseconds) }
+    func drained(messages: Int, duration: Duration) { self.drain.recordNanoseconds(duration.wholeNanoseconds) }
     func receiptEventsDropped(_ count: Int) { self.outboxFull.increment(by: count) }
 }
 
-extension Duration {
-    /// The duration in whole nanoseconds.
-    var nanoseconds: Int64 {
-        let (seconds, attoseconds) = self.components
-        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
-    }
-}
 
 /// Publishes the engine's counters and the connection count as Prometheus metrics, once a second.
 struct StatisticsExporter: Service {

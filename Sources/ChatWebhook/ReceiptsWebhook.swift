@@ -164,10 +164,10 @@ public final class ReceiptsWebhook: Service {
         request.body = .bytes(ByteBuffer(bytes: body))
         let started = ContinuousClock.now
         do {
-            let response = try await client.execute(request, timeout: .nanoseconds(self.configuration.timeout.nanoseconds))
+            let response = try await client.execute(request, timeout: .nanoseconds(self.configuration.timeout.wholeNanoseconds))
             // The body is not used; read it so the connection can be reused.
             _ = try? await response.body.collect(upTo: 64 * 1024)
-            self.latency.recordNanoseconds((ContinuousClock.now - started).nanoseconds)
+            self.latency.recordNanoseconds((ContinuousClock.now - started).wholeNanoseconds)
             let status = response.status.code
             switch status {
             case 200..<300:
@@ -215,11 +215,4 @@ public final class ReceiptsWebhook: Service {
         encoder.outputFormatting = [.withoutEscapingSlashes]
         return encoder
     }()
-}
-
-extension Duration {
-    fileprivate var nanoseconds: Int64 {
-        let (seconds, attoseconds) = self.components
-        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
-    }
 }
