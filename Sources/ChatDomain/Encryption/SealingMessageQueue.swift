@@ -12,7 +12,6 @@ public final class SealingMessageQueue: MessageQueue {
     /// The queue underneath.
     public let base: any MessageQueue
     let store: SealingMessageStore
-    let sealed = SealedCopies()
 
     /// Seals the entries for `base` as `store` seals messages.
     public init(base: any MessageQueue, store: SealingMessageStore) {
@@ -21,7 +20,7 @@ public final class SealingMessageQueue: MessageQueue {
     }
 
     public func enqueue(_ entries: [QueueEntry], for user: UserID) async throws -> [MessageID] {
-        try await self.base.enqueue(try await self.sealed.seal(entries, with: self.store), for: user)
+        try await self.base.enqueue(try await self.store.sealedCopies.seal(entries, with: self.store), for: user)
     }
 
     public func consumer(for user: UserID, prefetch: Int) async throws -> any QueueConsumer {
@@ -63,26 +62,34 @@ struct OpeningConsumer: QueueConsumer {
     func close() async { await self.base.close() }
 }
 
-/// Sealed copies of the messages sealed last, so a message queued for many recipients is sealed once.
+/// Sealed copies of the messages sealed last, so a message is sealed once for the store, its recipients' queue
+/// entries and other nodes' inboxes alike (the same sealed value stored twice reuses no nonce with other content).
 final class SealedCopies: Sendable {
     private let copies = Mutex<[MessageID: Message]>([:])
     private static let limit = 4096
+
+    /// `message` sealed where `store` seals it: the copy made before, or a new one.
+    func sealed(_ message: Message, by store: SealingMessageStore) async throws -> Message {
+        if let copy = self.copies.withLock({ $0[message.id] }) {
+            // Only the sealed fields are taken over: the rest (readBy, say) is this message's own.
+            var reused = message
+            reused.content = copy.content
+            reused.attachments = copy.attachments
+            return reused
+        }
+        let sealed = try await store.sealIfNeeded(message)
+        self.copies.withLock { copies in
+            if copies.count >= Self.limit { copies.removeAll(keepingCapacity: true) }
+            copies[message.id] = sealed
+        }
+        return sealed
+    }
 
     /// `entries` with their messages sealed where `store` seals them.
     func seal(_ entries: [QueueEntry], with store: SealingMessageStore) async throws -> [QueueEntry] {
         var result = entries
         for index in result.indices {
-            let message = result[index].message
-            if let copy = self.copies.withLock({ $0[message.id] }) {
-                result[index].message = copy
-                continue
-            }
-            let sealed = try await store.sealIfNeeded(message)
-            self.copies.withLock { copies in
-                if copies.count >= Self.limit { copies.removeAll(keepingCapacity: true) }
-                copies[message.id] = sealed
-            }
-            result[index].message = sealed
+            result[index].message = try await self.sealed(result[index].message, by: store)
         }
         return result
     }
@@ -116,7 +123,6 @@ public final class SealingNodeRelay: NodeRelay {
     /// The relay underneath.
     public let base: any NodeRelay
     let store: SealingMessageStore
-    let sealed = SealedCopies()
 
     /// Seals for `base` as `store` seals messages.
     public init(base: any NodeRelay, store: SealingMessageStore) {
@@ -125,7 +131,7 @@ public final class SealingNodeRelay: NodeRelay {
     }
 
     public func forward(_ entries: [QueueEntry], to node: NodeID) async throws -> Set<Int> {
-        try await self.base.forward(try await self.sealed.seal(entries, with: self.store), to: node)
+        try await self.base.forward(try await self.store.sealedCopies.seal(entries, with: self.store), to: node)
     }
 
     public func announce(_ notice: PresenceNotice, to node: NodeID) async throws {

@@ -24,6 +24,8 @@ public final class SealingMessageStore: MessageStore {
     let logger: Logger
     /// Whether each chat seen is flagged (``EncryptionScope/flagged``); a chat's flag never changes once created.
     private let flags = Mutex<[ChatID: Bool]>([:])
+    /// The sealed copies made last, shared with the sealing queue and relay over this store.
+    let sealedCopies = SealedCopies()
     private static let maxCachedFlags = 100_000
 
     /// Seals for `scope` with `sealer` over `base`.
@@ -96,7 +98,7 @@ public final class SealingMessageStore: MessageStore {
     }
 
     public func insert(_ message: Message, pendingFor recipients: [UserID]) async throws -> InsertOutcome {
-        switch try await self.base.insert(try await self.sealIfNeeded(message), pendingFor: recipients) {
+        switch try await self.base.insert(try await self.sealedCopies.sealed(message, by: self), pendingFor: recipients) {
         case .inserted:
             return .inserted
         case .duplicate(let first):
