@@ -224,10 +224,16 @@ class Suite:
         sid = self.open_polling()
         socket, _ = self.upgrade(sid)
         socket.send("5")
+        # The server reads one WebSocket's frames in order: once the CONNECT after the `5` is answered, the upgrade
+        # is complete. (A GET sent right after the `5` can reach the server first; it is then a poll of the
+        # still-polling session, answered by a noop when the upgrade completes, as the protocol says.)
+        socket.send("40" + json.dumps({"token": self.token}))
+        check(next_packet(socket).startswith("40{"), "the upgraded WebSocket carries the session")
         url, params = self.polling(sid)
         check(requests.get(url, params=params, timeout=5).status_code == 400, "a GET after the upgrade")
-        socket.send("40" + json.dumps({"token": self.token}))
-        check(next_packet(socket).startswith("40{"), "the WebSocket still works")
+        socket.send("42457" + json.dumps(["message:send", {"chatId": self.chat, "content": "after the refused GET"}]))
+        ack = next_packet(socket, lambda packet: packet.startswith("43"))
+        check(ack.startswith("43457[") and "messageId" in json.loads(ack[5:])[0], "the WebSocket still works: %r" % ack)
         socket.close()
 
     def eio_closes_a_second_websocket_after_the_upgrade(self):
