@@ -2,6 +2,7 @@ import ChatDomain
 import ChatScenarioKit
 @testable import ChatTransport
 import Foundation
+import NIOConcurrencyHelpers
 import Testing
 
 #if canImport(FoundationNetworking)
@@ -372,27 +373,90 @@ struct ServerTests {
 }
 
 /// Wire timing to the tens of milliseconds: `scripts/test.sh` runs this suite in its serial phase, since two cores
-/// shared with the parallel suites cannot keep such a promise.
+/// shared with the parallel suites cannot keep such a promise. Even there the machine can stall the whole process for
+/// most of a second (it did once in CI, at the start of the phase): an attempt during which a thread of the test's own
+/// came back more than 100 ms late measured the machine, not the server, and is run again, up to three attempts. An
+/// attempt that fails without such a stall fails the test, and so does the third.
 @Suite("Heartbeat timing")
 struct HeartbeatTimingTests {
+    /// What one attempt saw, in time since the handshake began.
+    struct Observation {
+        var status = 0
+        var packets: [String] = []
+        var pingedAfter = Duration.zero
+        var openAt420 = false
+        var closedBy600 = false
+
+        var asExpected: Bool {
+            self.status == 200 && self.packets == ["2"] && self.pingedAfter >= .milliseconds(280)
+                && self.pingedAfter < .milliseconds(420) && self.openAt420 && self.closedBy600
+        }
+    }
+
     @Test("Heartbeat precision: a ping at pingInterval, and a client that does not pong is closed at pingInterval + pingTimeout")
     func heartbeatPrecision() async throws {
         var socketIO = SocketIOConfiguration()
         socketIO.pingInterval = .milliseconds(300)
         socketIO.pingTimeout = .milliseconds(200)
-        try await withLiveServer(socketIO: socketIO) { live in
-            var client = PollingClient(live)
-            let started = ContinuousClock.now
-            _ = try await client.open()
-            let (status, packets) = try await client.poll()
-            let pingedAfter = ContinuousClock.now - started
-            #expect(status == 200 && packets == ["2"], "\(packets)")
-            #expect(pingedAfter >= .milliseconds(280) && pingedAfter < .milliseconds(420), "pinged after \(pingedAfter)")
-            // No pong. Still open well before 500 ms, closed shortly after.
-            try await Task.sleep(until: started + .milliseconds(420))
-            #expect(live.server.session(client.sid) != nil, "still open at 420 ms")
-            try await Task.sleep(until: started + .milliseconds(600))
-            #expect(live.server.session(client.sid) == nil, "closed by 600 ms (due at 500)")
+        for attempt in 1...3 {
+            let watch = StallWatch()
+            let seen = NIOLockedValueBox(Observation())
+            try await withLiveServer(socketIO: socketIO) { live in
+                var client = PollingClient(live)
+                let started = ContinuousClock.now
+                _ = try await client.open()
+                let (status, packets) = try await client.poll()
+                let pingedAfter = ContinuousClock.now - started
+                seen.withLockedValue { $0.status = status; $0.packets = packets; $0.pingedAfter = pingedAfter }
+                // No pong. Still open well before 500 ms, closed shortly after.
+                try await Task.sleep(until: started + .milliseconds(420))
+                let openAt420 = live.server.session(client.sid) != nil
+                try await Task.sleep(until: started + .milliseconds(600))
+                let closedBy600 = live.server.session(client.sid) == nil
+                seen.withLockedValue { $0.openAt420 = openAt420; $0.closedBy600 = closedBy600 }
+            }
+            let stall = watch.stop()
+            let observation = seen.withLockedValue { $0 }
+            if !observation.asExpected, stall > .milliseconds(100), attempt < 3 {
+                print("Heartbeat precision: attempt \(attempt) void, the machine stalled a thread for \(stall): \(observation)")
+                continue
+            }
+            #expect(observation.status == 200 && observation.packets == ["2"], "\(observation.packets)")
+            #expect(
+                observation.pingedAfter >= .milliseconds(280) && observation.pingedAfter < .milliseconds(420),
+                "pinged after \(observation.pingedAfter) (longest stall seen: \(stall))"
+            )
+            #expect(observation.openAt420, "still open at 420 ms")
+            #expect(observation.closedBy600, "closed by 600 ms (due at 500; longest stall seen: \(stall))")
+            return
         }
+    }
+}
+
+/// A thread of its own that wakes every 5 ms and keeps the longest time it came back late: how long the machine
+/// stalled the process while it ran.
+final class StallWatch: Sendable {
+    private let state = NIOLockedValueBox((running: true, longest: Duration.zero))
+    private let done = DispatchSemaphore(value: 0)
+
+    init() {
+        let thread = Thread { [state, done] in
+            let clock = ContinuousClock()
+            while state.withLockedValue({ $0.running }) {
+                let before = clock.now
+                usleep(5_000)
+                let late = clock.now - before - .milliseconds(5)
+                state.withLockedValue { $0.longest = max($0.longest, late) }
+            }
+            done.signal()
+        }
+        thread.start()
+    }
+
+    /// Stops the watch; returns the longest stall it saw.
+    func stop() -> Duration {
+        self.state.withLockedValue { $0.running = false }
+        self.done.wait()
+        return self.state.withLockedValue { $0.longest }
     }
 }
