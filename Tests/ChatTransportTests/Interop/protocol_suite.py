@@ -240,11 +240,14 @@ class Suite:
         sid = self.open_polling()
         socket, _ = self.upgrade(sid)
         socket.send("5")
-        time.sleep(0.05)
+        # The CONNECT after the `5` answered: the upgrade is complete (see the case above).
+        socket.send("40" + json.dumps({"token": self.token}))
+        check(next_packet(socket).startswith("40{"), "the upgraded WebSocket carries the session")
         second = self.ws(sid)
         check(closed(second), "the second WebSocket is closed")
-        socket.send("40" + json.dumps({"token": self.token}))
-        check(next_packet(socket).startswith("40{"), "the first WebSocket still works")
+        socket.send("42458" + json.dumps(["message:send", {"chatId": self.chat, "content": "after the second WebSocket"}]))
+        ack = next_packet(socket, lambda packet: packet.startswith("43"))
+        check(ack.startswith("43458[") and "messageId" in json.loads(ack[5:])[0], "the first WebSocket still works: %r" % ack)
         socket.close()
 
     # Socket.IO: connect
