@@ -8,16 +8,19 @@ struct MetricsObserver: DeliveryObserver {
     let latency: Metrics.Timer
     let drain: Metrics.Timer
     let outboxFull: Counter
+    let notWritten: Counter
 
     init(factory: any MetricsFactory) {
         self.latency = Metrics.Timer(label: "chatd_delivery_latency_seconds", factory: factory)
         self.drain = Metrics.Timer(label: "chatd_drain_duration_seconds", factory: factory)
         self.outboxFull = Counter(label: "chatd_webhook_events_dropped_total", dimensions: [("reason", "outbox_full")], factory: factory)
+        self.notWritten = Counter(label: "chatd_webhook_events_dropped_total", dimensions: [("reason", "not_written")], factory: factory)
     }
 
     func delivered(latency: Duration) { self.latency.recordNanoseconds(latency.wholeNanoseconds) }
     func drained(messages: Int, duration: Duration) { self.drain.recordNanoseconds(duration.wholeNanoseconds) }
     func receiptEventsDropped(_ count: Int) { self.outboxFull.increment(by: count) }
+    func receiptEventsNotWritten(_ count: Int) { self.notWritten.increment(by: count) }
 }
 
 

@@ -198,6 +198,7 @@ public func withHarness(
     store: (any MessageStore)? = nil,
     queue: (any MessageQueue)? = nil,
     relay: (any NodeRelay)? = nil,
+    receiptOutbox: (any ReceiptOutbox)? = nil,
     _ body: @Sendable (Harness) async throws -> Void
 ) async throws {
     let harness = try Harness(
@@ -208,7 +209,8 @@ public func withHarness(
         presence: presence,
         store: store,
         queue: queue,
-        relay: relay
+        relay: relay,
+        receiptOutbox: receiptOutbox
     )
     try await harness.seed()
     try await withThrowingTaskGroup(of: Void.self) { group in

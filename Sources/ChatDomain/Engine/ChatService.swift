@@ -141,30 +141,39 @@ public actor ChatService: Service {
             self.acknowledgementDeadlines = nil
         }
         let store = dependencies.store
+        let clock = dependencies.clock
         self.markWriter = BatchWriter(
             maxBatch: configuration.maxDeliveryMarkBatch,
             logger: logger,
-            // The recipients stay pending in the store, so they may get these messages once more (same ids) on
-            // their next catch-up; nothing is lost.
-            failureMessage: "Recording deliveries failed; the recipients may receive these messages again",
+            // Dropped ones leave their recipients pending in the store, so they may get these messages once more
+            // (same ids) on their next catch-up; nothing is lost.
+            subject: "Delivery confirmations (readBy updates)",
             failureLevel: .warning,
+            retention: BatchRetention(capacity: configuration.maxRetainedWrites, clock: clock, isTransient: Self.isUnreachable),
             write: { try await store.markDelivered($0) }
         )
         let queue = dependencies.queue
         self.eventWriter = BatchWriter(
             maxBatch: configuration.maxDeliveryMarkBatch,
             logger: logger,
-            failureMessage: "Delivery events for analytics dropped",
+            subject: "Delivery events for analytics",
             failureLevel: .debug,
             write: { try await queue.publishDeliveryEvents($0) }
         )
         if let outbox = dependencies.receiptOutbox {
             let engineLogger = logger
+            let observer = dependencies.observer
             self.receiptEvents = BatchWriter(
                 maxBatch: configuration.maxDeliveryMarkBatch,
                 logger: logger,
-                failureMessage: "Receipt events for the webhook could not be written to its outbox; they are not posted",
+                subject: "Receipt events for the webhook",
                 failureLevel: .warning,
+                retention: BatchRetention(
+                    capacity: configuration.maxRetainedWrites,
+                    clock: clock,
+                    isTransient: Self.isUnreachable,
+                    dropped: { observer?.receiptEventsNotWritten($0) }
+                ),
                 write: { events in
                     let dropped = try await outbox.append(events)
                     if dropped > 0 {
@@ -172,7 +181,7 @@ public actor ChatService: Service {
                             "Receipts webhook outbox full; oldest events dropped",
                             metadata: ["webhook.dropped": "\(dropped)", "webhook.outbox_capacity": "\(outbox.capacity)"]
                         )
-                        dependencies.observer?.receiptEventsDropped(dropped)
+                        observer?.receiptEventsDropped(dropped)
                     }
                 }
             )

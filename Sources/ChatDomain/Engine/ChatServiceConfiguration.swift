@@ -51,7 +51,6 @@ public struct ChatServiceConfiguration: Sendable {
     /// them and shares their presence. Default false: a chat is live for everyone it names.
     public var requireChatAcceptance = false
 
-    /// The defaults.
     /// Which chats' messages the store and queue seal at rest (the sealing adapters do it; the engine flags new
     /// chats and refuses `encrypted` chats without it); nil when nothing is encrypted.
     public var encryption: EncryptionScope?
@@ -59,7 +58,12 @@ public struct ChatServiceConfiguration: Sendable {
     public var typingTTL: Duration = .seconds(6)
     /// Typing events each connection may send (`typing:start` and `typing:stop` together).
     public var typingRateLimit = RateLimit(rate: 2, burst: 6)
+    /// How many confirmed deliveries (`readBy` updates) and receipt events for the webhook's outbox are kept while
+    /// the store cannot take them, and written when it can; past it the oldest are dropped, with a warning.
+    /// Default 100,000 of each.
+    public var maxRetainedWrites = 100_000
 
+    /// The defaults.
     public init() {}
 
     /// Checks the settings; the error names the setting that is wrong.
@@ -75,6 +79,12 @@ public struct ChatServiceConfiguration: Sendable {
         }
         if self.maxDeliveryMarkBatch < 1 {
             throw ChatError(.badRequest, "maxDeliveryMarkBatch must be at least 1 (got \(self.maxDeliveryMarkBatch))")
+        }
+        if self.maxRetainedWrites < self.maxDeliveryMarkBatch {
+            throw ChatError(
+                .badRequest,
+                "maxRetainedWrites must be at least maxDeliveryMarkBatch (\(self.maxDeliveryMarkBatch)); got \(self.maxRetainedWrites)"
+            )
         }
         if self.retention <= 0 {
             throw ChatError(.badRequest, "retention must be positive (got \(self.retention) s)")

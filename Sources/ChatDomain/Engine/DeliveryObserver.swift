@@ -9,9 +9,17 @@ public protocol DeliveryObserver: Sendable {
 
     /// The receipts webhook's outbox was full and dropped its `count` oldest events.
     func receiptEventsDropped(_ count: Int)
+
+    /// `count` receipt events never reached the outbox: the store could not take them (more than
+    /// ``ChatServiceConfiguration/maxRetainedWrites`` waited through an outage, the outage lasted until shutdown,
+    /// or the store refused them).
+    func receiptEventsNotWritten(_ count: Int)
 }
 
 extension DeliveryObserver {
     /// Ignores drops: for observers that do not count them.
     public func receiptEventsDropped(_ count: Int) {}
+
+    /// Ignores events lost before the outbox: for observers that do not count them.
+    public func receiptEventsNotWritten(_ count: Int) {}
 }
