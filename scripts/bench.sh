@@ -18,6 +18,8 @@
 #                                 # receivers on the sender's node and on the other node, in turns (prints)
 #   ./scripts/bench.sh compare-full <before> <after> [rounds]   # the same on the full stack (latency-200,
 #                                 # throughput, drain-1000; RabbitMQ, Redis and nx-27017 started once for both)
+#   ./scripts/bench.sh compare-durable <before> <after> [rounds]   # the same on the durable default (SQLite in
+#                                 # a fresh DATA_DIR each run): throughput (8 pairs), drain-10000
 #   ./scripts/bench.sh durable    # the durable default (SQLite in DATA_DIR) next to in memory, in turns:
 #                                 # throughput (8 pairs), drain-10000; then restart time with 100,000 messages
 #   ./scripts/bench.sh encryption # encryption at rest off and on, in turns, on the durable default and on the
@@ -92,9 +94,10 @@ fi
 # compare-full: the same in turns, on the full stack (RabbitMQ, Redis and nx-27017 started once for both).
 compare_stack=embedded
 if [ "$mode" = compare-full ]; then mode=compare; compare_stack=full; fi
+if [ "$mode" = compare-durable ]; then mode=compare; compare_stack=durable; fi
 if [ "$mode" = compare ]; then
-    before=${2:?"usage: ./scripts/bench.sh compare|compare-full <before-binary> <after-binary> [rounds]"}
-    after=${3:?"usage: ./scripts/bench.sh compare|compare-full <before-binary> <after-binary> [rounds]"}
+    before=${2:?"usage: ./scripts/bench.sh compare|compare-full|compare-durable <before-binary> <after-binary> [rounds]"}
+    after=${3:?"usage: ./scripts/bench.sh compare|compare-full|compare-durable <before-binary> <after-binary> [rounds]"}
     rounds=${4:-6}
     chatd=$before
 elif [ -n "${CHATD:-}" ]; then
@@ -194,6 +197,9 @@ run() {
         scenario throughput --scenario throughput --messages 20000 --pairs 8 --window 64
         scenario drain-10000 --scenario drain --messages 10000 --timeout 300
     elif [ "$mode" = durable ]; then
+        scenario throughput --scenario throughput --messages 20000 --pairs 8 --window 64
+        scenario drain-10000 --scenario drain --messages 10000 --timeout 300
+    elif [ "$mode" = compare ] && [ "$services" = durable ]; then
         scenario throughput --scenario throughput --messages 20000 --pairs 8 --window 64
         scenario drain-10000 --scenario drain --messages 10000 --timeout 300
     elif [ "$mode" = compare ] && [ "$services" = full ]; then

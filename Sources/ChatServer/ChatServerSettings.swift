@@ -362,6 +362,9 @@ public struct ChatServerSettings: Sendable {
         configuration.maxHTTPConnections = self.maxHTTPConnections
         configuration.httpIdleTimeout = self.httpIdleTimeout
         configuration.httpHeaderTimeout = self.httpHeaderTimeout
+        // A store in this process's memory answers at once: a connection's sends one at a time cost least. A store
+        // that writes (SQLite's commits, MongoDB's round trips) takes several of a connection's sends at once.
+        if self.mongo == nil, self.sqlite == nil { configuration.maxSendsInFlight = 1 }
         return configuration
     }
 

@@ -7,9 +7,20 @@ extension ChatService {
     /// On success the message is stored, emitted to live recipients, queued (or left pending in the store) for
     /// the others, and the sender gets `message:sent`; on failure the sender gets `message:error` and nothing is
     /// emitted or queued. The result is also what the transport answers an acknowledgement with.
+    ///
+    /// - Parameter ordered: called once, before this returns, when the send's place in the sender's order is
+    ///   fixed (its message has its id) or it failed before that. A transport that starts a connection's next
+    ///   send only then, without waiting for this one's store write, keeps that connection's messages in the
+    ///   order sent while their writes share commits.
     @discardableResult
-    public func send(_ request: SendMessageRequest, from connection: ConnectionID) async -> Result<MessageSent, ChatError> {
-        let result = await self.accept(request, from: connection)
+    public func send(
+        _ request: SendMessageRequest,
+        from connection: ConnectionID,
+        ordered: (@Sendable () -> Void)? = nil
+    ) async -> Result<MessageSent, ChatError> {
+        let signal = OrderedSignal(ordered)
+        let result = await self.accept(request, from: connection, ordered: signal)
+        signal.fire()
         switch result {
         case .success(let sent):
             try? self.transport.emit(.messageSent(sent), to: connection)
@@ -30,7 +41,7 @@ extension ChatService {
         return result
     }
 
-    private func accept(_ request: SendMessageRequest, from connection: ConnectionID) async -> Result<MessageSent, ChatError> {
+    private func accept(_ request: SendMessageRequest, from connection: ConnectionID, ordered: OrderedSignal) async -> Result<MessageSent, ChatError> {
         guard let sender = self.connectionUsers[connection] else {
             return .failure(ChatError(.unauthorized, "this connection is not authenticated; reconnect with a valid token"))
         }
@@ -90,6 +101,7 @@ extension ChatService {
         // Issued in the same actor turn as the id, so tickets follow id order.
         let ticket = self.sequencer.issue()
         self.unrouted.insert(message.id)
+        ordered.fire()
         // Presence is asked only about recipients this node holds no connection of (alongside the insert); the
         // others are pushed to here whatever it says. With a relay (several nodes) it is asked about everyone:
         // a recipient connected here may be connected to other nodes too, and each connection gets the message.
@@ -420,5 +432,20 @@ extension ChatService {
             "the message store could not be reached; nothing was stored, retry later",
             underlying: error
         )
+    }
+}
+
+/// Calls a send's `ordered` callback once, on the engine's actor.
+private final class OrderedSignal {
+    private var callback: (@Sendable () -> Void)?
+
+    init(_ callback: (@Sendable () -> Void)?) {
+        self.callback = callback
+    }
+
+    func fire() {
+        guard let callback = self.callback else { return }
+        self.callback = nil
+        callback()
     }
 }

@@ -5,6 +5,7 @@ import Synchronization
 /// against. Everything is lost when the process exits, and nothing is ever evicted.
 ///
 /// ``setAvailable(_:)`` simulates an outage: while unavailable every call throws ``ChatError/Code/unavailable``.
+/// ``holdInserts()`` simulates a store whose writes take time: inserts wait until ``releaseInserts()``.
 public final class InMemoryMessageStore: MessageStore {
     private struct StoredMessage {
         var message: Message
@@ -29,6 +30,8 @@ public final class InMemoryMessageStore: MessageStore {
         /// Per user, the users they blocked.
         var blocks: [UserID: Set<UserID>] = [:]
         var deliveryWrites = 0
+        /// Inserts waiting for ``releaseInserts()`` while held.
+        var heldInserts: [CheckedContinuation<Void, Never>]?
     }
 
     private let state = Mutex(State())
@@ -56,8 +59,39 @@ public final class InMemoryMessageStore: MessageStore {
         self.state.withLock { $0.messages.count }
     }
 
+    /// Makes inserts wait, from now until ``releaseInserts()``.
+    public func holdInserts() {
+        self.state.withLock { state in
+            if state.heldInserts == nil { state.heldInserts = [] }
+        }
+    }
+
+    /// Lets the inserts that wait go on, and later ones pass at once.
+    public func releaseInserts() {
+        let waiting = self.state.withLock { state in
+            defer { state.heldInserts = nil }
+            return state.heldInserts ?? []
+        }
+        for insert in waiting { insert.resume() }
+    }
+
+    /// How many inserts wait for ``releaseInserts()``.
+    public var heldInsertCount: Int {
+        self.state.withLock { $0.heldInserts?.count ?? 0 }
+    }
+
     public func insert(_ message: Message, pendingFor recipients: [UserID]) async throws -> InsertOutcome {
-        try self.withAvailableState { state in
+        if self.state.withLock({ $0.heldInserts != nil }) {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let pass = self.state.withLock { state -> Bool in
+                    guard state.heldInserts != nil else { return true }
+                    state.heldInserts!.append(continuation)
+                    return false
+                }
+                if pass { continuation.resume() }
+            }
+        }
+        return try self.withAvailableState { state in
             // Idempotency is per sender and chat: the same client id in another chat is another message.
             let clientKey = message.clientMessageID.map { "\(message.senderID.rawValue)\u{0}\(message.chatID.rawValue)\u{0}\($0)" }
             if let clientKey, let firstID = state.clientIDs[clientKey], let first = state.messages[firstID] {

@@ -95,6 +95,8 @@ final class EngineSession: Sendable {
     /// The client's address, when known (for the per-address session limit).
     let address: String?
     private let maxBufferedBytes: Int
+    /// The places for this session's sends in flight.
+    let sends: SendWindow
     /// The unread backlog above which the session counts as not writable: what one poll takes, at most half the
     /// buffer.
     private let writableThreshold: Int
@@ -110,9 +112,11 @@ final class EngineSession: Sendable {
         pingInterval: Duration,
         maxBufferedBytes: Int,
         maxReadBytes: Int = 1_000_000,
+        maxSendsInFlight: Int = 1,
         clock: any MonotonicClock
     ) {
         self.clock = clock
+        self.sends = SendWindow(size: maxSendsInFlight)
         self.id = id
         self.bearerToken = bearerToken
         self.address = address

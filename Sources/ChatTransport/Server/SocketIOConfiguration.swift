@@ -40,6 +40,13 @@ public struct SocketIOConfiguration: Sendable {
     /// this. Default 10 s.
     public var httpHeaderTimeout: Duration = .seconds(10)
 
+    /// How many `message:send`s of one connection may be in flight at once. The next one starts as soon as the
+    /// one before has its place in the order (its message id), without waiting for its store write, so a busy
+    /// connection's writes share the store's commits; past this many the server reads nothing more from that
+    /// connection until one is answered. Messages keep the order they were sent in; their acknowledgements may
+    /// come in another order (each carries its ack id, and the message's `clientMessageId`). Default 16.
+    public var maxSendsInFlight: Int = 16
+
     /// The defaults.
     public init() {}
 
@@ -60,6 +67,7 @@ public struct SocketIOConfiguration: Sendable {
         if let rate = self.handshakeRatePerAddress {
             guard rate.rate > 0, rate.burst >= 1 else { throw .init("handshakeRatePerAddress needs a positive rate and a burst of at least 1") }
         }
+        guard self.maxSendsInFlight >= 1 else { throw .init("maxSendsInFlight must be at least 1 (got \(self.maxSendsInFlight))") }
         guard self.maxConnectionsPerUser >= 1 else { throw .init("maxConnectionsPerUser must be at least 1") }
         guard self.maxHTTPConnections >= 1 else { throw .init("maxHTTPConnections must be at least 1") }
         guard self.httpIdleTimeout > .zero, self.httpHeaderTimeout > .zero else {

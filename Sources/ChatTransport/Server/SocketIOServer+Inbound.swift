@@ -263,8 +263,27 @@ extension SocketIOServer {
         return .success(ChatID(chat))
     }
 
+    /// Starts a `message:send` and returns once its message has its place in the connection's order (or it
+    /// failed before), so the session's next packet can be read while this one's store write is on its way; at
+    /// most ``SocketIOConfiguration/maxSendsInFlight`` per session are.
     private func send(_ request: SendMessageRequest, ackID: UInt64?, socket: EngineSession.Socket, session: EngineSession, service: ChatService) async {
-        let result = await service.send(request, from: socket.connection)
+        guard self.configuration.maxSendsInFlight > 1 else {
+            // One at a time: the send completes before the next packet is read (no task of its own).
+            self.answer(await service.send(request, from: socket.connection), to: request, ackID: ackID, on: session)
+            return
+        }
+        await session.sends.acquire()
+        await withCheckedContinuation { (ordered: CheckedContinuation<Void, Never>) in
+            Task {
+                let result = await service.send(request, from: socket.connection, ordered: { ordered.resume() })
+                session.sends.release()
+                self.answer(result, to: request, ackID: ackID, on: session)
+            }
+        }
+    }
+
+    /// Answers a `message:send`'s acknowledgement, if it asked for one.
+    private func answer(_ result: Result<MessageSent, ChatError>, to request: SendMessageRequest, ackID: UInt64?, on session: EngineSession) {
         guard let ackID else { return }
         switch result {
         case .success(let sent):

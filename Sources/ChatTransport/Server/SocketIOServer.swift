@@ -320,6 +320,7 @@ public final class SocketIOServer: Transport, Service, Sendable {
             pingInterval: self.configuration.pingInterval,
             maxBufferedBytes: self.configuration.maxBufferedBytes,
             maxReadBytes: self.configuration.maxPayload,
+            maxSendsInFlight: self.configuration.maxSendsInFlight,
             clock: self.clock
         )
         let elapsed = self.clock.now()
