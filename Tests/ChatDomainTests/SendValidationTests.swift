@@ -135,3 +135,64 @@ struct SendValidationTests {
         #expect(plainError == nil && plainStored == 2, "delivered to bob and stored")
     }
 }
+
+/// `ChatService.send`'s `ordered` callback, which lets a transport start a connection's next send early.
+@Suite("Send order with sends in flight")
+struct SendOrderTests {
+    @Test("ordered comes once the message has its id, not before: a send started then gets a later id even while the first waits for its insert")
+    func orderedAfterTheID() async throws {
+        try await withHarness { h in
+            let store = try #require(h.memoryStore)
+            let alice = await h.connect(Harness.alice)
+            let bob = await h.connect(Harness.bob)
+            let firstOrdered = Locked(0)
+            store.hold(.chatLookups)
+            let first = Task {
+                await h.service.send(SendMessageRequest(chatID: Harness.directChat, content: "first"), from: alice, ordered: {
+                    firstOrdered.withLock { $0 += 1 }
+                })
+            }
+            await eventually("the first send waits for its chat") { store.heldCount(.chatLookups) == 1 }
+            try await Task.sleep(for: .milliseconds(50))
+            #expect(firstOrdered.value == 0, "no id yet: the next send must not start")
+            store.hold(.inserts)
+            store.release(.chatLookups)
+            await eventually("the first send has its id and waits for its insert") { firstOrdered.value == 1 && store.heldCount(.inserts) == 1 }
+            let second = Task { await h.service.send(SendMessageRequest(chatID: Harness.directChat, content: "second"), from: alice) }
+            await eventually("both inserts in flight at once") { store.heldCount(.inserts) == 2 }
+            store.release(.inserts)
+            let firstID = try #require(try? await first.value.get()).messageID
+            let secondID = try #require(try? await second.value.get()).messageID
+            #expect(firstID < secondID)
+            #expect(firstOrdered.value == 1, "once")
+            await eventually("bob has both") { h.contents(of: bob).count == 2 }
+            #expect(h.contents(of: bob) == ["first", "second"])
+        }
+    }
+
+    @Test("A send refused before it has an id, or whose insert fails, calls ordered exactly once")
+    func orderedOnFailures() async throws {
+        try await withHarness { h in
+            let alice = await h.connect(Harness.alice)
+            let calls = Locked(0)
+            let unknown = await h.service.send(SendMessageRequest(chatID: "no-such-chat", content: "x"), from: alice, ordered: { calls.withLock { $0 += 1 } })
+            #expect((try? unknown.get()) == nil)
+            #expect(calls.value == 1)
+            let store = try #require(h.memoryStore)
+            store.hold(.inserts)
+            let failing = Task {
+                await h.service.send(SendMessageRequest(chatID: Harness.directChat, content: "x"), from: alice, ordered: { calls.withLock { $0 += 1 } })
+            }
+            await eventually("the send has its id and waits for its insert") { calls.value == 2 && store.heldCount(.inserts) == 1 }
+            store.setAvailable(false)
+            store.release(.inserts)
+            let result = await failing.value
+            guard case .failure(let error) = result else {
+                Issue.record("the send succeeded with the store down")
+                return
+            }
+            #expect(error.code == .storeUnavailable)
+            #expect(calls.value == 2, "not again when the insert fails")
+        }
+    }
+}

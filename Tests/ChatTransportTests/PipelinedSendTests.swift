@@ -16,14 +16,14 @@ struct PipelinedSendTests {
                 alice.close()
                 bob.close()
             }
-            live.store.holdInserts()
+            live.store.hold(.inserts)
             for number in 0..<20 {
                 try await alice.send(#"42\#(number)["message:send",{"chatId":"chat-ab","content":"m\#(number)"}]"#)
             }
-            await eventually("16 sends wait for the store") { live.store.heldInsertCount == 16 }
+            await eventually("16 sends wait for the store") { live.store.heldCount(.inserts) == 16 }
             try await Task.sleep(for: .milliseconds(200))
-            #expect(live.store.heldInsertCount == 16, "the window holds the rest back")
-            live.store.releaseInserts()
+            #expect(live.store.heldCount(.inserts) == 16, "the window holds the rest back")
+            live.store.release(.inserts)
 
             for number in 0..<20 { try await alice.waitFor("43\(number)[{") }
             try await bob.waitFor(#""content":"m19""#)
@@ -44,14 +44,14 @@ struct PipelinedSendTests {
         try await withLiveServer(socketIO: socketIO) { live in
             let alice = try await RawWebSocketClient.connect(port: live.port, token: live.token(Harness.alice))
             defer { alice.close() }
-            live.store.holdInserts()
+            live.store.hold(.inserts)
             for number in 0..<3 {
                 try await alice.send(#"42\#(number)["message:send",{"chatId":"chat-ab","content":"m\#(number)"}]"#)
             }
-            await eventually("the first send waits for the store") { live.store.heldInsertCount == 1 }
+            await eventually("the first send waits for the store") { live.store.heldCount(.inserts) == 1 }
             try await Task.sleep(for: .milliseconds(200))
-            #expect(live.store.heldInsertCount == 1)
-            live.store.releaseInserts()
+            #expect(live.store.heldCount(.inserts) == 1)
+            live.store.release(.inserts)
             for number in 0..<3 { try await alice.waitFor("43\(number)[{") }
         }
     }

@@ -5,7 +5,7 @@ import Synchronization
 /// against. Everything is lost when the process exits, and nothing is ever evicted.
 ///
 /// ``setAvailable(_:)`` simulates an outage: while unavailable every call throws ``ChatError/Code/unavailable``.
-/// ``holdInserts()`` simulates a store whose writes take time: inserts wait until ``releaseInserts()``.
+/// ``hold(_:)`` simulates a store that takes its time: inserts, or chat lookups, wait until ``release(_:)``.
 public final class InMemoryMessageStore: MessageStore {
     private struct StoredMessage {
         var message: Message
@@ -30,8 +30,8 @@ public final class InMemoryMessageStore: MessageStore {
         /// Per user, the users they blocked.
         var blocks: [UserID: Set<UserID>] = [:]
         var deliveryWrites = 0
-        /// Inserts waiting for ``releaseInserts()`` while held.
-        var heldInserts: [CheckedContinuation<Void, Never>]?
+        /// Per held kind of call, the calls waiting for ``release(_:)``.
+        var held: [HeldCall: [CheckedContinuation<Void, Never>]] = [:]
     }
 
     private let state = Mutex(State())
@@ -59,38 +59,49 @@ public final class InMemoryMessageStore: MessageStore {
         self.state.withLock { $0.messages.count }
     }
 
-    /// Makes inserts wait, from now until ``releaseInserts()``.
-    public func holdInserts() {
+    /// The calls ``hold(_:)`` can make wait.
+    public enum HeldCall: Hashable, Sendable {
+        /// ``insert(_:pendingFor:)``.
+        case inserts
+        /// ``chat(_:)``.
+        case chatLookups
+    }
+
+    /// Makes `calls` wait, from now until ``release(_:)``.
+    public func hold(_ calls: HeldCall) {
         self.state.withLock { state in
-            if state.heldInserts == nil { state.heldInserts = [] }
+            if state.held[calls] == nil { state.held[calls] = [] }
         }
     }
 
-    /// Lets the inserts that wait go on, and later ones pass at once.
-    public func releaseInserts() {
+    /// Lets the `calls` that wait go on, and later ones pass at once.
+    public func release(_ calls: HeldCall) {
         let waiting = self.state.withLock { state in
-            defer { state.heldInserts = nil }
-            return state.heldInserts ?? []
+            state.held.removeValue(forKey: calls) ?? []
         }
-        for insert in waiting { insert.resume() }
+        for call in waiting { call.resume() }
     }
 
-    /// How many inserts wait for ``releaseInserts()``.
-    public var heldInsertCount: Int {
-        self.state.withLock { $0.heldInserts?.count ?? 0 }
+    /// How many `calls` wait for ``release(_:)``.
+    public func heldCount(_ calls: HeldCall) -> Int {
+        self.state.withLock { $0.held[calls]?.count ?? 0 }
+    }
+
+    /// Returns at once, unless `calls` are held: then once they are released.
+    private func pass(_ calls: HeldCall) async {
+        guard self.state.withLock({ !$0.held.isEmpty }) else { return }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let pass = self.state.withLock { state -> Bool in
+                guard state.held[calls] != nil else { return true }
+                state.held[calls]!.append(continuation)
+                return false
+            }
+            if pass { continuation.resume() }
+        }
     }
 
     public func insert(_ message: Message, pendingFor recipients: [UserID]) async throws -> InsertOutcome {
-        if self.state.withLock({ $0.heldInserts != nil }) {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let pass = self.state.withLock { state -> Bool in
-                    guard state.heldInserts != nil else { return true }
-                    state.heldInserts!.append(continuation)
-                    return false
-                }
-                if pass { continuation.resume() }
-            }
-        }
+        await self.pass(.inserts)
         return try self.withAvailableState { state in
             // Idempotency is per sender and chat: the same client id in another chat is another message.
             let clientKey = message.clientMessageID.map { "\(message.senderID.rawValue)\u{0}\(message.chatID.rawValue)\u{0}\($0)" }
@@ -204,7 +215,8 @@ public final class InMemoryMessageStore: MessageStore {
     }
 
     public func chat(_ id: ChatID) async throws -> Chat? {
-        try self.withAvailableState { $0.chats[id] }
+        await self.pass(.chatLookups)
+        return try self.withAvailableState { $0.chats[id] }
     }
 
     public func chats(of user: UserID) async throws -> [Chat] {
