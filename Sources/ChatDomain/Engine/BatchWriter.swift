@@ -127,7 +127,8 @@ final class BatchWriter<Item: Sendable>: Sendable {
     /// Writes batches until nothing waits. After a failure kept items, it backs off and tries again; cancellation
     /// ends the wait (``run()``'s last pass then tries once more and drops what still fails).
     private func writeBuffered() async {
-        var delay = self.retention?.firstDelay ?? .zero
+        let firstDelay = self.retention?.firstDelay ?? .zero
+        var delay = firstDelay
         while true {
             let (batch, retainedPart) = self.state.withLock { state -> ([Item], Int) in
                 let retainedPart = min(state.retained.count, self.maxBatch)
@@ -143,6 +144,7 @@ final class BatchWriter<Item: Sendable>: Sendable {
             do {
                 try await self.write(batch)
                 self.wrote(retainedPart)
+                delay = firstDelay
             } catch {
                 keptForLater = self.failed(batch, retainedPart: retainedPart, error: error)
             }
