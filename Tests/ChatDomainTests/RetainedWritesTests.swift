@@ -90,17 +90,7 @@ struct RetainedWritesTests {
         let clock = ManualMonotonicClock()
         let logs = LogCapture()
         let attempts = Locked(0)
-        let writer = BatchWriter<Int>(
-            maxBatch: 10,
-            logger: logs.logger(),
-            subject: "Numbers",
-            failureLevel: .warning,
-            retention: BatchRetention(capacity: 100, clock: clock, isTransient: ChatService.isUnreachable),
-            write: { _ in
-                attempts.withLock { $0 += 1 }
-                throw ChatError(.badRequest, "refused")
-            }
-        )
+        let writer = Self.failingWriter(ChatError(.badRequest, "refused"), clock: clock, logs: logs, attempts: attempts)
         let plain = BatchWriter<Int>(maxBatch: 10, logger: logs.logger(), subject: "Events", failureLevel: .debug) { _ in
             throw ChatError(.unavailable, "down")
         }
@@ -124,17 +114,7 @@ struct RetainedWritesTests {
         let clock = ManualMonotonicClock()
         let logs = LogCapture()
         let attempts = Locked(0)
-        let writer = BatchWriter<Int>(
-            maxBatch: 10,
-            logger: logs.logger(),
-            subject: "Numbers",
-            failureLevel: .warning,
-            retention: BatchRetention(capacity: 100, clock: clock, isTransient: ChatService.isUnreachable),
-            write: { _ in
-                attempts.withLock { $0 += 1 }
-                throw ChatError(.storeUnavailable, "down")
-            }
-        )
+        let writer = Self.failingWriter(ChatError(.storeUnavailable, "down"), clock: clock, logs: logs, attempts: attempts)
         let running = Task { await writer.run() }
         writer.record([1, 2, 3])
         await eventually("the first attempt failed and kept them") { writer.retainedCount == 3 && clock.sleeperCount == 1 }
@@ -144,6 +124,21 @@ struct RetainedWritesTests {
         #expect(logs.contains("Numbers could not be written and are dropped at shutdown", level: .error))
         // flush() after the end returns at once.
         await writer.flush()
+    }
+
+    /// A writer of numbers, kept up to 100, whose every write counts an attempt and fails with `error`.
+    static func failingWriter(_ error: ChatError, clock: ManualMonotonicClock, logs: LogCapture, attempts: Locked<Int>) -> BatchWriter<Int> {
+        BatchWriter<Int>(
+            maxBatch: 10,
+            logger: logs.logger(),
+            subject: "Numbers",
+            failureLevel: .warning,
+            retention: BatchRetention(capacity: 100, clock: clock, isTransient: ChatService.isUnreachable),
+            write: { _ in
+                attempts.withLock { $0 += 1 }
+                throw error
+            }
+        )
     }
 }
 
