@@ -49,7 +49,7 @@ final class BatchWriter<Item: Sendable>: Sendable {
     private let wakeupContinuation: AsyncStream<Void>.Continuation
 
     /// - Parameters:
-    ///   - subject: what the items are, for the operator ("Delivery confirmations (readBy)"): the start of each
+    ///   - subject: what the items are, for the operator ("Delivery confirmations (readBy updates)"): the start of each
     ///     log line about them.
     ///   - failureLevel: the level of the line that says a write failed (the first of an outage with a retention).
     ///   - retention: keeps failed items for another attempt; nil drops them.
@@ -261,6 +261,7 @@ struct BatchRetention: Sendable {
     var clock: any MonotonicClock
     /// The wait after the first failed attempt; it doubles with each failure up to `maxDelay`.
     var firstDelay: Duration = .milliseconds(100)
+    /// The longest wait between attempts.
     var maxDelay: Duration = .seconds(2)
     /// Whether a write that failed with this error may succeed later (the backend could not be reached); items
     /// of any other failure are dropped.
