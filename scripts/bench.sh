@@ -123,6 +123,15 @@ results="$work/results.jsonl"
 : > "$results"
 
 wait_port() { for _ in $(seq 1 600); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
+# wait_chatd <port> <pid> <log>: waits until chatd listens; if it exits first (a port taken meanwhile), says why.
+wait_chatd() {
+    for _ in $(seq 1 600); do
+        (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        if ! kill -0 "$2" 2>/dev/null; then echo "chatd exited before listening on $1:" >&2; tail -5 "$3" >&2; return 1; fi
+        sleep 0.1
+    done
+    echo "chatd never listened on $1" >&2; tail -5 "$3" >&2; return 1
+}
 
 start_services() {
     # Every port below the kernel's ephemeral range (32768 and up), where closed connections linger in TIME_WAIT:
@@ -153,7 +162,9 @@ bench_secret="chatd-benchmark-secret-0123456789-abcdefgh"
 
 # run <mode> <rep>: one chatd, every scenario.
 run() {
-    local stack=$1 rep=$2 port=$((40000 + RANDOM % 5000))
+    # Below the kernel's ephemeral ports (32768 and up), which chatd's own connections to the services and the load
+    # generator's take: a port picked there can be in use by the time chatd binds it.
+    local stack=$1 rep=$2 port=$((31000 + RANDOM % 1700))
     # One load generator on one address sends for every user as fast as it can: the abuse limits (per-address
     # sessions and handshakes, per-user send rates) are off here, the connection cap above the 10,000 sockets.
     local env=(PORT="$port" HOST=127.0.0.1 LOG_LEVEL=warning NODE_ID="bench-$rep" JWT_SECRET="$bench_secret"
@@ -179,7 +190,7 @@ run() {
     env "${env[@]}" "$chatd" serve 2>"$work/chatd-$stack-$rep.log" &
     local pid=$!
     pids+=($pid)
-    wait_port "$port"
+    wait_chatd "$port" "$pid" "$work/chatd-$stack-$rep.log"
     local common=(--url "http://127.0.0.1:$port" --server-pid "$pid" --secret "$bench_secret")
     scenario() {
         local name=$1; shift
